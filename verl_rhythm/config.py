@@ -1,0 +1,196 @@
+"""``algorithm.rhythm.*``: every knob of the method, its paper default and its allowed range.
+
+This module imports neither torch nor verl, so the launcher, the TaskRunner and the workers can all validate a
+config cheaply. :meth:`RhythmConfig.from_dict` is the single entry point: it accepts a plain mapping or an
+OmegaConf ``DictConfig`` (anything with ``items()``), rejects unknown keys and out-of-range values with an error
+that names the key, and fills in the defaults of ``../shared/notes/method.md`` (arXiv 2510.13554 v2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+STRATEGIES = ("coupled", "local", "global", "none", "random", "entropy", "bottom", "uniform")
+"""``coupled``/``local``/``global``: the paper's three strategies (Sec. 4); the rest are its controls and ``none``
+(plain GRPO through the same code path)."""
+
+ATTENTION_STRATEGIES = ("coupled", "local", "global", "bottom")
+"""Strategies that need the attention statistics (WAAD and/or FAI) captured in the old-log-prob pass."""
+
+SIGN_MODES = ("both", "positive", "negative")
+BOTTOM_SCORES = ("local", "global")
+GROUP_SCOPES = ("sequence", "micro_batch")
+
+
+class RhythmConfigError(ValueError):
+    """A bad ``algorithm.rhythm.*`` key or value. The message always names the full key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RhythmConfig:
+    """Validated rhythm settings. Field names are the ``algorithm.rhythm.<field>`` keys.
+
+    Attributes:
+        strategy: which tokens get amplified; one of :data:`STRATEGIES`.
+        sign: which advantages γ scales: ``both`` (v2 default), ``positive`` (A > 0, v1) or ``negative`` (A < 0).
+        top_q: the share q of a response's valid tokens selected by TopQ (k = ceil(q * n_valid)).
+        gamma_amp: the amplification γ_amp given to a selected token (γ = 1 elsewhere).
+        alpha: coupled rule: share of a dominated anchor's bonus moved to its introductory token.
+        intro_window: coupled rule: k, the look-back window [t-k, t-1] for a dominated anchor's preplan token.
+        waad_window: W of WAAD (Eq. 9): distances are clipped at W.
+        fai_horizon_lo: H_lo of FAI (Eq. 10): the nearest future row counted.
+        fai_horizon_hi: H_hi of FAI (Eq. 10): the farthest future row counted.
+        head_quantile: share of the selected heads in each group (bottom share by span = local, top = global).
+        head_group_scope: ``sequence`` (spans and groups per sequence, default) or ``micro_batch`` (one grouping
+            from spans averaged over the sequences of a capture micro-batch).
+        layers: decoder layer indices to read; ``None`` = five evenly spaced layers of the middle third.
+        bottom_score: the ``bottom`` control ranks the bottom q of this strategy's score (``local``: ΔWAAD,
+            ``global``: FAI).
+        seed: seed of the ``random`` control (call i of the estimator uses ``seed + i``).
+        chunk_size: query rows per chunk in the capture (memory: chunk_size × N fp32 logits per head).
+    """
+
+    strategy: str = "coupled"
+    sign: str = "both"
+    top_q: float = 0.4
+    gamma_amp: float = 1.5
+    alpha: float = 0.5
+    intro_window: int = 3
+    waad_window: int = 10
+    fai_horizon_lo: int = 10
+    fai_horizon_hi: int = 100
+    head_quantile: float = 0.3
+    head_group_scope: str = "sequence"
+    layers: tuple[int, ...] | None = None
+    bottom_score: str = "global"
+    seed: int = 0
+    chunk_size: int = 256
+
+    def __post_init__(self):
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("sign", self.sign, SIGN_MODES)
+        _choice("bottom_score", self.bottom_score, BOTTOM_SCORES)
+        _choice("head_group_scope", self.head_group_scope, GROUP_SCOPES)
+        _number("top_q", self.top_q, float, lo=0.0, hi=1.0, lo_open=True, allowed="(0, 1]")
+        _number("gamma_amp", self.gamma_amp, float, lo=1.0, allowed=">= 1 (γ is never below 1)")
+        _number("alpha", self.alpha, float, lo=0.0, hi=1.0, allowed="[0, 1]")
+        _number("intro_window", self.intro_window, int, lo=1, allowed="integer >= 1")
+        _number("waad_window", self.waad_window, int, lo=1, allowed="integer >= 1")
+        _number("fai_horizon_lo", self.fai_horizon_lo, int, lo=1, allowed="integer >= 1")
+        _number("fai_horizon_hi", self.fai_horizon_hi, int, lo=1, allowed="integer >= fai_horizon_lo")
+        if self.fai_horizon_hi < self.fai_horizon_lo:
+            raise RhythmConfigError(
+                f"algorithm.rhythm.fai_horizon_hi={self.fai_horizon_hi} must be >= "
+                f"algorithm.rhythm.fai_horizon_lo={self.fai_horizon_lo}"
+            )
+        _number("head_quantile", self.head_quantile, float, lo=0.0, hi=0.5, lo_open=True, allowed="(0, 0.5]")
+        _number("seed", self.seed, int, allowed="integer")
+        _number("chunk_size", self.chunk_size, int, lo=1, allowed="integer >= 1")
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not all(_is_int(x) for x in self.layers):
+                raise RhythmConfigError(
+                    f"algorithm.rhythm.layers={self.layers!r}: expected null or a list of decoder layer indices"
+                )
+            layers = tuple(int(x) for x in self.layers)
+            if not layers:
+                raise RhythmConfigError("algorithm.rhythm.layers=[]: give at least one layer index, or null")
+            if any(x < 0 for x in layers):
+                raise RhythmConfigError(f"algorithm.rhythm.layers={list(layers)}: layer indices must be >= 0")
+            object.__setattr__(self, "layers", tuple(sorted(set(layers))))
+
+    @property
+    def needs_attention(self) -> bool:
+        """Whether this strategy reads WAAD/FAI, i.e. whether the old-log-prob pass must capture attention."""
+        return self.strategy in ATTENTION_STRATEGIES
+
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether this strategy reads the per-token entropy of the old-log-prob pass."""
+        return self.strategy == "entropy"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> RhythmConfig:
+        """Build from the ``algorithm.rhythm`` mapping (``None`` or empty = all defaults).
+
+        Raises:
+            RhythmConfigError: on an unknown key (with the list of known keys) or a value out of range.
+        """
+        if values is None:
+            return cls()
+        if not hasattr(values, "items"):
+            raise RhythmConfigError(f"algorithm.rhythm must be a mapping of keys to values, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise RhythmConfigError(f"unknown key algorithm.rhythm.{key}; known keys: {', '.join(sorted(known))}")
+            if key == "layers" and value is not None:
+                value = tuple(value) if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") else value
+            kwargs[key] = value
+        if "layers" in kwargs and kwargs["layers"] is not None and not isinstance(kwargs["layers"], tuple):
+            raise RhythmConfigError(f"algorithm.rhythm.layers={kwargs['layers']!r}: expected null or a list of ints")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_algorithm_config(cls, algorithm_config: Any) -> RhythmConfig:
+        """Read ``rhythm`` from verl's ``algorithm`` config (DictConfig, dict or dataclass); absent = defaults."""
+        if algorithm_config is None:
+            return cls()
+        if hasattr(algorithm_config, "get"):
+            return cls.from_dict(algorithm_config.get("rhythm", None))
+        return cls.from_dict(getattr(algorithm_config, "rhythm", None))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (lists, not tuples), e.g. for YAML or ``summary.json``."""
+        out = dataclasses.asdict(self)
+        out["layers"] = None if self.layers is None else list(self.layers)
+        return out
+
+
+def select_layers(num_layers: int, layers: tuple[int, ...] | list[int] | None = None) -> list[int]:
+    """The decoder layers whose attention the method reads.
+
+    Default (spec Sec. 1, project decision): ``round(linspace(L // 3, 2 * L // 3, 5))``, de-duplicated and sorted.
+
+    Args:
+        num_layers: L, the model's number of decoder layers.
+        layers: explicit indices (``algorithm.rhythm.layers``), or ``None`` for the default.
+
+    Raises:
+        RhythmConfigError: an explicit index is outside ``[0, num_layers)``.
+    """
+    if num_layers < 1:
+        raise RhythmConfigError(f"the model has num_layers={num_layers}; need at least one decoder layer")
+    if layers is not None:
+        bad = [x for x in layers if not 0 <= int(x) < num_layers]
+        if bad:
+            raise RhythmConfigError(
+                f"algorithm.rhythm.layers={list(layers)}: indices {bad} are outside the model's "
+                f"decoder layers [0, {num_layers - 1}]"
+            )
+        return sorted({int(x) for x in layers})
+    lo, hi = num_layers // 3, (2 * num_layers) // 3
+    # round-half-to-even like numpy.round / torch.round, so the choice matches a linspace in either library
+    return sorted({round(lo + (hi - lo) * i / 4) for i in range(5)})
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: allowed values are {', '.join(allowed)}")
+
+
+def _number(key, value, kind, lo=None, hi=None, lo_open=False, allowed=""):
+    ok_type = _is_int(value) if kind is int else (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok_type or (kind is float and not math.isfinite(value)):
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: expected {allowed}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: allowed range is {allowed}")
+    if hi is not None and value > hi:
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: allowed range is {allowed}")

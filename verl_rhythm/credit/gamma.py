@@ -1,0 +1,256 @@
+"""Per-token statistics → preplan/anchor sets → per-token γ (spec Sec. 4). Pure torch; no verl import.
+
+Every function works on a batch in verl's response layout: ``(B, T)`` tensors where ``response_mask`` marks the
+valid response tokens of each row. Rows are first *compacted* (valid tokens moved to the front, in order), so the
+same response gets the same γ wherever padding or masked-out tokens put it; results are scattered back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_EPS_Q = 1e-9  # q * n computed in float64; 0.7 * 10 = 7.000000000000001 must still give k = 7
+
+
+@dataclass
+class Credit:
+    """γ and the token sets it came from, all ``(B, T)`` in the input layout.
+
+    Attributes:
+        gamma: fp32, multiplies the advantage; 1 off the response mask and for responses with < 2 tokens.
+        selected: bool, the tokens the strategy ranked into its top q (T_loc for ``local``, T_glob for ``global``
+            and ``coupled``, the control's pick otherwise; all valid tokens for ``uniform``).
+        preplan: bool, TopQ(ΔWAAD, q) when WAAD was given, else all False.
+        anchor: bool, TopQ(FAI, q) when FAI was given, else all False.
+        dominated: bool, the coupled rule's D (anchors whose bonus moves to a preplan token).
+        intro: int64, how many dominated anchors name this token as their introductory token (I(D) counts).
+        delta: fp32, ΔWAAD_t = |WAAD_t - WAAD_{t+1}| over consecutive valid tokens (0 for the last); 0 without WAAD.
+    """
+
+    gamma: torch.Tensor
+    selected: torch.Tensor
+    preplan: torch.Tensor
+    anchor: torch.Tensor
+    dominated: torch.Tensor
+    intro: torch.Tensor
+    delta: torch.Tensor
+
+
+def compute_gamma(
+    strategy: str,
+    response_mask: torch.Tensor,
+    waad: torch.Tensor | None = None,
+    fai: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    *,
+    top_q: float = 0.4,
+    gamma_amp: float = 1.5,
+    alpha: float = 0.5,
+    intro_window: int = 3,
+    bottom_score: str = "global",
+    generator: torch.Generator | None = None,
+) -> Credit:
+    """γ for a batch of responses under one strategy or control.
+
+    Args:
+        strategy: ``coupled``, ``local``, ``global``, ``none``, ``random``, ``entropy``, ``bottom`` or ``uniform``.
+        response_mask: ``(B, T)`` bool/int, valid response tokens.
+        waad: ``(B, T)`` WAAD of each response token (needed by ``local``, ``coupled``, ``bottom``+``local``).
+        fai: ``(B, T)`` FAI of each response token (needed by ``global``, ``coupled``, ``bottom``+``global``).
+        entropy: ``(B, T)`` token entropy (needed by ``entropy``).
+        top_q: q; TopQ selects k = ceil(q * n_valid) tokens per response, ties to the earlier position.
+        gamma_amp: γ_amp of a selected token.
+        alpha: coupled: share of a dominated anchor's bonus moved to its introductory token.
+        intro_window: coupled: k, the look-back window [t-k, t-1].
+        bottom_score: ``bottom``: rank the bottom q of this score (``local``: ΔWAAD, ``global``: FAI).
+        generator: ``random``: the torch generator to draw scores from (reproducible from its seed).
+
+    Returns:
+        a :class:`Credit`.
+
+    Raises:
+        ValueError: an unknown strategy, a missing or misshapen statistic (named), or NaN/inf on valid tokens.
+    """
+    mask = _check_mask(response_mask)
+    b, t = mask.shape
+    n_valid = mask.sum(-1)
+    order = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices  # valid tokens first, in order
+    cmask = torch.arange(t, device=mask.device)[None, :] < n_valid[:, None]
+
+    def compact(x: torch.Tensor | None, name: str) -> torch.Tensor:
+        if x is None:
+            raise ValueError(
+                f"algorithm.rhythm.strategy={strategy!r} needs the per-token '{name}' tensor and got None"
+            )
+        if x.shape != mask.shape:
+            raise ValueError(f"'{name}' must have the response_mask shape {tuple(mask.shape)}, got {tuple(x.shape)}")
+        xc = x.float().gather(1, order)
+        if not bool(torch.isfinite(xc[cmask]).all()):
+            raise ValueError(f"'{name}' has NaN or inf on valid response tokens")
+        return torch.where(cmask, xc, torch.zeros_like(xc))
+
+    zeros_b = torch.zeros(b, t, dtype=torch.bool, device=mask.device)
+    preplan, anchor, dominated = zeros_b, zeros_b, zeros_b
+    intro = torch.zeros(b, t, dtype=torch.long, device=mask.device)
+    delta = torch.zeros(b, t, dtype=torch.float32, device=mask.device)
+    bonus = gamma_amp - 1.0
+
+    if waad is not None or strategy in ("local", "coupled") or (strategy == "bottom" and bottom_score == "local"):
+        w = compact(waad, "waad")
+        delta = waad_delta(w, n_valid)
+        preplan = top_q_mask(delta, cmask, top_q)
+    if fai is not None or strategy in ("global", "coupled") or (strategy == "bottom" and bottom_score == "global"):
+        anchor = top_q_mask(compact(fai, "fai"), cmask, top_q)
+
+    if strategy == "none":
+        selected = zeros_b
+    elif strategy == "uniform":
+        selected = cmask
+    elif strategy == "local":
+        selected = preplan
+    elif strategy in ("global", "coupled"):
+        selected = anchor
+    elif strategy == "entropy":
+        selected = top_q_mask(compact(entropy, "entropy"), cmask, top_q)
+    elif strategy == "random":
+        selected = top_q_mask(torch.rand(b, t, generator=generator).to(mask.device), cmask, top_q)
+    elif strategy == "bottom":
+        score = delta if bottom_score == "local" else compact(fai, "fai")
+        selected = top_q_mask(-score, cmask, top_q)
+    else:
+        raise ValueError(f"algorithm.rhythm.strategy={strategy!r}: unknown strategy")
+
+    if strategy == "coupled":
+        dominated, intro = coupled_sets(compact(waad, "waad"), delta, preplan, anchor, cmask, intro_window)
+        gamma_c = (
+            1.0
+            + bonus * (anchor & ~dominated).float()
+            + (1.0 - alpha) * bonus * dominated.float()
+            + alpha * bonus * intro.float()
+        )
+    else:
+        gamma_c = 1.0 + bonus * selected.float()
+    rankable = (n_valid >= 2)[:, None] & cmask
+    gamma_c = torch.where(rankable, gamma_c, torch.ones_like(gamma_c))
+
+    def scatter(xc: torch.Tensor, fill) -> torch.Tensor:
+        out = torch.full_like(xc, fill)
+        return out.scatter(1, order, torch.where(cmask, xc, torch.full_like(xc, fill)))
+
+    return Credit(
+        gamma=scatter(gamma_c.float(), 1.0),
+        selected=scatter(selected & rankable, False),
+        preplan=scatter(preplan & rankable, False),
+        anchor=scatter(anchor & rankable, False),
+        dominated=scatter(dominated & rankable, False),
+        intro=scatter(torch.where(rankable, intro, torch.zeros_like(intro)), 0),
+        delta=scatter(delta, 0.0),
+    )
+
+
+def apply_gamma(advantages: torch.Tensor, gamma: torch.Tensor, sign: str = "both") -> torch.Tensor:
+    """Ã = A · γ on the tokens whose advantage sign the mode selects; A unchanged elsewhere.
+
+    Args:
+        advantages: ``(B, T)`` advantages (e.g. GRPO's, broadcast over the response).
+        gamma: ``(B, T)`` from :func:`compute_gamma`.
+        sign: ``both`` (v2 default), ``positive`` (A > 0, v1 scaled only non-negative advantages; A = 0 is
+            unchanged by any γ) or ``negative`` (A < 0).
+
+    Returns:
+        ``(B, T)`` scaled advantages, same dtype as ``advantages``.
+    """
+    if sign == "both":
+        scale = gamma
+    elif sign == "positive":
+        scale = torch.where(advantages > 0, gamma, torch.ones_like(gamma))
+    elif sign == "negative":
+        scale = torch.where(advantages < 0, gamma, torch.ones_like(gamma))
+    else:
+        raise ValueError(f"algorithm.rhythm.sign={sign!r}: allowed values are both, positive, negative")
+    return advantages * scale.to(advantages.dtype)
+
+
+def top_q_mask(score: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
+    """TopQ: per row, the k = ceil(q * n_valid) valid tokens with the largest score; ties to the earlier position.
+
+    Args:
+        score: ``(B, T)`` float.
+        valid: ``(B, T)`` bool.
+        q: share in (0, 1].
+
+    Returns:
+        ``(B, T)`` bool.
+    """
+    n = valid.sum(-1, keepdim=True)
+    k = torch.ceil(q * n.double() - _EPS_Q).long()
+    s = torch.where(valid, score.float(), torch.full_like(score, float("-inf"), dtype=torch.float32))
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(s.shape[-1], device=s.device).expand_as(order))
+    return (rank < k) & valid
+
+
+def waad_delta(waad: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+    """ΔWAAD_t = |WAAD_t - WAAD_{t+1}| on compacted rows; 0 for each row's last valid token and beyond.
+
+    Args:
+        waad: ``(B, T)`` compacted WAAD (valid tokens first).
+        n_valid: ``(B,)`` valid counts.
+    """
+    d = torch.zeros_like(waad)
+    d[:, :-1] = (waad[:, 1:] - waad[:, :-1]).abs()
+    keep = torch.arange(waad.shape[-1], device=waad.device)[None, :] < (n_valid[:, None] - 1)
+    return torch.where(keep, d, torch.zeros_like(d))
+
+
+def coupled_sets(
+    waad: torch.Tensor,
+    delta: torch.Tensor,
+    preplan: torch.Tensor,
+    anchor: torch.Tensor,
+    valid: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coupled rule's dominated anchors D and introductory-token counts I(D), on compacted rows.
+
+    An anchor t is locally dominated when WAAD_t <= τ_waad (the response's lower median WAAD) and
+    max_{u in [t-k, t-1]} Δ_u >= τ_Δ (the smallest Δ that TopQ(Δ, q) selected). Its introductory token is
+    argmax_{u in [t-k, t-1]} Δ_u, ties to the earliest; the window is clipped at the response start, and an
+    anchor at the first token (empty window) is never dominated.
+
+    Args:
+        waad: ``(B, T)`` compacted WAAD.
+        delta: ``(B, T)`` compacted ΔWAAD.
+        preplan: ``(B, T)`` bool, TopQ(Δ, q).
+        anchor: ``(B, T)`` bool, TopQ(FAI, q).
+        valid: ``(B, T)`` bool, compacted validity (a prefix of each row).
+        k: look-back window.
+
+    Returns:
+        ``(dominated, intro)``: bool ``(B, T)`` and int64 ``(B, T)`` counts.
+    """
+    b, t = waad.shape
+    n = valid.sum(-1)
+    inf = torch.tensor(float("inf"), device=waad.device)
+    med_idx = ((n - 1).clamp_min(0) // 2)[:, None]
+    tau_waad = torch.sort(torch.where(valid, waad, inf), dim=-1).values.gather(1, med_idx)  # lower median
+    tau_delta = torch.where(preplan, delta, inf).min(-1, keepdim=True).values
+    # windows[:, t, j] = Δ_{t-k+j}, j = 0..k-1 (earliest first); -inf before the response start
+    padded = torch.cat([torch.full((b, k), float("-inf"), device=waad.device), delta], dim=-1)
+    windows = padded.unfold(1, k, 1)[:, :t, :]
+    win_max = windows.max(-1).values
+    win_arg = windows.argmax(-1)  # torch.argmax returns the first maximal index: ties to the earliest
+    has_window = torch.arange(t, device=waad.device)[None, :] >= 1
+    dominated = anchor & valid & has_window & (waad <= tau_waad) & (win_max >= tau_delta)
+    intro_pos = torch.arange(t, device=waad.device)[None, :] - k + win_arg
+    intro = torch.zeros(b, t, dtype=torch.long, device=waad.device)
+    intro.scatter_add_(1, intro_pos.clamp_min(0), dominated.long())
+    return dominated, intro
+
+
+def _check_mask(response_mask: torch.Tensor) -> torch.Tensor:
+    if response_mask.dim() != 2:
+        raise ValueError(f"response_mask must be (B, T), got shape {tuple(response_mask.shape)}")
+    return response_mask.bool()
