@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["verl_rhythm", "verl_rhythm.*"]),
     include_package_data=True,
     package_data={"verl_rhythm": ["data/*", "recipes/*.yaml"]},
-    # No torch pin: GPU users bring verl's own CUDA stack; the CPU install pins torch through constraints-cpu.txt.
+    # No torch pin: GPU users bring verl's own CUDA stack; the CPU install pins torch through tests/constraints-cpu.txt.
     install_requires=[
         "verl>=0.9.1,<0.10",
         # what verl's default (v1) trainer needs on top of plain verl

@@ -1,0 +1,24 @@
+"""Shared pytest setup: the tests folder on sys.path (for ``models``), markers, torch threads."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: runs the embedded SmolLM2 model or a local Ray cluster (minutes on 2 CPU cores); CI runs them"
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct (eager attention, fp32) and its tokenizer, loaded once per session."""
+    from verl_rhythm.embedded import load_embedded
+
+    return load_embedded(attn_implementation="eager")

