@@ -121,7 +121,9 @@ class RhythmConfig:
         if values is None:
             return cls()
         if not hasattr(values, "items"):
-            raise RhythmConfigError(f"algorithm.rhythm must be a mapping of keys to values, got {type(values).__name__}")
+            raise RhythmConfigError(
+                f"algorithm.rhythm must be a mapping of keys to values, got {type(values).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():

@@ -81,9 +81,7 @@ def compute_gamma(
 
     def compact(x: torch.Tensor | None, name: str) -> torch.Tensor:
         if x is None:
-            raise ValueError(
-                f"algorithm.rhythm.strategy={strategy!r} needs the per-token '{name}' tensor and got None"
-            )
+            raise ValueError(f"algorithm.rhythm.strategy={strategy!r} needs the per-token '{name}' tensor and got None")
         if x.shape != mask.shape:
             raise ValueError(f"'{name}' must have the response_mask shape {tuple(mask.shape)}, got {tuple(x.shape)}")
         xc = x.float().gather(1, order)
