@@ -12,9 +12,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["verl_rhythm", "verl_rhythm.*"]),
+    # recipes/ (hydra configs + launch scripts) ships as verl_rhythm.recipes: --config-path pkg://verl_rhythm.recipes
+    packages=find_packages(include=["verl_rhythm", "verl_rhythm.*"]) + ["verl_rhythm.recipes"],
+    package_dir={"verl_rhythm.recipes": "recipes"},
     include_package_data=True,
-    package_data={"verl_rhythm": ["data/*", "recipes/*.yaml"]},
+    package_data={
+        "verl_rhythm": ["data/*.json", "data/*.jsonl"],
+        "verl_rhythm.recipes": ["*.yaml", "common/*.yaml", "*.sh"],
+    },
     # No torch pin: GPU users bring verl's own CUDA stack; the CPU install pins torch through tests/constraints-cpu.txt.
     install_requires=[
         "verl>=0.9.1,<0.10",

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# verl-rhythm quick start: GRPO + rhythm credit on GSM8K, Qwen3-4B-Base, 1K response; one node x 8 GPUs.
+#
+# Data (once, from a verl v0.9.1 checkout; needs the hub):
+#   python examples/data_preprocess/gsm8k.py --local_save_dir ~/data/gsm8k
+# Run:     bash recipes/run_rhythm_gsm8k.sh                       (the coupled strategy)
+#          STRATEGY=none bash recipes/run_rhythm_gsm8k.sh         (the GRPO baseline)
+# Extra arguments are hydra overrides: bash recipes/run_rhythm_gsm8k.sh trainer.total_epochs=1
+# DRY_RUN=1 prints the composed config instead of training (no GPU needed).
+set -xeuo pipefail
+
+# this folder: the repo's recipes/ or the installed verl_rhythm/recipes
+RECIPES=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PYTHON=${PYTHON:-python3}
+
+MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-4B-Base}
+DATA_DIR=${DATA_DIR:-${HOME}/data/gsm8k}
+STRATEGY=${STRATEGY:-coupled}
+NNODES=${NNODES:-1}
+NGPUS_PER_NODE=${NGPUS_PER_NODE:-8}
+LOGGER=${LOGGER:-'["console"]'}
+
+DATA=(
+    data.train_files="${DATA_DIR}/train.parquet"
+    data.val_files="${DATA_DIR}/test.parquet"
+)
+
+MODEL=(
+    actor_rollout_ref.model.path="${MODEL_PATH}"
+)
+
+ALGORITHM=(
+    algorithm.rhythm.strategy="${STRATEGY}"
+)
+
+TRAINER=(
+    trainer.nnodes="${NNODES}"
+    trainer.n_gpus_per_node="${NGPUS_PER_NODE}"
+    trainer.logger="${LOGGER}"
+)
+
+# hydra's own flags go before the overrides
+EXTRA=()
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    EXTRA+=(--cfg job)
+fi
+
+"${PYTHON}" -m verl.trainer.main_ppo \
+    --config-path "${RECIPES}" \
+    --config-name rhythm_gsm8k \
+    "${EXTRA[@]}" \
+    "${DATA[@]}" \
+    "${MODEL[@]}" \
+    "${ALGORITHM[@]}" \
+    "${TRAINER[@]}" \
+    "$@"

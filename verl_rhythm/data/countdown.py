@@ -1,0 +1,320 @@
+"""Countdown (TinyZero protocol): a deterministic, always-solvable puzzle generator, its prompt and its reward.
+
+A puzzle gives ``num_numbers`` integers and a target; an answer is an arithmetic expression (``+ - * /`` and
+parentheses) that uses every given number exactly once and equals the target. The protocol is TinyZero's
+(github.com/Jiayi-Pan/TinyZero: ``examples/data_preprocess/countdown.py`` for the base-model prompt,
+``verl/utils/reward_score/countdown.py`` for the reward): the answer goes in ``<answer> </answer>`` tags; a correct
+equation scores 1.0, any other answer in the tags 0.1, no answer 0. The paper's setting (spec Sec. 5) is
+4 numbers, 20k train / 512 test puzzles.
+
+Where this module differs from TinyZero, on purpose:
+
+- Puzzles are generated here, offline: each one by combining its numbers in a random order with random operations
+  (positive integer intermediates, exact divisions), so every puzzle has a known solution. TinyZero reads
+  ``Jiayi-Pan/Countdown-Tasks-3to4`` from the hub. Ranges: numbers 1..100 as in TinyZero's own generator, targets
+  10..100 (Stream-of-Search, which built that set, starts targets at 10).
+- An answer is parsed with :mod:`ast` (numbers, ``+ - * /``, unary signs, parentheses; nothing else) and evaluated
+  exactly with fractions, where TinyZero calls ``eval`` and compares floats to 1e-5.
+- The answer is looked for in the whole response: verl 0.9.1's reward managers pass the decoded response only
+  (``verl/experimental/reward_loop/reward_manager/naive.py``), where TinyZero split prompt+response at
+  ``"Assistant:"``.
+
+Write the data set with ``python -m verl_rhythm.data.countdown --out ~/data/countdown`` (no network needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import operator
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from verl_rhythm.data.parquet import write_parquet
+
+DATA_SOURCE = "countdown"
+
+PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant "
+    "first thinks about the reasoning process in the mind and then provides the user with the answer.\n"
+    "User: Using the numbers {numbers}, create an equation that equals {target}. You can use basic arithmetic "
+    "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. "
+    "And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.\n"
+    "Assistant: Let me solve this step by step.\n<think>"
+)
+"""TinyZero's base-model template (``template_type='base'``); ``numbers`` renders as a Python list."""
+
+VERDICTS = ("correct", "wrong_result", "wrong_numbers", "invalid", "no_answer")
+"""What :func:`judge` says about a response, best first."""
+
+MAX_ANSWER_CHARS = 1000
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ALLOWED_CHARS = re.compile(r"^[\d+\-*/()\s]+$")  # no '.', letters or '_': rules out floats, hex, names, calls
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+@dataclass(frozen=True)
+class Puzzle:
+    """One Countdown puzzle.
+
+    Attributes:
+        numbers: the given numbers, in the order the prompt shows them.
+        target: the number to reach.
+        solution: one expression over ``numbers`` that equals ``target`` (the generator's witness).
+    """
+
+    numbers: tuple[int, ...]
+    target: int
+    solution: str
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], int]:
+        """Identity for de-duplication: the multiset of numbers and the target."""
+        return tuple(sorted(self.numbers)), self.target
+
+
+# ----------------------------------------------------------------------------------------------------- generation
+
+
+def generate(
+    count: int,
+    seed: int = 0,
+    *,
+    num_numbers: int = 4,
+    min_number: int = 1,
+    max_number: int = 100,
+    min_target: int = 10,
+    max_target: int = 100,
+    exclude: Iterable[tuple[tuple[int, ...], int]] = (),
+) -> list[Puzzle]:
+    """``count`` distinct solvable puzzles, the same list for the same arguments.
+
+    Args:
+        count: number of puzzles.
+        seed: seed of the ``random.Random`` stream.
+        num_numbers: numbers per puzzle (TinyZero protocol of the paper: 4).
+        min_number: smallest given number.
+        max_number: largest given number.
+        min_target: smallest target.
+        max_target: largest target.
+        exclude: puzzle keys (:attr:`Puzzle.key`) not to produce, e.g. the other split's.
+
+    Raises:
+        ValueError: a range is empty or no target in ``[min_target, max_target]`` turns up.
+    """
+    _check_ranges(count, num_numbers, min_number, max_number, min_target, max_target)
+    rng = random.Random(seed)
+    seen = set(exclude)
+    out: list[Puzzle] = []
+    misses = 0
+    while len(out) < count:
+        puzzle = _random_puzzle(rng, num_numbers, min_number, max_number)
+        if min_target <= puzzle.target <= max_target and puzzle.key not in seen:
+            seen.add(puzzle.key)
+            out.append(puzzle)
+            misses = 0
+            continue
+        misses += 1
+        if misses > 20_000:
+            raise ValueError(
+                f"no new puzzle with a target in [{min_target}, {max_target}] after 20000 tries "
+                f"({len(out)} of {count} made): widen the target range or lower the count"
+            )
+    return out
+
+
+def make_splits(
+    train_size: int = 20_000, test_size: int = 512, seed: int = 0, **ranges: int
+) -> dict[str, list[Puzzle]]:
+    """The paper's split: disjoint ``test`` and ``train`` puzzle lists (test drawn first, so it does not depend on
+    ``train_size``). ``ranges`` go to :func:`generate`."""
+    test = generate(test_size, seed, **ranges)
+    train = generate(train_size, seed + 1, exclude=[p.key for p in test], **ranges)
+    return {"train": train, "test": test}
+
+
+def _check_ranges(count, num_numbers, min_number, max_number, min_target, max_target) -> None:
+    if count < 0:
+        raise ValueError(f"count={count}: must be >= 0")
+    if num_numbers < 2:
+        raise ValueError(f"num_numbers={num_numbers}: a puzzle needs at least 2 numbers")
+    if not 1 <= min_number <= max_number:
+        raise ValueError(f"numbers range [{min_number}, {max_number}]: need 1 <= min_number <= max_number")
+    if not 1 <= min_target <= max_target:
+        raise ValueError(f"target range [{min_target}, {max_target}]: need 1 <= min_target <= max_target")
+
+
+def _random_puzzle(rng: random.Random, num_numbers: int, min_number: int, max_number: int) -> Puzzle:
+    """Draw numbers, then merge random pairs with random valid operations until one value is left: the target."""
+    numbers = tuple(rng.randint(min_number, max_number) for _ in range(num_numbers))
+    items = [(n, str(n)) for n in numbers]
+    while len(items) > 1:
+        i, j = rng.sample(range(len(items)), 2)
+        merged = rng.choice(_merges(items[i], items[j]))
+        items = [item for k, item in enumerate(items) if k not in (i, j)] + [merged]
+    target, expr = items[0]
+    if expr.startswith("(") and expr.endswith(")"):
+        expr = expr[1:-1]  # every merge wraps its result, so the outermost pair always belongs together
+    return Puzzle(numbers=numbers, target=target, solution=expr)
+
+
+def _merges(x: tuple[int, str], y: tuple[int, str]) -> list[tuple[int, str]]:
+    """Every way to combine two positive integers into a positive integer, with the expression that does it."""
+    (a, ea), (b, eb) = x, y
+    out = [(a + b, f"({ea} + {eb})"), (a * b, f"({ea} * {eb})")]
+    if a > b:
+        out.append((a - b, f"({ea} - {eb})"))
+    if b > a:
+        out.append((b - a, f"({eb} - {ea})"))
+    if a % b == 0:
+        out.append((a // b, f"({ea} / {eb})"))
+    if b % a == 0 and a != b:
+        out.append((b // a, f"({eb} / {ea})"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- reward
+
+
+class InvalidExpression(ValueError):
+    """An answer that is not an arithmetic expression over integers with ``+ - * /`` and parentheses."""
+
+
+def extract_answer(response: str) -> str | None:
+    """The content of the last ``<answer>...</answer>`` in ``response``, stripped; ``None`` if there is none."""
+    matches = _ANSWER_RE.findall(response or "")
+    return matches[-1].strip() if matches else None
+
+
+def evaluate(expression: str) -> tuple[Fraction, list[int]]:
+    """Exact value of ``expression`` and the integer literals it uses, in order.
+
+    Raises:
+        InvalidExpression: disallowed characters or syntax, too long, or a division by zero.
+    """
+    if len(expression) > MAX_ANSWER_CHARS:
+        raise InvalidExpression(f"answer longer than {MAX_ANSWER_CHARS} characters")
+    if not _ALLOWED_CHARS.match(expression):
+        raise InvalidExpression("only digits, + - * /, parentheses and spaces are allowed")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+        raise InvalidExpression(f"not an expression: {err}") from None
+    used: list[int] = []
+    return _eval(tree.body, used), used
+
+
+def _eval(node: ast.AST, used: list[int]) -> Fraction:
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _eval(node.left, used), _eval(node.right, used)
+        if isinstance(node.op, ast.Div) and right == 0:
+            raise InvalidExpression("division by zero")
+        return _BINOPS[type(node.op)](left, right)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        value = _eval(node.operand, used)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        used.append(node.value)
+        return Fraction(node.value)
+    raise InvalidExpression(f"{type(node).__name__} is not allowed in an answer")
+
+
+def judge(response: str, numbers: Iterable[int], target: int) -> str:
+    """One of :data:`VERDICTS` for a response to the puzzle ``(numbers, target)``.
+
+    ``wrong_numbers``: the answer parses but does not use each given number exactly once (a number reused, one left
+    out, or one not given). ``invalid``: the answer does not parse or divides by zero.
+    """
+    answer = extract_answer(response)
+    if answer is None:
+        return "no_answer"
+    try:
+        value, used = evaluate(answer)
+    except InvalidExpression:
+        return "invalid"
+    if sorted(used) != sorted(int(n) for n in numbers):
+        return "wrong_numbers"
+    return "correct" if value == target else "wrong_result"
+
+
+def compute_score(solution_str: str, ground_truth: Any, format_score: float = 0.1, score: float = 1.0) -> float:
+    """TinyZero's Countdown reward: ``score`` if correct, ``format_score`` for any other answer, 0 without one.
+
+    Args:
+        solution_str: the decoded response.
+        ground_truth: ``{"target": int, "numbers": [int, ...]}`` as stored in the parquet's
+            ``reward_model.ground_truth`` (lists may arrive as numpy arrays), or that mapping as a JSON string.
+        format_score: reward of a well-formed answer that is wrong.
+        score: reward of a correct answer.
+    """
+    numbers, target = parse_ground_truth(ground_truth)
+    verdict = judge(solution_str, numbers, target)
+    if verdict == "correct":
+        return float(score)
+    return 0.0 if verdict == "no_answer" else float(format_score)
+
+
+def parse_ground_truth(ground_truth: Any) -> tuple[list[int], int]:
+    """``(numbers, target)`` from a Countdown ground truth; ValueError naming what is missing."""
+    if isinstance(ground_truth, str):
+        ground_truth = json.loads(ground_truth)
+    if not isinstance(ground_truth, Mapping) or "target" not in ground_truth or "numbers" not in ground_truth:
+        raise ValueError(
+            f"countdown reward_model.ground_truth must be a mapping with 'target' and 'numbers', got {ground_truth!r}"
+        )
+    return [int(n) for n in ground_truth["numbers"]], int(ground_truth["target"])
+
+
+# ----------------------------------------------------------------------------------------------------- verl rows
+
+
+def to_row(puzzle: Puzzle, split: str, index: int) -> dict[str, Any]:
+    """One row of verl's RL parquet format (the fields ``verl/utils/dataset/rl_dataset.py:RLHFDataset`` and the
+    reward managers read)."""
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": [{"role": "user", "content": PROMPT.format(numbers=list(puzzle.numbers), target=puzzle.target)}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": {"target": puzzle.target, "numbers": list(puzzle.numbers)}},
+        "extra_info": {"split": split, "index": index, "solution": puzzle.solution},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m verl_rhythm.data.countdown",
+        description="Write the Countdown train/test parquet files (TinyZero protocol; offline, deterministic).",
+    )
+    parser.add_argument("--out", default="~/data/countdown", help="output folder (train.parquet, test.parquet)")
+    parser.add_argument("--train-size", type=int, default=20_000)
+    parser.add_argument("--test-size", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-numbers", type=int, default=4)
+    parser.add_argument("--min-number", type=int, default=1)
+    parser.add_argument("--max-number", type=int, default=100)
+    parser.add_argument("--min-target", type=int, default=10)
+    parser.add_argument("--max-target", type=int, default=100)
+    args = parser.parse_args(argv)
+    splits = make_splits(
+        args.train_size,
+        args.test_size,
+        args.seed,
+        num_numbers=args.num_numbers,
+        min_number=args.min_number,
+        max_number=args.max_number,
+        min_target=args.min_target,
+        max_target=args.max_target,
+    )
+    for split, puzzles in splits.items():
+        path = write_parquet([to_row(p, split, i) for i, p in enumerate(puzzles)], Path(args.out) / f"{split}.parquet")
+        print(f"{split}: {len(puzzles)} puzzles -> {path}")
+
+
+if __name__ == "__main__":
+    main()
