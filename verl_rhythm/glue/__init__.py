@@ -1,5 +1,15 @@
 """verl glue room: thin modules, each named after the verl 0.9.1 seam it plugs into.
 
-- :mod:`.plugin`: the ``verl.plugins`` entry point (``verl/__init__.py``).
+- :mod:`.plugin`: the ``verl.plugins`` entry point (``verl/__init__.py``); defers the patches below with
+  :mod:`.post_import` until verl imports the patched modules.
 - :mod:`.core_algos`: the ``rhythm`` estimator (``verl/trainer/ppo/core_algos.py:register_adv_est``).
+- :mod:`.trainer_base`: ``verl/trainer/ppo/v1/trainer_base.py:PPOTrainer`` (start-up checks, capture switch,
+  statistics to the estimator, ``rhythm/*`` metrics).
+- :mod:`.fsdp_engine`: ``verl/workers/engine/fsdp/transformer_impl.py:FSDPEngineWithLMHead.forward_step`` (the
+  capture in the actor's old-log-prob forward).
+- :mod:`.ray_trainer`: ``verl/trainer/ppo/ray_trainer.py:RayPPOTrainer`` (refuses the legacy v0 trainer).
+- :mod:`.padding`: ``verl/workers/utils/padding.py`` (response layout without the log-prob shift).
+- :mod:`.checks`: the fail-fast start-up checks; :mod:`.tq_fields`: the field names; :mod:`.contract`: the pinned
+  verl internals.
+- :mod:`.platform_cpu`, :mod:`.standalone_engine`: verl's engine on CPU / outside a Ray worker (tests, GPU check).
 """

@@ -3,13 +3,17 @@
 verl 0.9.1, ``verl/trainer/ppo/ray_trainer.py:compute_advantage`` calls a registered (non-GAE, non-GRPO) estimator
 with exactly ``token_level_rewards, response_mask, config, index`` (+ ``reward_baselines``) and it reads nothing else
 of the batch. The attention statistics therefore arrive as extra keyword arguments (``rhythm_waad``,
-``rhythm_fai``, ``entropy``) passed by the trainer plumbing of this plugin; strategies that need none of them
-(``none``, ``random``, ``uniform``) work from the four stock fields.
+``rhythm_fai``, ``entropy``), either passed directly or, inside verl's own advantage code, handed over by the
+trainer plumbing (:mod:`verl_rhythm.glue.trainer_base`) through :func:`estimator_inputs`; strategies that need none
+of them (``none``, ``random``, ``uniform``) work from the four stock fields.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +39,50 @@ last_metrics: dict[str, float] = {}
 """Metrics of the most recent estimator call (``rhythm/...`` keys); the trainer plumbing copies them into the
 step's metrics dict. A module attribute because verl gives an estimator no way to return metrics."""
 
+_PENDING_INPUTS: contextvars.ContextVar[dict[str, torch.Tensor] | None] = contextvars.ContextVar(
+    "verl_rhythm_estimator_inputs", default=None
+)
+
+
+@contextlib.contextmanager
+def estimator_inputs(response_mask: torch.Tensor, **fields: torch.Tensor | None) -> Iterator[None]:
+    """Hand per-token tensors to the estimator calls made inside this block (verl passes only four fields).
+
+    The trainer plumbing fetches the statistics from TransferQueue in the same row order and padding as verl's
+    ``_compute_advantage`` and wraps verl's own advantage call in this block. The estimator uses a field only when
+    the caller did not pass it, and only after checking that ``response_mask`` equals the one it was called with, so
+    rows that do not line up fail loudly instead of scaling the wrong tokens.
+
+    Args:
+        response_mask: ``(bs, response_length)``, the mask the statistics are laid out on.
+        **fields: ``rhythm_waad``, ``rhythm_fai``, ``entropy``: ``(bs, response_length)`` or ``None``.
+    """
+    unknown = set(fields) - {"rhythm_waad", "rhythm_fai", "entropy"}
+    if unknown:
+        raise TypeError(f"estimator_inputs got unknown fields {sorted(unknown)}")
+    token = _PENDING_INPUTS.set({"response_mask": response_mask, **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _PENDING_INPUTS.reset(token)
+
+
+def _pending_inputs(response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    pending = _PENDING_INPUTS.get()
+    if pending is None:
+        return {}
+    expected = pending["response_mask"]
+    if expected.shape != response_mask.shape or not torch.equal(
+        expected.detach().bool().cpu(), response_mask.detach().bool().cpu()
+    ):
+        raise RuntimeError(
+            "the rhythm statistics handed over by the trainer are laid out on a response_mask of shape "
+            f"{tuple(expected.shape)} that differs from the one the estimator was called with "
+            f"({tuple(response_mask.shape)}): verl's advantage code changed which rows or columns it passes; "
+            "see verl_rhythm/glue/contract.py"
+        )
+    return pending
+
 
 @core_algos.register_adv_est(ESTIMATOR_NAME)
 def compute_rhythm_outcome_advantage(
@@ -52,7 +100,8 @@ def compute_rhythm_outcome_advantage(
 
     The base advantage is verl's own :func:`verl.trainer.ppo.core_algos.compute_grpo_outcome_advantage` with
     ``norm_adv_by_std_in_grpo`` read from ``config``; γ comes from :func:`verl_rhythm.credit.compute_gamma` and is
-    applied to the advantage signs that ``algorithm.rhythm.sign`` selects.
+    applied to the advantage signs that ``algorithm.rhythm.sign`` selects. A statistic left ``None`` is taken from an
+    enclosing :func:`estimator_inputs` block, if any.
 
     Args:
         token_level_rewards: ``(bs, response_length)``.
@@ -71,6 +120,10 @@ def compute_rhythm_outcome_advantage(
         ValueError: ``index`` missing, or a statistic the strategy needs is missing (the capture did not run).
     """
     cfg = RhythmConfig.from_algorithm_config(config)
+    pending = _pending_inputs(response_mask)
+    rhythm_waad = pending.get("rhythm_waad") if rhythm_waad is None else rhythm_waad
+    rhythm_fai = pending.get("rhythm_fai") if rhythm_fai is None else rhythm_fai
+    entropy = pending.get("entropy") if entropy is None else entropy
     if index is None:
         raise ValueError("the rhythm estimator needs the GRPO group ids ('uid', passed as index) and got none")
     norm_by_std = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))

@@ -1,13 +1,61 @@
 """Seam: verl's ``verl.plugins`` entry-point group (``verl/__init__.py``, verl 0.9.1).
 
-``import verl`` imports this module in every process (launcher, TaskRunner actor, workers) unless
-``VERL_USE_EXTERNAL_PLUGINS=none``. verl swallows plugin import errors (logged at debug level), so the trainer side
-checks :func:`is_loaded` and fails loudly where it matters. Importing this module twice is a no-op.
+``import verl`` imports this module in every process (launcher, TaskRunner actor, workers, rollout and reward
+servers) unless ``VERL_USE_EXTERNAL_PLUGINS`` excludes it. It registers the ``rhythm`` estimator at once and defers
+the rest to the moment verl's own modules are imported (:mod:`verl_rhythm.glue.post_import`), so a process that
+never trains pays for nothing:
+
+====================================================  ============================================================
+verl module                                           patch
+====================================================  ============================================================
+``verl.trainer.ppo.v1.trainer_base``                  :mod:`verl_rhythm.glue.trainer_base` (checks, fields, metrics)
+``verl.trainer.ppo.ray_trainer``                      :mod:`verl_rhythm.glue.ray_trainer` (refuses the v0 trainer)
+``verl.workers.engine.fsdp.transformer_impl``         :mod:`verl_rhythm.glue.fsdp_engine` (the capturing engine)
+====================================================  ============================================================
+
+verl swallows plugin import errors (logged at debug level); the trainer side therefore stops a rhythm run whose
+workers did not produce the capture (:class:`verl_rhythm.glue.trainer_base.RhythmCaptureMissing`). Importing this
+module twice is a no-op.
 """
 
 from __future__ import annotations
 
-from verl_rhythm.glue import core_algos as _core_algos  # noqa: F401  (registers the "rhythm" estimator)
+import importlib
+
+from verl_rhythm.glue import core_algos as _core_algos  # registers the "rhythm" estimator
+from verl_rhythm.glue.post_import import when_imported
+
+PATCHES = {
+    "verl.trainer.ppo.v1.trainer_base": "verl_rhythm.glue.trainer_base",
+    "verl.trainer.ppo.ray_trainer": "verl_rhythm.glue.ray_trainer",
+    "verl.workers.engine.fsdp.transformer_impl": "verl_rhythm.glue.fsdp_engine",
+}
+"""verl module → glue module whose ``install(verl_module)`` patches it."""
+
+_registered = False
+
+
+def _installer(glue_module: str):
+    def install(verl_module) -> None:
+        glue = importlib.import_module(glue_module)
+        if not hasattr(glue, "install"):
+            # the glue module is itself importing this verl module (e.g. fsdp_engine imports the engine it
+            # subclasses); it is only half initialised here and installs at its own end
+            return
+        glue.install(verl_module)
+
+    install.__qualname__ = f"install[{glue_module}]"
+    return install
+
+
+def register() -> None:
+    """Arrange every patch of :data:`PATCHES` (at once for verl modules already imported); idempotent."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    for verl_module, glue_module in PATCHES.items():
+        when_imported(verl_module, _installer(glue_module))
 
 
 def is_loaded() -> bool:
@@ -15,3 +63,31 @@ def is_loaded() -> bool:
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
     return ADV_ESTIMATOR_REGISTRY.get(_core_algos.ESTIMATOR_NAME) is _core_algos.compute_rhythm_outcome_advantage
+
+
+def is_patched() -> dict[str, bool]:
+    """For each verl module of :data:`PATCHES` already imported in this process, whether its patch is in place."""
+    import sys
+
+    out = {}
+    trainer = sys.modules.get("verl.trainer.ppo.v1.trainer_base")
+    if trainer is not None:
+        method = trainer.PPOTrainer._compute_advantage
+        out["verl.trainer.ppo.v1.trainer_base"] = hasattr(method, "__verl_rhythm_stock__")
+    ray_trainer = sys.modules.get("verl.trainer.ppo.ray_trainer")
+    if ray_trainer is not None:
+        out["verl.trainer.ppo.ray_trainer"] = hasattr(ray_trainer.RayPPOTrainer.__init__, "__verl_rhythm_stock__")
+    if "verl.workers.engine.fsdp.transformer_impl" in sys.modules:
+        from verl.workers.engine.base import EngineRegistry
+
+        from verl_rhythm.glue.fsdp_engine import REGISTRY_KEY, RhythmFSDPEngineWithLMHead
+
+        key = (REGISTRY_KEY["device"], REGISTRY_KEY["vendor"])
+        registry = EngineRegistry._engines.get("language_model", {})
+        out["verl.workers.engine.fsdp.transformer_impl"] = all(
+            registry.get(b, {}).get(key) is RhythmFSDPEngineWithLMHead for b in REGISTRY_KEY["backend"]
+        )
+    return out
+
+
+register()

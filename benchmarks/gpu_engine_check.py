@@ -1,0 +1,250 @@
+"""verl's real FSDP engine with the rhythm capture, on a GPU (or, to prove the path, on CPU), vs the dense reference.
+
+For each attention implementation (``sdpa``, ``flash_attention_2``, ``eager``) and each packing mode, the actor's
+old-log-prob pass runs through verl 0.9.1's ``FSDPEngineWithLMHead.infer_batch`` (FSDP2 on a one-process group: NCCL
+on CUDA, gloo with :class:`verl_rhythm.glue.platform_cpu.PlatformCPU` on CPU) with the rhythm engine's capture on,
+and its per-token WAAD/FAI are compared with the dense reference of the same weights (eager attention maps, fp32).
+
+- ``fp32`` runs (``--check-dtype``): the capture must match the reference (``--atol``): pass/fail.
+- ``bf16`` runs (verl's default actor precision, ``--info-dtype``): the deviation from the fp32 reference is
+  reported (bf16 rounding of the forward, not of the capture), and the TopQ(FAI) overlap with the reference.
+- Cost: the same pass with and without capture, timed in one run (median of ``--repeats``, after a warm-up); the
+  ratio is the capture overhead of the old-log-prob pass.
+
+The model is a random-weight config built in-process (no download): ``tiny`` (``tests/models.py``'s Qwen2) or
+``qwen2-0.5b`` (Qwen2-0.5B's shape: 24 layers, 14 heads / 2 KV heads, hidden 896). Results go to stdout and, if
+``$OUT`` is set, ``$OUT/gpu_engine_check.json``. Exit status 1 when an fp32 check fails.
+
+Usage::
+
+    python benchmarks/gpu_engine_check.py --device cpu --model tiny --lengths 24:40 16:64 --repeats 1   # CPU proof
+    bash benchmarks/gpu_engine_check.sh                                                                 # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from verl_rhythm.config import RhythmConfig  # noqa: E402
+from verl_rhythm.glue.tq_fields import FAI_FULL, WAAD_FULL  # noqa: E402
+
+
+def model_folder(name: str, out: Path) -> Path:
+    """Save a random-weight model of shape ``name`` (eager attention config) to ``out``; deterministic."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    if name == "tiny":
+        from models import tiny_model
+
+        model = tiny_model("qwen2", attn_implementation="eager")
+    elif name == "qwen2-0.5b":
+        torch.manual_seed(0)
+        cfg = Qwen2Config(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+        )
+        cfg._attn_implementation = "eager"
+        model = AutoModelForCausalLM.from_config(cfg)
+    else:
+        raise SystemExit(f"--model {name!r}: choose tiny or qwen2-0.5b")
+    model.save_pretrained(out)
+    return out
+
+
+def make_sequences(lengths: list[tuple[int, int]], vocab: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(0, vocab, (p,), generator=g), torch.randint(0, vocab, (r,), generator=g), torch.ones(r).long())
+        for p, r in lengths
+    ]
+
+
+@contextlib.contextmanager
+def process_group(device: str):
+    if device == "cpu":
+        from verl_rhythm.glue.platform_cpu import cpu_process_group
+
+        with cpu_process_group(port=29561):
+            yield
+        return
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29562", "RANK": "0", "WORLD_SIZE": "1"})
+    os.environ.setdefault("LOCAL_RANK", "0")
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def timed_pass(engine, batch, device: str) -> tuple[dict, float]:
+    from verl_rhythm.glue.standalone_engine import run_log_prob_pass
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = run_log_prob_pass(engine, batch)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def top_q_overlap(a: torch.Tensor, b: torch.Tensor, q: float = 0.4) -> float:
+    k = max(1, int(q * a.numel() + 0.999999))
+    ia, ib = set(a.topk(k).indices.tolist()), set(b.topk(k).indices.tolist())
+    return len(ia & ib) / k
+
+
+def check(args) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from verl_rhythm.glue.standalone_engine import dense_rhythm
+
+    cfg = RhythmConfig(chunk_size=args.chunk_size)
+    results = {"device": args.device, "model": args.model, "lengths": args.lengths, "runs": []}
+    if args.device == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(0)
+    results["versions"] = {"torch": torch.__version__}
+    for mod in ("transformers", "verl", "flash_attn"):
+        try:
+            results["versions"][mod] = __import__(mod).__version__
+        except ImportError:
+            results["versions"][mod] = None
+    with tempfile.TemporaryDirectory() as tmp, process_group(args.device):
+        path = model_folder(args.model, Path(tmp))
+        ref_model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
+        ref_model = ref_model.to(args.device).eval()
+        sequences = make_sequences(args.lengths, ref_model.config.vocab_size)
+        reference = dense_rhythm(ref_model, sequences, cfg)
+        del ref_model
+        for attn in args.attn:
+            if attn == "flash_attention_2" and (args.device != "cuda" or results["versions"]["flash_attn"] is None):
+                skipped = {"attn": attn, "skipped": "needs CUDA and the flash_attn package"}
+                print(json.dumps(skipped), flush=True)
+                results["runs"].append(skipped)
+                continue
+            for dtype in [*args.check_dtype, *args.info_dtype]:
+                for rmpad in args.packing:
+                    run = {"attn": attn, "dtype": dtype, "use_remove_padding": rmpad}
+                    try:
+                        run.update(one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference))
+                    except Exception as err:  # report every combination, fail at the end
+                        run["error"] = f"{type(err).__name__}: {err}"
+                    run["check"] = dtype in args.check_dtype
+                    if run["check"]:
+                        run["ok"] = (
+                            "error" not in run
+                            and run["max_abs_err_waad"] <= args.atol * 10
+                            and (run["max_abs_err_fai"] <= args.atol)
+                        )
+                    print(json.dumps(run), flush=True)
+                    results["runs"].append(run)
+    results["ok"] = all(r.get("ok", True) for r in results["runs"] if r.get("check"))
+    return results
+
+
+def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
+    from verl_rhythm.glue.standalone_engine import build_engine, log_prob_batch
+
+    engine = build_engine(str(path), attn_implementation=attn, use_remove_padding=rmpad, param_dtype=dtype)
+
+    def batch(capture):
+        return log_prob_batch(
+            sequences, capture=capture, use_remove_padding=rmpad, micro_batch_size=args.micro_batch_size
+        )
+
+    timed_pass(engine, batch(cfg), args.device)  # warm-up (kernels, allocator)
+    with_capture, without = [], []
+    out = None
+    for _ in range(args.repeats):
+        out, t = timed_pass(engine, batch(cfg), args.device)
+        with_capture.append(t)
+        _, t = timed_pass(engine, batch(None), args.device)
+        without.append(t)
+    err_waad = max(float((out[WAAD_FULL][i] - r.waad.cpu()).abs().max()) for i, r in enumerate(reference))
+    err_fai = max(float((out[FAI_FULL][i] - r.fai.cpu()).abs().max()) for i, r in enumerate(reference))
+    overlap = statistics.mean(
+        top_q_overlap(out[FAI_FULL][i][len(p) :], r.fai.cpu()[len(p) :])
+        for i, ((p, _, _), r) in enumerate(zip(sequences, reference, strict=True))
+    )
+    del engine
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "max_abs_err_waad": err_waad,
+        "max_abs_err_fai": err_fai,
+        "topq_fai_overlap": overlap,
+        "seconds_with_capture": statistics.median(with_capture),
+        "seconds_without": statistics.median(without),
+        "overhead_ratio": statistics.median(with_capture) / statistics.median(without),
+    }
+
+
+def parse_args(argv=None):
+    def pair(text: str) -> tuple[int, int]:
+        p, r = text.split(":")
+        return int(p), int(r)
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="qwen2-0.5b", help="tiny | qwen2-0.5b (random weights, no download)")
+    ap.add_argument(
+        "--lengths",
+        type=pair,
+        nargs="+",
+        default=[(256, 1024), (128, 1536), (512, 768), (64, 2048)],
+        help="PROMPT:RESPONSE lengths of the sequences",
+    )
+    ap.add_argument("--attn", nargs="+", default=["sdpa", "flash_attention_2", "eager"])
+    ap.add_argument(
+        "--packing",
+        nargs="+",
+        type=lambda s: s.lower() in ("1", "true", "packed"),
+        default=[True, False],
+        help="packed (use_remove_padding) and/or padded",
+    )
+    ap.add_argument("--check-dtype", nargs="*", default=["fp32"])
+    ap.add_argument("--info-dtype", nargs="*", default=["bf16"])
+    ap.add_argument("--micro-batch-size", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--atol", type=float, default=1e-4, help="FAI tolerance; WAAD (range [0, W]) gets 10x")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if len(args.lengths) % args.micro_batch_size:
+        raise SystemExit(f"{len(args.lengths)} sequences: a multiple of --micro-batch-size={args.micro_batch_size}")
+    results = check(args)
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        Path(out_dir, "gpu_engine_check.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({"ok": results["ok"], "versions": results["versions"]}))
+    return 0 if results["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Fail-fast start-up checks of a rhythm run, on configs composed from verl 0.9.1's own ``ppo_trainer.yaml``.
+
+Each unsupported setting must stop the run before any worker starts, with an error naming the key. The checks run
+inside verl's real ``PPOTrainer.init`` (wrapped) and ``RayPPOTrainer.__init__`` (the v0 guard).
+"""
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from models import tiny_config
+from omegaconf import OmegaConf, open_dict
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from verl_rhythm.config import RhythmConfig, RhythmConfigError
+from verl_rhythm.glue import core_algos as rhythm_algos
+from verl_rhythm.glue.checks import RhythmSetupError, check_rhythm_run
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A 6-layer model config on disk (the checks read only the config)."""
+    path = tmp_path_factory.mktemp("tiny")
+    tiny_config("qwen2", num_layers=6).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def base_config():
+    """verl's ``ppo_trainer`` config composed once by Hydra, as ``main_ppo`` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from verl.trainer import main_ppo
+
+    config_dir = os.path.join(os.path.dirname(main_ppo.__file__), "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return hydra_compose(config_name="ppo_trainer", overrides=["algorithm.adv_estimator=rhythm"])
+
+
+@pytest.fixture
+def compose(base_config, model_dir):
+    """The base config with ``key=value`` overrides (values parsed as YAML, like Hydra) and ``algorithm.rhythm``."""
+
+    def make(*overrides, rhythm=None):
+        config = copy.deepcopy(base_config)
+        args = ["actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={model_dir}", *overrides]
+        with open_dict(config):
+            for arg in args:
+                key, _, value = arg.partition("=")
+                OmegaConf.update(config, key, yaml.safe_load(value) if value else value, merge=False)
+            if rhythm is not None:
+                config.algorithm.rhythm = rhythm
+        return config
+
+    return make
+
+
+def test_a_supported_run_passes_and_a_stock_run_is_not_looked_at(compose):
+    assert check_rhythm_run(compose()) == RhythmConfig()
+    assert check_rhythm_run(compose(rhythm={"strategy": "local", "layers": [1, 5]})).layers == (1, 5)
+    # a GRPO run with every setting the rhythm estimator refuses is none of its business
+    grpo = compose(
+        "algorithm.adv_estimator=grpo",
+        "actor_rollout_ref.rollout.n=1",
+        "actor_rollout_ref.actor.strategy=megatron",
+    )
+    assert check_rhythm_run(grpo) is None
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["actor_rollout_ref.actor.strategy=megatron"], "actor_rollout_ref.actor.strategy='megatron'"),
+        (
+            ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
+            "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+        ),
+        (["algorithm.rollout_correction.bypass_mode=true"], "algorithm.rollout_correction.bypass_mode=true"),
+        (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),
+        (["trainer.use_v1=false"], "trainer.use_v1=false"),
+    ],
+)
+def test_each_unsupported_setting_fails_by_key(compose, overrides, key):
+    with pytest.raises(RhythmSetupError) as err:
+        check_rhythm_run(compose(*overrides))
+    assert key in str(err.value)
+
+
+def test_layers_outside_the_model_fail_by_key(compose):
+    with pytest.raises(RhythmSetupError, match=r"algorithm\.rhythm\.layers=\[0, 6\].*\[6\].*\[0, 5\]"):
+        check_rhythm_run(compose(rhythm={"layers": [0, 6]}))
+
+
+def test_a_bad_rhythm_key_fails_by_key(compose):
+    with pytest.raises(RhythmConfigError, match="algorithm.rhythm.top_k"):
+        check_rhythm_run(compose(rhythm={"top_k": 0.4}))
+
+
+def test_an_unreadable_model_config_fails_naming_the_path_key(compose, tmp_path):
+    with pytest.raises(RhythmSetupError, match="actor_rollout_ref.model.path"):
+        check_rhythm_run(compose(f"actor_rollout_ref.model.path={tmp_path / 'absent'}"))
+
+
+def test_vision_language_models_are_refused(compose, tmp_path):
+    from transformers import Qwen2VLConfig
+
+    Qwen2VLConfig().save_pretrained(tmp_path)
+    with pytest.raises(RhythmSetupError, match="vision-language"):
+        check_rhythm_run(compose(f"actor_rollout_ref.model.path={tmp_path}"))
+
+
+def test_attention_free_strategies_skip_the_engine_checks(compose):
+    config = compose("actor_rollout_ref.actor.strategy=megatron", rhythm={"strategy": "random"})
+    assert check_rhythm_run(config).strategy == "random"
+    # the entropy control needs verl's old-log-prob pass, not the capture
+    entropy = compose("algorithm.rollout_correction.bypass_mode=true", rhythm={"strategy": "entropy"})
+    with pytest.raises(RhythmSetupError, match="token entropy"):
+        check_rhythm_run(entropy)
+
+
+@pytest.mark.parametrize("policy", ["none", "", "other_plugin", "auto,other_plugin"])
+def test_a_plugin_policy_that_keeps_rhythm_out_fails(compose, monkeypatch, policy):
+    monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", policy)
+    with pytest.raises(RhythmSetupError, match="VERL_USE_EXTERNAL_PLUGINS"):
+        check_rhythm_run(compose())
+
+
+@pytest.mark.parametrize("policy", ["auto", "rhythm", "other_plugin, rhythm"])
+def test_a_plugin_policy_that_loads_rhythm_passes(compose, monkeypatch, policy):
+    monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", policy)
+    assert check_rhythm_run(compose()) is not None
+
+
+def test_the_ray_runtime_env_plugin_policy_is_checked_too(compose, monkeypatch):
+    monkeypatch.delenv("VERL_USE_EXTERNAL_PLUGINS", raising=False)
+    config = compose()
+    with open_dict(config):
+        config.ray_kwargs.ray_init.runtime_env = {"env_vars": {"VERL_USE_EXTERNAL_PLUGINS": "none"}}
+    with pytest.raises(RhythmSetupError, match="ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_PLUGINS"):
+        check_rhythm_run(config)
+
+
+def test_all_problems_are_reported_at_once(compose):
+    config = compose("actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.strategy=megatron")
+    with pytest.raises(RhythmSetupError) as err:
+        check_rhythm_run(config)
+    assert "actor_rollout_ref.rollout.n=1" in str(err.value) and "strategy='megatron'" in str(err.value)
+
+
+def test_the_v1_trainer_init_checks_before_any_worker_starts(compose, monkeypatch):
+    started = []
+    monkeypatch.setattr(PPOTrainerSync, "_setup", lambda self: started.append("setup"))
+    monkeypatch.setattr(PPOTrainerSync, "on_init_end", lambda self: started.append("init_end"))
+    trainer = PPOTrainerSync.__new__(PPOTrainerSync)
+    trainer.config = compose("actor_rollout_ref.actor.ulysses_sequence_parallel_size=4")
+    with pytest.raises(RhythmSetupError, match="ulysses_sequence_parallel_size=4"):
+        trainer.init()
+    assert started == []
+    trainer.config = compose()
+    trainer.init()
+    assert started == ["setup", "init_end"]
+
+
+def test_the_legacy_v0_trainer_refuses_a_rhythm_run(compose):
+    config = compose("trainer.use_v1=false")
+    with pytest.raises(RhythmSetupError, match="trainer.use_v1=false"):
+        RayPPOTrainer(config, tokenizer=None, role_worker_mapping={}, resource_pool_manager=None)
+
+
+def test_the_estimator_refuses_statistics_laid_out_on_other_rows():
+    """If verl ever passes the estimator other rows than the trainer fetched, it stops instead of misaligning."""
+    mask = torch.ones(4, 6)
+    other = mask.clone()
+    other[0, -1] = 0
+    config = OmegaConf.create({"adv_estimator": "rhythm", "rhythm": {"strategy": "global"}})
+    index = np.array(["a", "a", "b", "b"], dtype=object)
+    with rhythm_algos.estimator_inputs(other, rhythm_fai=torch.rand(4, 6), rhythm_waad=torch.rand(4, 6)):
+        with pytest.raises(RuntimeError, match="response_mask"):
+            rhythm_algos.compute_rhythm_outcome_advantage(torch.zeros(4, 6), mask, config, index)
+    # the same statistics on the matching mask are used, and an explicit argument still wins
+    fai = torch.rand(4, 6)
+    with rhythm_algos.estimator_inputs(mask, rhythm_fai=fai):
+        via_context, _ = rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, config, index)
+    direct, _ = rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, config, index, rhythm_fai=fai)
+    assert torch.equal(via_context, direct)

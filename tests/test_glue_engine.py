@@ -1,0 +1,194 @@
+"""The rhythm capture inside verl 0.9.1's real FSDP engine, against the dense reference.
+
+The engine is verl's own ``FSDPEngineWithLMHead`` (our subclass adds one branch to ``forward_step``), initialised for
+real: FSDP2 wrapping on a one-process gloo group, with verl's platform set to a CPU platform
+(``verl_rhythm.glue.platform_cpu``; verl would otherwise fall back to CUDA). ``infer_batch`` runs verl's micro-batching
+(fixed and dynamic), packing (``use_remove_padding``), forward step, output post-processing and re-ordering. Nothing
+of the engine is mocked; only the Ray worker around it is absent.
+"""
+
+import pytest
+import torch
+from models import tiny_model
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+from verl_rhythm.config import RhythmConfig
+from verl_rhythm.glue import fsdp_engine
+from verl_rhythm.glue.checks import RhythmSetupError
+from verl_rhythm.glue.platform_cpu import cpu_process_group
+from verl_rhythm.glue.standalone_engine import build_engine, dense_rhythm, log_prob_batch, run_log_prob_pass
+from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
+from verl_rhythm.measure import capture as capture_mod
+
+CFG = RhythmConfig(fai_horizon_hi=30, chunk_size=16)
+LENGTHS = [(20, 40), (15, 60), (30, 25), (10, 70), (25, 35), (12, 48)]
+
+
+def make_sequences(seed=0, vocab=128):
+    """Prompt, response and response mask per sequence; a hole in the mask like a multi-turn tool output."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for p, r in LENGTHS:
+        mask = torch.ones(r, dtype=torch.long)
+        mask[r // 2 : r // 2 + 3] = 0
+        out.append((torch.randint(0, vocab, (p,), generator=g), torch.randint(0, vocab, (r,), generator=g), mask))
+    return out
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    with cpu_process_group(port=29541):
+        yield
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny models saved as HF folders (Qwen2 with biases; Llama with GQA), and their eager references."""
+    out = {}
+    for arch in ("qwen2", "llama_gqa"):
+        model = tiny_model(arch, attn_implementation="eager")
+        path = tmp_path_factory.mktemp(arch)
+        model.save_pretrained(path)
+        out[arch] = (str(path), model)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines(process_group, models):
+    cache = {}
+
+    def get(arch, attn, rmpad):
+        key = (arch, attn, rmpad)
+        if key not in cache:
+            cache[key] = build_engine(models[arch][0], attn_implementation=attn, use_remove_padding=rmpad)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "arch, attn, rmpad, dynamic",
+    [
+        ("qwen2", "sdpa", True, False),  # verl's default: packed micro-batches
+        ("qwen2", "sdpa", True, True),  # dynamic batch size: verl re-orders sequences across micro-batches
+        ("llama_gqa", "sdpa", False, False),  # padded micro-batches, GQA
+        ("llama_gqa", "eager", True, False),  # eager attention function, packed
+    ],
+)
+def test_engine_log_prob_pass_returns_the_dense_reference_statistics(engines, models, arch, attn, rmpad, dynamic):
+    engine = engines(arch, attn, rmpad)
+    sequences = make_sequences()
+    batch = log_prob_batch(
+        sequences, capture=CFG, use_remove_padding=rmpad, micro_batch_size=2, use_dynamic_bsz=dynamic, max_token_len=160
+    )
+    out = run_log_prob_pass(engine, batch)
+    ref = dense_rhythm(models[arch][1], sequences, CFG)
+
+    lengths = [p + r for p, r in LENGTHS]
+    for key in (WAAD_FULL, FAI_FULL):
+        assert out[key].is_nested and out[key].offsets().diff().tolist() == lengths, key
+    for i, r in enumerate(ref):
+        torch.testing.assert_close(out[WAAD_FULL][i], r.waad, atol=2e-5, rtol=1e-5, msg=f"WAAD of sequence {i}")
+        torch.testing.assert_close(out[FAI_FULL][i], r.fai, atol=2e-6, rtol=1e-5, msg=f"FAI of sequence {i}")
+        span = r.span
+        stats = out[SEQ_STATS][i]
+        torch.testing.assert_close(stats[0], span[r.local_heads].mean(), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(stats[1], span[r.global_heads].mean(), atol=1e-4, rtol=1e-5)
+    capture_seconds = torch.stack([s[2] for s in out[SEQ_STATS].unbind()])
+    assert bool((capture_seconds > 0).all())
+
+    # the capture does not change what verl computes: same log-probs and entropy as a stock pass
+    stock = run_log_prob_pass(
+        engine,
+        log_prob_batch(
+            sequences,
+            capture=None,
+            use_remove_padding=rmpad,
+            micro_batch_size=2,
+            use_dynamic_bsz=dynamic,
+            max_token_len=160,
+        ),
+    )
+    assert set(stock) == {"log_probs", "entropy"}
+    for key in ("log_probs", "entropy"):
+        torch.testing.assert_close(out[key].values(), stock[key].values(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_pad_to_length_adds_a_pad_segment_the_capture_ignores(engines, models):
+    """verl's ``pad_to_length`` appends a packed pad segment (position ids restarting at 0) to every micro-batch."""
+    engine = engines("qwen2", "sdpa", True)
+    engine.pad_to_length, engine.pad_to_length_bucket = True, 64
+    try:
+        assert engine._get_packed_pad_size(100) == 28
+        sequences = make_sequences(seed=2)
+        out = run_log_prob_pass(engine, log_prob_batch(sequences, capture=CFG, micro_batch_size=3))
+    finally:
+        engine.pad_to_length = False
+    for i, r in enumerate(dense_rhythm(models["qwen2"][1], sequences, CFG)):
+        torch.testing.assert_close(out[WAAD_FULL][i], r.waad, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(out[FAI_FULL][i], r.fai, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_no_capture_without_the_key_nor_in_training_forward_backward(engines, monkeypatch):
+    """Stock passes, and the actor update (forward + backward with gradient checkpointing) never record."""
+    engine = engines("qwen2", "sdpa", True)
+    assert engine.model_config.enable_gradient_checkpointing
+    calls = []
+    monkeypatch.setattr(capture_mod.RhythmCapture, "record", lambda self, *a, **k: calls.append(a[0]))
+    from verl_rhythm.measure.hook import install_attention_hook
+
+    install_attention_hook()
+    sequences = make_sequences(seed=1)
+    run_log_prob_pass(engine, log_prob_batch(sequences, capture=None))
+
+    def loss_fn(model_output, data, dp_group=None):
+        return model_output["log_probs"].values().mean(), {}
+
+    batch = log_prob_batch(sequences, capture=None)
+    with engine.train_mode():
+        engine.optimizer_zero_grad()
+        engine.forward_backward_batch(batch, loss_function=loss_fn, forward_only=False)
+        engine.optimizer_zero_grad()
+    assert calls == []
+
+    # a capture key that leaks into a training micro-batch is an error, never a capture with gradients
+    leaked = log_prob_batch(sequences, capture=CFG)
+    with engine.train_mode(), pytest.raises(RuntimeError, match=CAPTURE_KEY):
+        engine.forward_backward_batch(leaked, loss_function=loss_fn, forward_only=False)
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_ulysses_sequence_parallel_is_refused_in_the_engine(engines):
+    engine = engines("qwen2", "sdpa", True)
+    engine.use_ulysses_sp, engine.ulysses_sequence_parallel_size = True, 2
+    try:
+        with pytest.raises(RhythmSetupError, match="ulysses_sequence_parallel_size=2"):
+            run_log_prob_pass(engine, log_prob_batch(make_sequences(), capture=CFG))
+    finally:
+        engine.use_ulysses_sp, engine.ulysses_sequence_parallel_size = False, 1
+
+
+@pytest.mark.slow
+def test_layers_outside_the_model_fail_in_the_engine_by_key(engines):
+    engine = engines("qwen2", "sdpa", True)
+    bad = RhythmConfig(layers=(2, 40))
+    with pytest.raises(ValueError, match=r"algorithm\.rhythm\.layers"):
+        run_log_prob_pass(engine, log_prob_batch(make_sequences(), capture=bad))
+
+
+def test_engine_registration_prefers_the_rhythm_engine_on_nvidia(monkeypatch):
+    """verl's own EngineRegistry lookup (as TrainingWorker builds the actor) returns the rhythm engine."""
+    from verl.workers.engine.base import EngineRegistry
+
+    assert fsdp_engine.install()
+    monkeypatch.setenv("VERL_ENGINE_DEVICE", "cuda")
+    monkeypatch.setenv("VERL_ENGINE_VENDOR", "nvidia")
+    for backend in ("fsdp", "fsdp2"):
+        assert EngineRegistry.get_engine_cls("language_model", backend) is fsdp_engine.RhythmFSDPEngineWithLMHead
+    monkeypatch.setenv("VERL_ENGINE_VENDOR", "amd")  # other vendors keep verl's engine (the trainer then stops)
+    assert EngineRegistry.get_engine_cls("language_model", "fsdp") is FSDPEngineWithLMHead
+    assert issubclass(fsdp_engine.RhythmFSDPEngineWithLMHead, FSDPEngineWithLMHead)

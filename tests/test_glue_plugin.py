@@ -1,0 +1,108 @@
+"""Loading: the post-import hooks, the pinned verl internals, and ``main_ppo`` composing a one-flag rhythm run."""
+
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from verl_rhythm.glue import contract, plugin, post_import
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A throw-away package ``rhythm_probe_pkg`` with a submodule ``target`` that defines ``VALUE = 1``."""
+    root = tmp_path / "rhythm_probe_pkg"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "target.py").write_text("VALUE = 1\n\ndef f():\n    return VALUE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "rhythm_probe_pkg.target"
+    for name in [n for n in sys.modules if n.startswith("rhythm_probe_pkg")]:
+        del sys.modules[name]
+
+
+def test_a_hook_runs_after_the_module_body_and_before_the_importer_sees_it(package):
+    seen = []
+    post_import.when_imported(package, lambda m: seen.append(m.VALUE) or setattr(m, "VALUE", 2))
+    assert seen == [] and package in post_import.pending()
+    import rhythm_probe_pkg.target as target
+
+    assert seen == [1] and target.VALUE == 2 and target.f() == 2
+    assert package not in post_import.pending()
+    # the module keeps its real loader: source lookups still work
+    assert "def f()" in inspect.getsource(target)
+    assert type(target.__loader__).__name__ == "SourceFileLoader"
+
+
+def test_a_hook_on_an_imported_module_runs_at_once(package):
+    import rhythm_probe_pkg.target as target
+
+    seen = []
+    post_import.when_imported(package, lambda m: seen.append(m))
+    assert seen == [target]
+
+
+def test_a_failing_hook_fails_the_import(package):
+    def boom(module):
+        raise RuntimeError("patch failed")
+
+    post_import.when_imported(package, boom)
+    with pytest.raises(RuntimeError, match="patch failed"):
+        import rhythm_probe_pkg.target  # noqa: F401
+
+
+def test_the_plugin_registers_the_estimator_and_its_patches():
+    import verl.trainer.ppo.v1.trainer_base  # noqa: F401
+    import verl.workers.engine  # noqa: F401
+
+    assert plugin.is_loaded()
+    assert plugin.is_patched() == dict.fromkeys(plugin.PATCHES, True)
+    assert post_import.pending() == {}
+
+
+def test_the_verl_internals_the_glue_relies_on_are_unchanged():
+    """Fails when a verl upgrade changes any function the glue wraps or relies on: re-read them, then re-pin."""
+    diff = contract.changed()
+    assert diff == {}, (
+        "verl internals changed since verl "
+        + ", ".join(contract.VERL_VERSIONS)
+        + ": "
+        + "; ".join(f"{name} ({change}): {contract.PINNED[name][1]}" for name, change in sorted(diff.items()))
+    )
+
+
+def test_the_wrapped_trainer_methods_keep_verl_signatures():
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from verl_rhythm.glue import trainer_base
+
+    for name in trainer_base.WRAPPED:
+        wrapped, stock = getattr(PPOTrainer, name), trainer_base.stock(PPOTrainer, name)
+        assert wrapped is not stock and inspect.signature(wrapped) == inspect.signature(stock), name
+
+
+@pytest.mark.slow
+def test_main_ppo_composes_a_one_flag_rhythm_run():
+    """``python -m verl.trainer.main_ppo algorithm.adv_estimator=rhythm --cfg job`` (verl's launcher, no GPU)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "algorithm.adv_estimator=rhythm",
+        "+algorithm.rhythm.strategy=coupled",
+        "+algorithm.rhythm.layers=[4,6,8]",
+        "actor_rollout_ref.rollout.n=8",
+        "--cfg",
+        "job",
+    ]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = yaml.safe_load(proc.stdout[proc.stdout.index("actor_rollout_ref:") :])
+    algorithm = config["algorithm"]
+    assert algorithm["adv_estimator"] == "rhythm"
+    assert algorithm["rhythm"] == {"strategy": "coupled", "layers": [4, 6, 8]}
+    assert config["trainer"]["use_v1"] is True

@@ -1,0 +1,190 @@
+"""Start-up checks of a rhythm run, before the first rollout: every unsupported setting fails here, by key.
+
+Called by the trainer glue (:mod:`verl_rhythm.glue.trainer_base`: ``PPOTrainer.init``, before any worker exists)
+and by the legacy-trainer guard (:mod:`verl_rhythm.glue.ray_trainer`). A run whose ``algorithm.adv_estimator`` is not
+``rhythm`` is never looked at. Each problem is reported with the full config key, its value and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from verl_rhythm.config import RhythmConfig, RhythmConfigError, select_layers
+
+ESTIMATOR_NAME = "rhythm"
+PLUGIN_NAME = "rhythm"
+"""The entry-point name in the ``verl.plugins`` group (``setup.py``); ``VERL_USE_EXTERNAL_PLUGINS`` lists names."""
+
+FSDP_STRATEGIES = ("fsdp", "fsdp2")
+
+
+class RhythmSetupError(ValueError):
+    """A verl setting the rhythm estimator cannot run with. The message names every offending key."""
+
+
+def is_rhythm_run(config: Any) -> bool:
+    """Whether ``config.algorithm.adv_estimator`` selects the rhythm estimator."""
+    algorithm = _get(config, "algorithm")
+    return algorithm is not None and str(_get(algorithm, "adv_estimator", "")) == ESTIMATOR_NAME
+
+
+def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmConfig | None:
+    """Validate a verl run config for the rhythm estimator.
+
+    Args:
+        config: the full verl config (``DictConfig`` or nested mappings), as ``main_ppo`` composes it.
+        num_layers: the policy's number of decoder layers; default: read from the model's HF config
+            (``actor_rollout_ref.model.hf_config_path`` or ``.path``), only when the strategy reads attention.
+
+    Returns:
+        the validated :class:`RhythmConfig`, or ``None`` when the run does not use the rhythm estimator.
+
+    Raises:
+        RhythmConfigError: a bad ``algorithm.rhythm.*`` key or value.
+        RhythmSetupError: one or more unsupported settings, all listed in one message.
+    """
+    if not is_rhythm_run(config):
+        return None
+    cfg = RhythmConfig.from_algorithm_config(_get(config, "algorithm"))
+    problems = []
+
+    if not bool(_select(config, "trainer.use_v1", True)):
+        problems.append(
+            "trainer.use_v1=false: the legacy v0 trainer (main_ppo_v0 / RayPPOTrainer) gives an estimator only four "
+            "fixed fields and is not supported; set trainer.use_v1=true (the verl 0.9 default)"
+        )
+    n = _select(config, "actor_rollout_ref.rollout.n", 1)
+    if int(n) < 2:
+        problems.append(
+            f"actor_rollout_ref.rollout.n={n}: the rhythm estimator scales GRPO's group-normalised advantage and "
+            "needs at least 2 responses per prompt; set actor_rollout_ref.rollout.n>=2"
+        )
+    problems += _plugin_policy_problems(config)
+
+    if cfg.needs_attention or cfg.needs_entropy:
+        if bool(_select(config, "algorithm.rollout_correction.bypass_mode", False)):
+            what = "attention statistics" if cfg.needs_attention else "token entropy"
+            problems.append(
+                "algorithm.rollout_correction.bypass_mode=true: bypass mode skips the actor's old-log-prob pass, "
+                f"where the {what} of algorithm.rhythm.strategy={cfg.strategy!r} are computed; set "
+                "algorithm.rollout_correction.bypass_mode=false"
+            )
+    if cfg.needs_attention:
+        problems += _engine_problems(config)
+        problems += _model_problems(config, cfg, num_layers)
+
+    if problems:
+        raise RhythmSetupError(
+            "verl-rhythm cannot run this configuration (algorithm.adv_estimator=rhythm):\n  - "
+            + "\n  - ".join(problems)
+        )
+    return cfg
+
+
+def _engine_problems(config: Any) -> list[str]:
+    problems = []
+    strategy = _select(config, "actor_rollout_ref.actor.strategy", "fsdp")
+    if strategy not in FSDP_STRATEGIES:
+        problems.append(
+            f"actor_rollout_ref.actor.strategy={strategy!r}: the attention capture lives in verl's FSDP engine "
+            f"(FSDPEngineWithLMHead); supported: {', '.join(FSDP_STRATEGIES)}. Use algorithm.rhythm.strategy=none, "
+            "random, uniform or entropy with other engines"
+        )
+    for key in (
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+        "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+    ):
+        sp = _select(config, key, 1)
+        if sp is not None and int(sp) > 1:
+            problems.append(
+                f"{key}={sp}: Ulysses sequence parallelism hands each rank a shard of the sequence, so no rank sees "
+                f"whole attention rows; not supported yet, set {key}=1"
+            )
+    return problems
+
+
+def _model_problems(config: Any, cfg: RhythmConfig, num_layers: int | None) -> list[str]:
+    if num_layers is None:
+        hf_config = load_hf_config(config)
+        if getattr(hf_config, "vision_config", None) is not None:
+            path = _select(config, "actor_rollout_ref.model.path")
+            return [
+                f"actor_rollout_ref.model.path={path!r} is a vision-language "
+                "model: its vision tower calls the same attention functions with its own layer indices, and 3-D "
+                "(mRoPE) position ids are not handled by the capture; not supported"
+            ]
+        num_layers = text_num_layers(hf_config)
+    try:
+        select_layers(num_layers, cfg.layers)
+    except RhythmConfigError as err:
+        return [str(err)]
+    return []
+
+
+def load_hf_config(config: Any):
+    """The policy's transformers config, from ``actor_rollout_ref.model.hf_config_path`` or ``.path``."""
+    from transformers import AutoConfig
+
+    model = _select(config, "actor_rollout_ref.model")
+    key = "hf_config_path" if _get(model, "hf_config_path") else "path"
+    path = os.path.expanduser(str(_get(model, key)))
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=bool(_get(model, "trust_remote_code", False)))
+    except Exception as err:  # the message must name the key; any loader error means the same to the user
+        raise RhythmSetupError(
+            f"actor_rollout_ref.model.{key}={path!r}: cannot read the model config to check algorithm.rhythm.layers "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+def text_num_layers(hf_config: Any) -> int:
+    """``num_hidden_layers`` of a transformers config, looking into ``text_config`` for multimodal configs."""
+    for cfg in (hf_config, getattr(hf_config, "text_config", None)):
+        n = getattr(cfg, "num_hidden_layers", None) if cfg is not None else None
+        if n is not None:
+            return int(n)
+    raise RhythmSetupError(f"cannot find num_hidden_layers in the model config ({type(hf_config).__name__})")
+
+
+def _plugin_policy_problems(config: Any) -> list[str]:
+    """``VERL_USE_EXTERNAL_PLUGINS`` (here or in the Ray runtime env) must not keep this plugin out of the workers."""
+    problems = []
+    sources = {
+        "VERL_USE_EXTERNAL_PLUGINS": os.environ.get("VERL_USE_EXTERNAL_PLUGINS"),
+        "ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_PLUGINS": _select(
+            config, "ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_PLUGINS"
+        ),
+    }
+    for key, policy in sources.items():
+        if policy is None:
+            continue
+        # as verl/__init__.py: exactly "auto" loads every plugin, anything else is a list of names ("none": none)
+        normalised = str(policy).strip().lower()
+        names = {x.strip() for x in normalised.split(",") if x.strip()}
+        if normalised != "auto" and PLUGIN_NAME not in names:
+            problems.append(
+                f"{key}={policy!r} keeps the '{PLUGIN_NAME}' plugin from loading in verl's processes (verl/__init__.py "
+                f"loads only the listed 'verl.plugins' entry points); add '{PLUGIN_NAME}' or unset it"
+            )
+    return problems
+
+
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    if node is None:
+        return default
+    if hasattr(node, "get"):
+        try:
+            return node.get(key, default)
+        except Exception:  # an OmegaConf interpolation that cannot resolve here counts as absent
+            return default
+    return getattr(node, key, default)
+
+
+def _select(config: Any, dotted: str, default: Any = None) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = _get(node, part, None)
+        if node is None:
+            return default
+    return node

@@ -1,0 +1,121 @@
+"""The verl internals the glue relies on, pinned to verl 0.9.1 by a hash of their source.
+
+The glue wraps (never copies) verl methods, but it relies on what they do: which fields the trainer fetches, that
+``extra_info`` reaches the worker as non-tensor data, that every ``model_output`` key survives to TransferQueue, the
+one-position shift of ``response_from_nested``, how ``EngineRegistry`` picks an engine. Each entry below names one
+function and why it matters. ``tests/test_glue_contract.py`` fails when any source differs, and the installers log a
+warning at run time (:func:`warn_if_changed`), so a verl upgrade is re-read before it is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import logging
+
+logger = logging.getLogger(__name__)
+
+VERL_VERSIONS = ("0.9.1",)
+"""verl releases these hashes were taken from (``setup.py`` allows ``>=0.9.1,<0.10``)."""
+
+PINNED: dict[str, tuple[str, str]] = {
+    # trainer side (verl_rhythm/glue/trainer_base.py)
+    "verl.trainer.ppo.v1.trainer_base:PPOTrainer.init": (
+        "84c3e4db3568d1f7",
+        "wrapped: start-up checks run before _setup() builds workers",
+    ),
+    "verl.trainer.ppo.v1.trainer_base:PPOTrainer._compute_old_log_prob": (
+        "b2630e6178ed99f7",
+        "wrapped: batch.extra_info goes to actor_rollout_wg.compute_log_prob; bypass_mode skips the pass",
+    ),
+    "verl.trainer.ppo.v1.trainer_base:PPOTrainer._compute_advantage": (
+        "2a4a2aa4a475b228",
+        "wrapped: fetches response_mask, pads with to_padded_tensor, calls the estimator inside this call",
+    ),
+    "verl.trainer.ppo.v1.utils:compute_advantage_for_multi_trajectories": (
+        "d973cc8aec79bc3d",
+        "a non-GRPO estimator gets the whole batch in batch.keys order (no per-session row selection)",
+    ),
+    "verl.trainer.ppo.ray_trainer:compute_advantage": (
+        "314695381c755264",
+        "calls a registered estimator with token_level_rewards, response_mask, config, index",
+    ),
+    "verl.trainer.ppo.ray_trainer:RayPPOTrainer.__init__": (
+        "882573177494e91b",
+        "wrapped by the v0 guard: config is the first argument",
+    ),
+    # worker side (verl_rhythm/glue/fsdp_engine.py)
+    "verl.utils.transferqueue_utils:_async_meta_to_realdata": (
+        "8fe49350dfdb1351",
+        "extra_info entries become non-tensor data of the worker's TensorDict",
+    ),
+    "verl.utils.transferqueue_utils:_async_update_meta_with_output": (
+        "39709a9978f3fd43",
+        "every tensor key of a worker's output is written to TransferQueue",
+    ),
+    "verl.workers.engine.fsdp.transformer_impl:FSDPEngine.forward_backward_batch": (
+        "be92c8d155f0c179",
+        "the log-prob pass runs forward_step per micro-batch under no_grad with forward_only=True",
+    ),
+    "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.forward_step": (
+        "ec2681395b00c654",
+        "overridden (super() called): returns (loss, {'model_output': dict, ...})",
+    ),
+    "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.prepare_model_inputs": (
+        "e7a30a3b61b58c8b",
+        "packed row = input_ids.values() with position_ids restarting; padded = right-padded to max length",
+    ),
+    "verl.workers.engine.utils:postprocess_batch_func": (
+        "83c8d9c984b3c02a",
+        "concatenates every model_output key over micro-batches and restores the dynamic-batch order",
+    ),
+    "verl.workers.engine.base:EngineRegistry.get_engine_cls": (
+        "b1290dce7fd3c855",
+        "a (device, vendor) registration wins over the stock device-only one",
+    ),
+    "verl.workers.utils.padding:response_from_nested": (
+        "41a4bf54aa981c09",
+        "the one-position shift that rhythm statistics must NOT get (glue/padding.py mirrors it unshifted)",
+    ),
+}
+
+
+def source_hash(qualified: str) -> str:
+    """sha256 (first 16 hex digits) of the source of ``module:attr.path`` (wrappers unwrapped to verl's code)."""
+    module_name, _, attr_path = qualified.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+        obj = getattr(obj, "__verl_rhythm_stock__", obj)
+    obj = inspect.unwrap(obj) if not isinstance(obj, type) else obj
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def changed(prefix: str = "") -> dict[str, str]:
+    """Pinned entries under ``prefix`` whose source differs from the pin: ``{name: 'pinned -> now'}``."""
+    out = {}
+    for name, (pinned, _why) in PINNED.items():
+        if not name.startswith(prefix):
+            continue
+        now = source_hash(name)
+        if now != pinned:
+            out[name] = f"{pinned} -> {now}"
+    return out
+
+
+def warn_if_changed(prefix: str = "") -> dict[str, str]:
+    """Log a warning naming every pinned verl function under ``prefix`` whose source changed; return them."""
+    try:
+        diff = changed(prefix)
+    except Exception as err:  # never break a run over a failed self-check; the contract test is the gate
+        logger.warning("verl-rhythm: could not check the pinned verl internals (%s)", err)
+        return {}
+    if diff:
+        logger.warning(
+            "verl-rhythm was checked against verl %s; these verl internals it relies on changed: %s. "
+            "See verl_rhythm/glue/contract.py.",
+            ", ".join(VERL_VERSIONS),
+            ", ".join(sorted(diff)),
+        )
+    return diff

@@ -1,0 +1,164 @@
+"""verl's real FSDP engine outside a Ray worker: build it, feed it v1-format batches, read the rhythm outputs.
+
+For the CPU tests (with :func:`verl_rhythm.glue.platform_cpu.cpu_process_group`) and the GPU check script
+(``benchmarks/gpu_engine_check.py``). Nothing here is used by a training run. What a Ray worker adds on top is
+exactly what :class:`verl.workers.engine_workers.TrainingWorker.infer_batch` adds: the engine defaults as non-tensor
+data (:func:`log_prob_batch` sets them) and ``eval_mode`` around ``infer_batch`` (:func:`run_log_prob_pass`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
+
+from verl_rhythm.config import RhythmConfig
+from verl_rhythm.glue.tq_fields import CAPTURE_KEY
+
+
+def build_engine(
+    model_path: str,
+    *,
+    attn_implementation: str = "sdpa",
+    use_remove_padding: bool = True,
+    param_dtype: str = "fp32",
+    strategy: str = "fsdp2",
+    enable_gradient_checkpointing: bool = True,
+):
+    """An initialised :class:`~verl_rhythm.glue.fsdp_engine.RhythmFSDPEngineWithLMHead` for the actor.
+
+    Needs a ``torch.distributed`` process group (one process is enough).
+
+    Args:
+        model_path: a local HF model folder.
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` (verl's
+            ``actor_rollout_ref.model.override_config.attn_implementation``).
+        use_remove_padding: pack each micro-batch into one row (verl's default) or pad it.
+        param_dtype: FSDP mixed-precision parameter dtype (``fp32``, ``bf16``); sets the forward's autocast.
+        strategy: ``fsdp`` or ``fsdp2``.
+        enable_gradient_checkpointing: as verl's actor default (on).
+    """
+    from verl.trainer.config import CheckpointConfig
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+
+    from verl_rhythm.glue.fsdp_engine import RhythmFSDPEngineWithLMHead
+
+    model_config = HFModelConfig(
+        path=model_path,
+        load_tokenizer=False,
+        use_remove_padding=use_remove_padding,
+        enable_gradient_checkpointing=enable_gradient_checkpointing,
+        override_config={"attn_implementation": attn_implementation},
+    )
+    precision = {"param_dtype": param_dtype, "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+    engine_config = FSDPEngineConfig(
+        strategy=strategy,
+        forward_only=False,  # the actor trains; forward_only would put the FSDP params on CPU offload
+        model_dtype="fp32",
+        use_torch_compile=False,
+        mixed_precision=precision,
+    )
+    engine = RhythmFSDPEngineWithLMHead(
+        model_config=model_config,
+        engine_config=engine_config,
+        optimizer_config=FSDPOptimizerConfig(lr=1e-6),
+        checkpoint_config=CheckpointConfig(),
+    )
+    engine.initialize()
+    return engine
+
+
+def log_prob_batch(
+    sequences: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    capture: RhythmConfig | None,
+    use_remove_padding: bool = True,
+    micro_batch_size: int = 2,
+    use_dynamic_bsz: bool = False,
+    max_token_len: int = 4096,
+    temperature: float = 1.0,
+) -> TensorDict:
+    """A batch as the actor's ``compute_log_prob`` receives it from TransferQueue in verl 0.9.1's v1 trainer.
+
+    Tensor fields follow ``verl/trainer/ppo/v1/agent_loop_tq.py:_agent_loop_postprocess`` (nested per sequence);
+    non-tensor fields are ``_compute_old_log_prob``'s ``extra_info`` plus ``TrainingWorker.infer_batch``'s defaults.
+
+    Args:
+        sequences: ``(prompt_ids (P,), response_ids (R,), response_mask (R,))`` per sequence.
+        capture: the rhythm config to capture with (sets :data:`CAPTURE_KEY`), or ``None`` for a stock pass.
+        use_remove_padding, micro_batch_size, use_dynamic_bsz, max_token_len, temperature: engine settings.
+    """
+
+    def nested(rows):
+        return torch.nested.as_nested_tensor(list(rows), layout=torch.jagged)
+
+    input_ids = [torch.cat([p, r]).long() for p, r, _ in sequences]
+    td = TensorDict(
+        {
+            "input_ids": nested(input_ids),
+            "position_ids": nested(torch.arange(x.numel()) for x in input_ids),
+            "attention_mask": nested(torch.ones_like(x) for x in input_ids),
+            "prompts": nested(p.long() for p, _, _ in sequences),
+            "responses": nested(r.long() for _, r, _ in sequences),
+            "response_mask": nested(m.long() for _, _, m in sequences),
+            "loss_mask": nested(m.long() for _, _, m in sequences),
+        },
+        batch_size=len(sequences),
+    )
+    extra = {
+        "calculate_entropy": True,
+        "compute_loss": False,
+        "temperature": temperature,
+        "use_remove_padding": use_remove_padding,
+        "use_dynamic_bsz": use_dynamic_bsz,
+        "max_token_len_per_gpu": max_token_len,
+        "micro_batch_size_per_gpu": micro_batch_size,
+        "use_fused_kernels": False,
+    }
+    if capture is not None:
+        extra[CAPTURE_KEY] = json.dumps(capture.to_dict(), sort_keys=True)
+    tu.assign_non_tensor(td, **extra)
+    return td
+
+
+def run_log_prob_pass(engine, batch: TensorDict) -> dict[str, torch.Tensor]:
+    """``engine.infer_batch`` under ``eval_mode``, as ``TrainingWorker.infer_batch`` runs it; the model outputs."""
+    with engine.eval_mode():
+        output = engine.infer_batch(batch, loss_function=None)
+    return {k: v.cpu() if v.device.type != "cpu" else v for k, v in output["model_output"].items()}
+
+
+def dense_rhythm(model, sequences, cfg: RhythmConfig) -> list:
+    """The dense reference for :func:`log_prob_batch`'s sequences: each run alone through ``model`` (eager attention,
+    ``output_attentions=True``), maps of the selected layers → :mod:`verl_rhythm.measure.dense` → shared grouping.
+
+    Args:
+        model: a transformers causal LM with eager attention, on the device the sequences go to.
+        sequences: as for :func:`log_prob_batch`.
+        cfg: the rhythm config (layers, W, H_lo, H_hi, head_quantile, head_group_scope).
+
+    Returns:
+        one :class:`~verl_rhythm.measure.heads.SequenceRhythm` per sequence, over its prompt + response positions.
+    """
+    from verl_rhythm.config import select_layers
+    from verl_rhythm.glue.checks import text_num_layers
+    from verl_rhythm.measure.dense import attention_maps_for_sequence, head_stats_dense
+    from verl_rhythm.measure.heads import rhythm_for_sequences
+
+    device = next(model.parameters()).device
+    layers = select_layers(text_num_layers(model.config), cfg.layers)
+    stats = []
+    for prompt, response, mask in sequences:
+        ids = torch.cat([prompt, response])[None].to(device)
+        with torch.no_grad():
+            attentions = model(ids, output_attentions=True).attentions
+        maps, heads = attention_maps_for_sequence(attentions, layers, 0, torch.arange(ids.shape[1], device=device))
+        resp = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), mask.bool()]).to(device)
+        stats.append(
+            head_stats_dense(maps.float(), resp, heads, cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi)
+        )
+        del attentions, maps
+    return rhythm_for_sequences(stats, cfg.head_quantile, cfg.head_group_scope)
