@@ -2,9 +2,40 @@
 
 - :mod:`.heads`: the per-head statistic container and the shared aggregation (spans, groups, WAAD/FAI).
 - :mod:`.dense`: the dense reference from full maps (ground truth for tests and the analysis tool).
-- :mod:`.capture`: the exact chunked path from post-RoPE q/k that training uses.
+- :mod:`.capture`: the exact chunked path from post-RoPE q/k that training uses, and :class:`RhythmCapture`.
+- :mod:`.fused`: the full-row statistics out of the layer's own SDPA call (fp32), bands from :mod:`.capture`.
+- :mod:`.hook`: wraps transformers' attention functions so a forward feeds a :class:`RhythmCapture`.
 """
 
-from verl_rhythm.measure.heads import HeadStats, SequenceRhythm, group_heads, head_spans, rhythm_from_head_stats
+from verl_rhythm.measure.capture import (
+    RhythmCapture,
+    SequenceLayout,
+    layer_head_stats,
+    layouts_from_attention_mask,
+    layouts_from_position_ids,
+)
+from verl_rhythm.measure.heads import (
+    HeadStats,
+    SequenceRhythm,
+    group_heads,
+    head_spans,
+    rhythm_for_sequences,
+    rhythm_from_head_stats,
+)
+from verl_rhythm.measure.hook import capture_active, install_attention_hook
 
-__all__ = ["HeadStats", "SequenceRhythm", "group_heads", "head_spans", "rhythm_from_head_stats"]
+__all__ = [
+    "HeadStats",
+    "RhythmCapture",
+    "SequenceLayout",
+    "SequenceRhythm",
+    "capture_active",
+    "group_heads",
+    "head_spans",
+    "install_attention_hook",
+    "layer_head_stats",
+    "layouts_from_attention_mask",
+    "layouts_from_position_ids",
+    "rhythm_for_sequences",
+    "rhythm_from_head_stats",
+]

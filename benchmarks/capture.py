@@ -1,0 +1,290 @@
+"""Cost of the rhythm capture on the embedded SmolLM2-135M: time and extra peak memory, as ratios of one run.
+
+For each N (one sequence of N tokens, the spec's 5 middle-third layers, default W/H_lo/H_hi):
+
+- ``sdpa``: the stock SDPA forward (the baseline: verl's old-log-prob forward);
+- ``fused``: the same forward under :func:`verl_rhythm.measure.hook.capture_active`, selected layers taking
+  log-sum-exp and expected position from their own attention kernel (:mod:`verl_rhythm.measure.fused`);
+- ``chunked``: the same with ``fused=False`` (full rows recomputed in query chunks: one more QKᵀ per selected layer);
+- ``dense``: eager attention with ``output_attentions=True`` plus the dense reference, where the maps fit
+  (``--dense-max-gib``), i.e. the paper's approach without its second model copy.
+
+Time: the minimum over ``--repeats`` interleaved runs. Memory: the extra peak of one selected layer's capture step
+(the replaced SDPA call plus :meth:`RhythmCapture.record`) over the stock SDPA call on the same q/k/v, measured as
+peak RSS on CPU (``/proc/self/clear_refs``, glibc's mmap threshold fixed at 64 KiB so freed buffers leave RSS) or
+``torch.cuda.max_memory_allocated`` on CUDA; compared with the size of the dense maps (all layers, as
+``output_attentions`` returns them, and the 5 selected layers alone). Also printed: the whole forward's peak with and
+without capture, and the largest |Δ| between the fused and chunked statistics.
+
+Usage::
+
+    python benchmarks/capture.py                      # N = 1024 2048 4096 8192, CPU, 2 threads
+    python benchmarks/capture.py --sizes 256 512 --repeats 1 --paths fused   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from verl_rhythm.config import RhythmConfig  # noqa: E402
+from verl_rhythm.measure import fused as fused_mod  # noqa: E402
+from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout  # noqa: E402
+from verl_rhythm.measure.dense import attention_maps_for_sequence, rhythm_dense  # noqa: E402
+from verl_rhythm.measure.hook import capture_active, install_attention_hook  # noqa: E402
+
+GIB = 2**30
+CFG_LAYERS: list[int] = []
+_libc = None
+
+
+def fix_malloc() -> None:
+    """Make freed large buffers leave RSS at once (M_MMAP_THRESHOLD = 64 KiB, no dynamic threshold)."""
+    global _libc
+    try:
+        _libc = ctypes.CDLL("libc.so.6")
+        _libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except OSError:
+        _libc = None
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_bytes(fn, device: torch.device) -> tuple[int, object]:
+    """``(peak bytes above the memory held before the call, fn's result)``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base, out
+    if _libc is not None:
+        _libc.malloc_trim(0)
+    base = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    out = fn()
+    return _status("VmHWM") - base, out
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t, out
+
+
+def forward_fn(model, ids, capture=None):
+    def run():
+        with torch.no_grad():
+            if capture is None:
+                return model(input_ids=ids, use_cache=False).logits
+            capture.reset()
+            with capture_active(capture):
+                model(input_ids=ids, use_cache=False)
+            return capture.finalize()
+
+    return run
+
+
+def capture_step_fn(kind, cfg, num_layers, layer, module, q, k, v, layouts):
+    """One selected layer's attention call: stock SDPA, or SDPA replaced/followed by the capture."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def run():
+        with torch.no_grad():
+            if kind == "stock":
+                return sdpa_attention_forward(module, q, k, v, None, scaling=module.scaling)
+            capture = RhythmCapture(cfg, num_layers, layouts, fused=kind == "fused")
+            res = fused_mod.attention_with_stats(
+                sdpa_attention_forward, capture, module, q, k, v, None, scaling=module.scaling
+            )
+            if res is None:
+                out = sdpa_attention_forward(module, q, k, v, None, scaling=module.scaling)
+                capture.record(layer, q, k, module.scaling)
+            else:
+                out, lse, dist = res
+                capture.record(layer, q, k, module.scaling, lse=lse, dist=dist)
+            return out
+
+    return run
+
+
+def grab_qkv(model, ids, layer):
+    """The post-RoPE q/k/v the model hands to attention in ``layer`` (for the isolated capture-step measurement)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    got = {}
+    stock = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def spy(module, query, key, value, attention_mask, *args, **kwargs):
+        if module.layer_idx == layer:
+            got.update(module=module, q=query.clone(), k=key.clone(), v=value.clone())
+        return stock(module, query, key, value, attention_mask, *args, **kwargs)
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = spy
+    try:
+        with torch.no_grad():
+            model(input_ids=ids[:, :], use_cache=False, logits_to_keep=1)
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = stock
+    return got
+
+
+def bench_size(model, n, args, device, cfg, rows):
+    L = model.config.num_hidden_layers
+    h = model.config.num_attention_heads
+    gen = torch.Generator().manual_seed(n)
+    ids = torch.randint(0, model.config.vocab_size, (1, n), generator=gen).to(device)
+    layouts = [SequenceLayout(0, 0, n, torch.arange(n, device=device) >= n // 4)]
+    fused_cap = RhythmCapture(cfg, L, layouts, fused=True)
+    chunked_cap = RhythmCapture(cfg, L, layouts, fused=False)
+    runs = {"sdpa": forward_fn(model, ids)}
+    if "fused" in args.paths:
+        runs["fused"] = forward_fn(model, ids, fused_cap)
+    if "chunked" in args.paths:
+        runs["chunked"] = forward_fn(model, ids, chunked_cap)
+    times = {name: [] for name in runs}
+    seconds = {name: [] for name in runs}
+    results = {}
+    for r in range(args.repeats):
+        order = list(runs)[r % len(runs) :] + list(runs)[: r % len(runs)]
+        for name in order:
+            dt, out = timed(runs[name], device)
+            times[name].append(dt)
+            if name != "sdpa":
+                seconds[name].append((fused_cap if name == "fused" else chunked_cap).seconds)
+                results[name] = out
+    row = {"N": n, **{f"t_{k}": min(v) for k, v in times.items()}}
+    for name in ("fused", "chunked"):
+        if name in seconds:
+            row[f"record_s_{name}"] = min(seconds[name])
+    if "fused" in results and "chunked" in results:
+        a, b = results["fused"][0], results["chunked"][0]
+        row["max_diff_fused_vs_chunked"] = max(float((a.waad - b.waad).abs().max()), float((a.fai - b.fai).abs().max()))
+
+    # memory: whole forward, and one selected layer's capture step in isolation
+    for name, fn in runs.items():
+        row[f"peak_fwd_{name}"] = peak_bytes(fn, device)[0]
+    layer = fused_cap.layers[len(fused_cap.layers) // 2]
+    qkv = grab_qkv(model, ids, layer)
+    step, step_t = {}, {}
+    kinds = ("stock", *[p for p in ("fused", "chunked") if p in args.paths])
+    fns = {k: capture_step_fn(k, cfg, L, layer, qkv["module"], qkv["q"], qkv["k"], qkv["v"], layouts) for k in kinds}
+    for kind, fn in fns.items():
+        step[kind] = min(peak_bytes(fn, device)[0] for _ in range(2))
+    for r in range(args.step_repeats):  # interleaved, so load changes hit every kind alike
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            step_t.setdefault(kind, []).append(timed(fns[kind], device)[0])
+    del qkv, fns
+    row["t_step_stock"] = min(step_t["stock"])
+    for kind in step:
+        if kind != "stock":
+            row[f"extra_peak_{kind}"] = max(0, step[kind] - step["stock"])
+            row[f"t_step_{kind}"] = min(step_t[kind])
+            # the capture's extra work per forward, from the isolated layer step: layers x (step - stock step)
+            extra = len(fused_cap.layers) * (row[f"t_step_{kind}"] - row["t_step_stock"])
+            row[f"est_ratio_{kind}"] = 1 + extra / row["t_sdpa"]
+    row["dense_maps_all_layers"] = L * h * n * n * 4
+    row["dense_maps_selected"] = len(fused_cap.layers) * h * n * n * 4
+
+    if row["dense_maps_all_layers"] <= args.dense_max_gib * GIB:
+        model.set_attn_implementation("eager")
+        try:
+
+            def dense():
+                with torch.no_grad():
+                    out = model(input_ids=ids, use_cache=False, output_attentions=True)
+                    maps, heads = attention_maps_for_sequence(
+                        out.attentions, fused_cap.layers, 0, torch.arange(n, device=device)
+                    )
+                    return rhythm_dense(maps, layouts[0].response_mask, heads)
+
+            row["t_dense"] = min(timed(dense, device)[0] for _ in range(max(1, args.repeats - 1)))
+        finally:
+            model.set_attn_implementation("sdpa")
+    rows.append(row)
+    print_row(row)
+
+
+def print_row(row):
+    n, base = row["N"], row["t_sdpa"]
+    parts = [f"N={n:5d}  sdpa {base:7.2f}s"]
+    for name in ("fused", "chunked", "dense"):
+        if f"t_{name}" in row:
+            parts.append(f"{name} {row[f't_{name}']:7.2f}s (x{row[f't_{name}'] / base:.3f})")
+    print("  ".join(parts), flush=True)
+    for name in ("fused", "chunked"):
+        if f"extra_peak_{name}" in row:
+            extra = row[f"extra_peak_{name}"]
+            print(
+                f"         {name}: one layer's attention step {row[f't_step_{name}']:.3f}s vs stock "
+                f"{row['t_step_stock']:.3f}s -> {len(CFG_LAYERS)} layers add "
+                f"{100 * (row[f'est_ratio_{name}'] - 1):.2f}% to the forward",
+                flush=True,
+            )
+            print(
+                f"         {name}: record() {row[f'record_s_{name}']:.2f}s, capture-step extra peak "
+                f"{extra / 2**20:.1f} MiB = {100 * extra / row['dense_maps_selected']:.3f}% of the 5 layers' maps "
+                f"({row['dense_maps_selected'] / GIB:.2f} GiB), {100 * extra / row['dense_maps_all_layers']:.4f}% of "
+                f"all layers' maps ({row['dense_maps_all_layers'] / GIB:.1f} GiB); forward peak "
+                f"{row[f'peak_fwd_{name}'] / 2**20:.0f} MiB vs sdpa {row['peak_fwd_sdpa'] / 2**20:.0f} MiB",
+                flush=True,
+            )
+    if "max_diff_fused_vs_chunked" in row:
+        print(f"         max |fused - chunked| over WAAD/FAI: {row['max_diff_fused_vs_chunked']:.2e}", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--paths", nargs="+", default=["fused", "chunked"], choices=["fused", "chunked"])
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--step-repeats", type=int, default=6, help="interleaved runs of the isolated layer step")
+    parser.add_argument("--dense-max-gib", type=float, default=2.0, help="run dense eager while all maps fit in this")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        fix_malloc()
+    from verl_rhythm.embedded import load_embedded
+
+    model, _ = load_embedded(device=args.device, attn_implementation="sdpa")
+    install_attention_hook()
+    cfg = RhythmConfig(chunk_size=args.chunk_size)
+    CFG_LAYERS[:] = RhythmCapture(cfg, model.config.num_hidden_layers).layers
+    print(
+        f"SmolLM2-135M fp32 on {args.device} ({args.threads} threads), layers "
+        f"{RhythmCapture(cfg, model.config.num_hidden_layers).layers}, W={cfg.waad_window}, "
+        f"H=[{cfg.fai_horizon_lo}, {cfg.fai_horizon_hi}], chunk {cfg.chunk_size}, min of {args.repeats} runs",
+        flush=True,
+    )
+    rows = []
+    for n in args.sizes:
+        bench_size(model, n, args, device, cfg, rows)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Rhythm capture on a GPU: exactness against dense references, and its overhead at long N. No verl, no hub.
+
+Needs only torch and transformers (run from the repository root; ``verl_rhythm.measure`` imports neither verl nor
+anything else). Models are random and built in-process; ``--smollm2 DIR`` adds the converted SmolLM2 folder.
+
+1. Exactness (fp32 and bf16 inputs), on a tiny random Llama with GQA and head dim 64, for a packed row of unequal
+   sequences and a left-padded batch:
+   - ``chunked``: the hook on an eager forward (portable path) vs the dense reference on the same forward's
+     ``output_attentions`` maps (fp32) and vs float64 maps recomputed from the q/k the hook saw (both dtypes);
+   - ``fused``: the SDPA forward, whose selected layers take log-sum-exp and expected position from the device's
+     kernel (fp32 only; bf16 layers fall back to the chunked path by design), vs the same references; its logits
+     must equal the stock SDPA forward's.
+2. Overhead: a SmolLM2-shaped random Llama (30 layers, 9 heads / 3 kv heads, hidden 576) in fp32 and bf16: SDPA
+   forward alone vs with capture, at each ``--sizes`` N (default 2048 8192); ratio, time inside ``record()``, the
+   capture step's extra peak memory (``torch.cuda.max_memory_allocated``) vs the dense maps' size.
+
+Usage (the H200): ``bash benchmarks/gpu_check.sh``; CPU dry run: ``python benchmarks/gpu_check.py --device cpu
+--sizes 512``. Exit status 1 if an exactness check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.capture import capture_step_fn, fix_malloc, grab_qkv, peak_bytes, timed  # noqa: E402
+from verl_rhythm.config import RhythmConfig  # noqa: E402
+from verl_rhythm.measure.capture import (  # noqa: E402
+    RhythmCapture,
+    SequenceLayout,
+    layouts_from_attention_mask,
+    layouts_from_position_ids,
+)
+from verl_rhythm.measure.dense import attention_maps_for_sequence, head_stats_dense  # noqa: E402
+from verl_rhythm.measure.heads import rhythm_from_head_stats  # noqa: E402
+from verl_rhythm.measure.hook import capture_active, install_attention_hook  # noqa: E402
+
+CFG = RhythmConfig(layers=(1, 2, 4), chunk_size=64)
+EPS32 = torch.finfo(torch.float32).eps
+
+
+class QKCapture(RhythmCapture):
+    """A RhythmCapture that also keeps the q/k each selected layer handed over (for a float64 reference)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.qk = {}
+
+    def record(self, layer_idx, query, key, scaling, **kwargs):
+        super().record(layer_idx, query, key, scaling, **kwargs)
+        if self.wants(layer_idx):
+            self.qk[layer_idx] = (query.detach().clone(), key.detach().clone(), scaling)
+
+
+def llama(device, dtype, *, layers, hidden, heads, kv_heads, inter, vocab, impl, seed=0):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=16384,
+        tie_word_embeddings=True,
+    )
+    cfg._attn_implementation = impl
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # sharper attention than at init, so indexing mistakes show
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(6.0)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def dense64(query, key, scaling, lay):
+    """``(H, N, N)`` float64 maps of one layout from the q/k the hook saw."""
+    cols = slice(lay.start, lay.start + lay.length)
+    q = query[lay.row, :, cols].double()
+    k = key[lay.row, :, cols].double().repeat_interleave(query.shape[1] // key.shape[1], 0)
+    z = (q @ k.transpose(1, 2)) * scaling
+    causal = torch.ones(lay.length, lay.length, dtype=torch.bool, device=z.device).tril()
+    return torch.softmax(z.masked_fill(~causal, float("-inf")), -1), float(z.masked_fill(~causal, 0).abs().max())
+
+
+def errors(capture, cfg, maps_by_layout):
+    """Largest |capture - reference| over WAAD terms, FAI numerators, per-token WAAD/FAI; and group agreement."""
+    worst, same_groups = 0.0, True
+    for lay, st, maps in zip(capture.layouts, capture.head_stats(), maps_by_layout, strict=True):
+        ref = head_stats_dense(maps, lay.response_mask.to(maps.device), st.heads, cfg.waad_window,
+                               cfg.fai_horizon_lo, cfg.fai_horizon_hi)  # fmt: skip
+        got_rh, ref_rh = rhythm_from_head_stats(st, cfg.head_quantile), rhythm_from_head_stats(ref, cfg.head_quantile)
+        same_groups &= bool(torch.equal(got_rh.local_heads.cpu(), ref_rh.local_heads.cpu()))
+        same_groups &= bool(torch.equal(got_rh.global_heads.cpu(), ref_rh.global_heads.cpu()))
+        for a, b in ((st.waad, ref.waad), (st.fai_num, ref.fai_num), (got_rh.waad, ref_rh.waad),
+                     (got_rh.fai, ref_rh.fai)):  # fmt: skip
+            worst = max(worst, float((a.float().cpu() - b.float().cpu()).abs().max()) if a.numel() else 0.0)
+    return worst, same_groups
+
+
+def batches(device):
+    g = torch.Generator().manual_seed(7)
+    lengths, prompts = [150, 301, 77], [40, 120, 76]
+    pos = torch.cat([torch.arange(n) for n in lengths])[None]
+    resp = [torch.arange(n) >= p for n, p in zip(lengths, prompts, strict=True)]
+    packed = {
+        "inputs": {
+            "input_ids": torch.randint(0, 256, pos.shape, generator=g).to(device),
+            "position_ids": pos.to(device),
+        },
+        "layouts": layouts_from_position_ids(pos, resp),
+        "columns": [torch.arange(a, a + n) for a, n in zip([0, 150, 451], lengths, strict=True)],
+    }
+    s = max(lengths)
+    mask = torch.zeros(3, s, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, s - n :] = 1
+    padded = {
+        "inputs": {
+            "input_ids": torch.randint(0, 256, (3, s), generator=g).to(device),
+            "attention_mask": mask.to(device),
+        },
+        "layouts": layouts_from_attention_mask(mask, resp),
+        "columns": [torch.nonzero(m).flatten() for m in mask],
+    }
+    return {"packed": packed, "left_padded": padded}
+
+
+def run(model, capture, inputs, attentions=False):
+    with torch.no_grad():
+        if capture is None:
+            return model(**inputs, use_cache=False, output_attentions=attentions)
+        capture.reset()
+        with capture_active(capture):
+            return model(**inputs, use_cache=False, output_attentions=attentions)
+
+
+def exactness(device, report):
+    ok = True
+    for dtype in (torch.float32, torch.bfloat16):
+        model = llama(device, dtype, layers=6, hidden=256, heads=4, kv_heads=2, inter=512, vocab=256, impl="eager")
+        for case, batch in batches(device).items():
+            valid = batch["inputs"].get("attention_mask")
+            row = {"dtype": str(dtype).split(".")[-1], "case": case}
+            # chunked path on the eager forward, maps from that very forward
+            model.set_attn_implementation("eager")
+            cap = QKCapture(CFG, 6, batch["layouts"], fused=False)
+            out = run(model, cap, batch["inputs"], attentions=True)
+            ref64 = [[dense64(*cap.qk[layer], lay) for layer in cap.layers] for lay in batch["layouts"]]
+            zmax = max(z for per in ref64 for _, z in per)
+            maps64 = [torch.cat([m for m, _ in per]) for per in ref64]
+            row["zmax"] = zmax
+            row["chunked_vs_fp64"], g1 = errors(cap, CFG, maps64)
+            if dtype == torch.float32:
+                eager = [attention_maps_for_sequence(out.attentions, cap.layers, lay.row, cols.to(device))[0]
+                         for lay, cols in zip(batch["layouts"], batch["columns"], strict=True)]  # fmt: skip
+                row["chunked_vs_eager_maps"], g2 = errors(cap, CFG, eager)
+            # fused (fp32) or its bf16 fallback, on the SDPA forward
+            model.set_attn_implementation("sdpa")
+            stock = run(model, None, batch["inputs"]).logits
+            cap2 = QKCapture(CFG, 6, batch["layouts"])
+            logits = run(model, cap2, batch["inputs"]).logits
+            row["sdpa_paths"] = sorted(set(cap2.paths.values()))
+            keep = valid.bool() if valid is not None else torch.ones(logits.shape[:2], dtype=torch.bool, device=device)
+            row["logits_vs_stock"] = float((logits[keep].float() - stock[keep].float()).abs().max())
+            # the SDPA forward's own q/k (in bf16 they drift from eager's through the earlier layers)
+            own64 = [torch.cat([dense64(*cap2.qk[layer], lay)[0] for layer in cap2.layers]) for lay in batch["layouts"]]
+            row["sdpa_capture_vs_fp64"], g3 = errors(cap2, CFG, own64)
+            bound = 1e-5 + EPS32 * zmax * CFG.waad_window
+            checks = [row["chunked_vs_fp64"] <= bound, row["sdpa_capture_vs_fp64"] <= max(bound, 5e-5), g1]
+            if dtype == torch.float32:
+                checks += [row["chunked_vs_eager_maps"] <= 1e-5, row["logits_vs_stock"] <= 1e-4, g2, g3]
+                checks.append(row["sdpa_paths"] == ["fused"] or device.type not in ("cpu", "cuda"))
+            else:
+                checks.append(row["sdpa_paths"] == ["chunked"])
+            row["bound"] = bound
+            row["ok"] = all(checks)
+            ok &= row["ok"]
+            report["exactness"].append(row)
+            print(json.dumps(row), flush=True)
+    return ok
+
+
+def overhead(device, sizes, report, smollm2, repeats):
+    models = []
+    for dtype in (torch.float32, torch.bfloat16):
+        if smollm2:
+            from transformers import AutoModelForCausalLM
+
+            m = AutoModelForCausalLM.from_pretrained(smollm2, dtype=dtype, attn_implementation="sdpa")
+            models.append(("smollm2", dtype, m.to(device).eval()))
+        else:
+            shape = dict(layers=30, hidden=576, heads=9, kv_heads=3, inter=1536, vocab=49152)
+            models.append(("smollm2-shaped random", dtype, llama(device, dtype, impl="sdpa", **shape)))
+    cfg = RhythmConfig()
+    for name, dtype, model in models:
+        for n in sizes:
+            row = overhead_one(model, n, cfg, device, repeats)
+            row = {"model": name, "dtype": str(dtype).split(".")[-1], **row}
+            report["overhead"].append(row)
+            print(json.dumps(row), flush=True)
+        del model
+
+
+def overhead_one(model, n, cfg, device, repeats):
+    """SDPA forward vs forward with capture on one sequence of ``n`` random tokens; extra peak of a capture step."""
+    nl, h = model.config.num_hidden_layers, model.config.num_attention_heads
+    ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
+    layouts = [SequenceLayout(0, 0, n, torch.arange(n) >= n // 4)]
+    cap = RhythmCapture(cfg, nl, layouts)
+    runs = {
+        "sdpa": lambda: run(model, None, {"input_ids": ids}),
+        "capture": lambda: run(model, cap, {"input_ids": ids}),
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    times = {k: [] for k in runs}
+    for r in range(repeats):
+        for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            times[k].append(timed(runs[k], device)[0])
+    t0, t1 = min(times["sdpa"]), min(times["capture"])
+    run(model, cap, {"input_ids": ids})
+    record_s, paths = cap.seconds, sorted(set(cap.paths.values()))
+    layer = cap.layers[len(cap.layers) // 2]
+    qkv = grab_qkv(model, ids, layer)
+    step = {}
+    for kind in ("stock", paths[0]):
+        fn = capture_step_fn(kind, cfg, nl, layer, qkv["module"], qkv["q"], qkv["k"], qkv["v"], layouts)
+        step[kind] = peak_bytes(fn, device)[0]
+    del qkv
+    extra = max(0, step[paths[0]] - step["stock"])
+    maps_all = nl * h * n * n * 4
+    return {
+        "N": n,
+        "paths": paths,
+        "t_sdpa": t0,
+        "t_capture": t1,
+        "ratio": t1 / t0,
+        "record_s": record_s,
+        "step_extra_peak_MiB": extra / 2**20,
+        "forward_peak_MiB": [peak_bytes(runs[k], device)[0] / 2**20 for k in ("sdpa", "capture")],
+        "dense_maps_all_layers_GiB": maps_all / 2**30,
+        "extra_peak_pct_of_all_maps": 100 * extra / maps_all,
+        "extra_peak_pct_of_selected_maps": 100 * extra / (maps_all / nl * len(cap.layers)),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smollm2", help="a converted SmolLM2 HF folder (else a SmolLM2-shaped random model)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    parser.add_argument("--out", help="write the JSON report here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        fix_malloc()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda but torch.cuda.is_available() is False; use --device cpu for a dry run")
+    import transformers
+
+    install_attention_hook()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report = {"torch": torch.__version__, "transformers": transformers.__version__, "device": name,
+              "exactness": [], "overhead": []}  # fmt: skip
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {name}", flush=True)
+    t = time.perf_counter()
+    ok = exactness(device, report)
+    print(f"exactness {'OK' if ok else 'FAILED'} ({time.perf_counter() - t:.0f}s)", flush=True)
+    overhead(device, args.sizes, report, args.smollm2, args.repeats)
+    report["ok"] = ok
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"done in {time.perf_counter() - t:.0f}s", flush=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Edge cases of the chunked capture against the dense reference on explicit maps from the same q/k.
+
+Reference maps here are softmax(q kᵀ · scaling + causal mask) computed in float64 from the (upcast) q/k, then
+:func:`verl_rhythm.measure.dense.head_stats_dense`; a hypothesis sweep covers shapes, GQA, chunk sizes and band
+settings, the named tests cover the behaviour the spec leaves to us.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verl_rhythm.config import RhythmConfig
+from verl_rhythm.measure.capture import (
+    RhythmCapture,
+    SequenceLayout,
+    layer_head_stats,
+    layouts_from_attention_mask,
+    layouts_from_position_ids,
+)
+from verl_rhythm.measure.dense import head_stats_dense
+from verl_rhythm.measure.heads import rhythm_from_head_stats
+
+ATOL = 1e-5
+
+
+def dense_maps(query, key, scaling, layout):
+    """``(H, N, N)`` float64 maps of one layout from q/k (GQA by repeating kv heads)."""
+    cols = slice(layout.start, layout.start + layout.length)
+    q = query[layout.row, :, cols].double()
+    k = key[layout.row, :, cols].double().repeat_interleave(query.shape[1] // key.shape[1], 0)
+    z = q @ k.transpose(1, 2) * scaling
+    n = layout.length
+    z = z.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(z, -1)
+
+
+def check(query, key, scaling, layout, w, lo, hi, chunk):
+    got = layer_head_stats(
+        query, key, scaling, layout, 7, waad_window=w, fai_horizon_lo=lo, fai_horizon_hi=hi, chunk_size=chunk
+    )
+    maps = dense_maps(query, key, scaling, layout)
+    ref = head_stats_dense(maps, layout.response_mask, got.heads, w, lo, hi)
+    torch.testing.assert_close(got.waad, ref.waad, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got.fai_num, ref.fai_num, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got.dist, ref.dist, atol=ATOL, rtol=1e-5)
+    assert torch.equal(got.fai_count, ref.fai_count)
+    return got
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 70),
+    kv=st.integers(1, 3),
+    group=st.integers(1, 3),
+    w=st.integers(1, 12),
+    lo=st.integers(1, 20),
+    extra=st.integers(0, 30),
+    chunk=st.integers(1, 80),
+    prompt=st.integers(0, 70),
+    offset=st.integers(0, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_gqa_chunks_and_bands(n, kv, group, w, lo, extra, chunk, prompt, offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    d = 8
+    query = torch.randn(2, kv * group, n + offset, d, generator=g) * 2
+    key = torch.randn(2, kv, n + offset, d, generator=g) * 2
+    layout = SequenceLayout(1, offset, n, torch.arange(n) >= min(prompt, n))
+    check(query, key, d**-0.5, layout, w, lo, lo + extra, chunk)
+
+
+def _qk(n, h=4, kv=2, d=16, seed=0, scale=1.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(1, h, n, d, generator=g) * scale).to(dtype)
+    k = (torch.randn(1, kv, n, d, generator=g) * scale).to(dtype)
+    return q, k
+
+
+def test_response_shorter_than_h_lo_has_zero_fai():
+    q, k = _qk(40)
+    layout = SequenceLayout(0, 0, 40, torch.arange(40) >= 35)  # 5 response rows < H_lo = 10
+    got = check(q, k, 0.25, layout, 10, 10, 100, 16)
+    # every column s has T(s) ∩ R = ∅ only where s + 10 > 39; columns reached by a response row keep a numerator
+    assert torch.equal(got.fai_count > 0, torch.arange(40) <= 29)
+    rhythm = rhythm_from_head_stats(got, 0.3)
+    assert torch.all(rhythm.fai[30:] == 0)
+
+
+def test_one_token_response():
+    q, k = _qk(30)
+    resp = torch.zeros(30, dtype=torch.bool)
+    resp[-1] = True
+    got = check(q, k, 0.25, SequenceLayout(0, 0, 30, resp), 10, 10, 100, 8)
+    rhythm = rhythm_from_head_stats(got, 0.3)
+    torch.testing.assert_close(rhythm.span, got.dist[:, -1])  # the span is that one row's expected distance
+    assert torch.equal(got.fai_count, ((torch.arange(30) + 10 <= 29) & (torch.arange(30) + 100 >= 29)).float())
+
+
+def test_no_response_gives_zero_span_and_fai():
+    q, k = _qk(25)
+    got = check(q, k, 0.25, SequenceLayout(0, 0, 25, torch.zeros(25, dtype=torch.bool)), 10, 10, 100, 8)
+    rhythm = rhythm_from_head_stats(got, 0.3)
+    assert torch.all(rhythm.span == 0) and torch.all(rhythm.fai == 0) and torch.all(got.fai_num == 0)
+    assert torch.all((rhythm.waad >= 0) & (rhythm.waad <= 10))
+
+
+@pytest.mark.parametrize("scale", [3.0, 12.0])
+def test_bf16_inputs_with_large_logits(scale):
+    """bf16 q/k, logits up to ~1e2 (scale 3) and ~1e3 (scale 12): fp32 arithmetic, no overflow, fp64-accurate.
+
+    fp32 logits carry a rounding error of about eps32 · |z| (any fp32 attention, eager's included), so the bound
+    is 1e-5 plus that, scaled by W for WAAD: 1e-5 at scale 3, about 1e-3 at scale 12.
+    """
+    q, k = _qk(90, scale=scale, dtype=torch.bfloat16)
+    layout = SequenceLayout(0, 0, 90, torch.arange(90) >= 20)
+    got = layer_head_stats(q, k, 0.25, layout, 0, chunk_size=32)
+    for t in (got.dist, got.waad, got.fai_num):
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+    zmax = float((q.double()[0] @ k.double()[0].repeat_interleave(2, 0).transpose(1, 2)).abs().max() * 0.25)
+    assert zmax > (500 if scale > 10 else 40)
+    ref = head_stats_dense(dense_maps(q, k, 0.25, layout), layout.response_mask, got.heads)
+    tol = 1e-5 + torch.finfo(torch.float32).eps * zmax * 10
+    torch.testing.assert_close(got.waad, ref.waad, atol=tol, rtol=0)
+    torch.testing.assert_close(got.fai_num, ref.fai_num, atol=tol, rtol=0)
+    torch.testing.assert_close(got.dist, ref.dist, atol=tol * 10, rtol=1e-5)
+
+
+def test_fully_masked_row_is_an_empty_sequence():
+    """A batch row with no unmasked position yields an empty layout and an empty SequenceRhythm."""
+    cfg = RhythmConfig(layers=(0,))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1]])
+    resp = [torch.tensor([0, 0, 1, 1, 1]).bool(), torch.zeros(0, dtype=torch.bool), torch.ones(5, dtype=torch.bool)]
+    layouts = layouts_from_attention_mask(mask, resp)
+    assert [(x.row, x.start, x.length) for x in layouts] == [(0, 0, 5), (1, 0, 0), (2, 1, 5)]
+    q, k = _qk(6, h=4, kv=2)
+    q, k = q.expand(3, -1, -1, -1), k.expand(3, -1, -1, -1)
+    capture = RhythmCapture(cfg, 1, layouts)
+    capture.record(0, q, k, 0.25)
+    empty = capture.finalize()[1]
+    assert empty.waad.shape == (0,) and empty.fai.shape == (0,) and torch.all(empty.span == 0)
+    check(q, k, 0.25, layouts[2], 10, 10, 100, 4)
+
+
+def test_chunk_size_does_not_change_results():
+    q, k = _qk(100, seed=3)
+    layout = SequenceLayout(0, 0, 100, torch.arange(100) >= 30)
+    runs = [layer_head_stats(q, k, 0.25, layout, 0, chunk_size=c) for c in (1, 13, 100, 1000)]
+    for other in runs[1:]:
+        for name in ("dist", "waad", "fai_num"):
+            torch.testing.assert_close(getattr(other, name), getattr(runs[0], name), atol=1e-6, rtol=1e-6)
+
+
+def test_layouts_from_position_ids_ignores_trailing_pad_and_checks_lengths():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 0]])  # two sequences, then verl's pad
+    masks = [torch.tensor([0, 1, 1]).bool(), torch.tensor([0, 1]).bool()]
+    layouts = layouts_from_position_ids(pos, masks)
+    assert [(x.row, x.start, x.length) for x in layouts] == [(0, 0, 3), (0, 3, 2)]
+    with pytest.raises(ValueError, match=r"response_masks\[1\].*length 2"):
+        layouts_from_position_ids(pos, [masks[0], torch.ones(3, dtype=torch.bool)])
+    with pytest.raises(ValueError, match="position_ids of a packed batch must be"):
+        layouts_from_position_ids(pos.expand(2, -1), masks)
+
+
+def test_bad_inputs_name_the_tensor():
+    with pytest.raises(ValueError, match="not one contiguous run"):
+        layouts_from_attention_mask(torch.tensor([[1, 0, 1]]), [torch.ones(2, dtype=torch.bool)])
+    with pytest.raises(ValueError, match="response_mask must be a \\(4,\\) tensor"):
+        SequenceLayout(0, 0, 4, torch.ones(3, dtype=torch.bool))
+    q, k = _qk(10)
+    with pytest.raises(ValueError, match="lies outside the query"):
+        layer_head_stats(q, k, 0.25, SequenceLayout(0, 5, 6, torch.ones(6, dtype=torch.bool)), 0)
+    with pytest.raises(ValueError, match="key .* does not match query"):
+        layer_head_stats(q, k[..., :8], 0.25, SequenceLayout(0, 0, 10, torch.ones(10, dtype=torch.bool)), 0)
+
+
+def test_capture_lifecycle_errors():
+    cfg = RhythmConfig(layers=(1, 2))
+    capture = RhythmCapture(cfg, 4)
+    q, k = _qk(8)
+    capture.record(0, q, k, 0.25)  # not selected: ignored even without layouts
+    with pytest.raises(RuntimeError, match="before set_layouts"):
+        capture.record(1, q, k, 0.25)
+    capture.set_layouts([SequenceLayout(0, 0, 8, torch.ones(8, dtype=torch.bool))])
+    capture.record(1, q, k, None)
+    with pytest.raises(RuntimeError, match=r"selected layers \[2\] were never recorded"):
+        capture.finalize()
+    capture.record(2, q, k, None)
+    assert len(capture.finalize()) == 1 and capture.seconds > 0
+    capture.reset()
+    assert capture.seconds == 0 and capture.layouts is not None
+    with pytest.raises(RuntimeError, match=r"\[1, 2\] were never recorded"):
+        capture.finalize()
+
+
+def test_bf16_autocast_around_the_forward_does_not_lower_the_capture_precision():
+    """verl runs the log-prob forward under bf16 autocast; the capture's own matmuls must stay fp32."""
+    q, k = _qk(120, seed=5, scale=2.0)
+    layout = SequenceLayout(0, 0, 120, torch.arange(120) >= 30)
+    plain = layer_head_stats(q, k, 0.25, layout, 0, chunk_size=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.matmul(q[:, :2], k.transpose(-1, -2)).dtype == torch.bfloat16  # autocast is really on
+        under = layer_head_stats(q, k, 0.25, layout, 0, chunk_size=32)
+    for name in ("dist", "waad", "fai_num"):
+        assert torch.equal(getattr(under, name), getattr(plain, name))

@@ -1,0 +1,129 @@
+"""The attention hook: idempotent install on transformers' real registry, pass-through outside a capture.
+
+Real transformers models (tiny random Llama GQA) and the real ``ALL_ATTENTION_FUNCTIONS``; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from models import tiny_model
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from verl_rhythm.config import RhythmConfig
+from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout, layouts_from_attention_mask
+from verl_rhythm.measure.hook import active_capture, capture_active, install_attention_hook, is_installed
+
+CFG = RhythmConfig(layers=(1, 4))
+
+
+def _batch(n=24):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 128, (2, n))
+    mask = torch.ones(2, n, dtype=torch.long)
+    mask[1, :5] = 0
+    layouts = layouts_from_attention_mask(mask, [torch.arange(n) >= 8, torch.arange(n - 5) >= 8])
+    return ids, mask, layouts
+
+
+def test_install_is_idempotent_and_registers_no_new_name():
+    names = set(ALL_ATTENTION_FUNCTIONS.keys())
+    install_attention_hook()
+    first = {name: ALL_ATTENTION_FUNCTIONS[name] for name in names}
+    getter = AttentionInterface.get_interface
+    install_attention_hook()
+    assert is_installed()
+    assert set(ALL_ATTENTION_FUNCTIONS.keys()) == names
+    assert {name: ALL_ATTENTION_FUNCTIONS[name] for name in names} == first
+    assert AttentionInterface.get_interface is getter
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    assert sdpa.__wrapped__.__name__ == "sdpa_attention_forward" and not hasattr(sdpa.__wrapped__, "__wrapped__")
+
+
+def test_each_implementation_records_selected_layers_only_inside_the_block():
+    install_attention_hook()
+    ids, mask, layouts = _batch()
+    for impl in ("eager", "sdpa"):
+        model = tiny_model("llama_gqa", attn_implementation=impl)
+        capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts)
+        with torch.no_grad():
+            before = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            assert capture.paths == {}  # no active capture: the wrappers only pass through
+            with capture_active(capture):
+                assert active_capture() is capture
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            assert active_capture() is None
+            after = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        assert sorted(capture.paths) == [1, 4]
+        assert set(capture.paths.values()) == {"chunked" if impl == "eager" else "fused"}
+        assert torch.equal(before, after)
+        assert len(capture.finalize()) == 2
+
+
+def test_chunked_path_leaves_the_forward_bit_identical():
+    install_attention_hook()
+    ids, mask, layouts = _batch()
+    model = tiny_model("qwen3", attn_implementation="sdpa")
+    capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts, fused=False)
+    with torch.no_grad():
+        stock = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        with capture_active(capture):
+            hooked = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    assert set(capture.paths.values()) == {"chunked"}
+    assert torch.equal(stock, hooked)
+
+
+def test_entry_replaced_after_install_is_still_captured():
+    """verl's prefix-grouper patch re-sets ALL_ATTENTION_FUNCTIONS entries after our install: still captured."""
+    install_attention_hook()
+    ids, mask, layouts = _batch()
+    model = tiny_model("llama_gqa", attn_implementation="sdpa")
+    stock = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    calls = []
+
+    def outer(module, *args, **kwargs):  # like verl/models/transformers/monkey_patch.py:_create_prefix_grouper_wrapper
+        calls.append(module.layer_idx)
+        return stock(module, *args, **kwargs)
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = outer
+    try:
+        capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts)
+        with torch.no_grad(), capture_active(capture):
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = stock
+    assert calls == list(range(6)) and sorted(capture.paths) == [1, 4]
+
+
+def test_capture_is_per_context_not_per_process():
+    install_attention_hook()
+    ids, mask, layouts = _batch()
+    model = tiny_model("llama_gqa", attn_implementation="sdpa")
+    capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts)
+    seen = []
+
+    def other_thread():
+        seen.append(active_capture())
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    with capture_active(capture):
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert seen == [None] and capture.paths == {}
+
+
+def test_mismatched_layouts_are_an_error_not_wrong_statistics():
+    """A packed row whose layouts cut one sequence in two: rows would attend across the cut; the fused path says so."""
+    install_attention_hook()
+    model = tiny_model("llama_gqa", attn_implementation="sdpa")
+    pos = torch.cat([torch.arange(20), torch.arange(10)])[None]
+    ids = torch.randint(0, 128, pos.shape)
+    wrong = [SequenceLayout(0, 0, 12, torch.ones(12, dtype=torch.bool)), SequenceLayout(0, 12, 18, torch.ones(18) > 0)]
+    capture = RhythmCapture(CFG, model.config.num_hidden_layers, wrong)
+    with pytest.raises(RuntimeError, match="layouts do not match the model inputs"):
+        with torch.no_grad(), capture_active(capture):
+            model(input_ids=ids, position_ids=pos, use_cache=False)

@@ -1,0 +1,114 @@
+"""Route transformers' attention calls through :class:`~verl_rhythm.measure.capture.RhythmCapture`.
+
+Seam: ``transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS`` (transformers 5.x). Every decoder attention module
+calls ``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)`` with the
+post-RoPE ``query (B, H, S, D)``, ``key (B, H_kv, S, D)``, ``value``, ``attention_mask`` and ``scaling=...``. verl
+0.9.1 patches the same seam (``verl/models/transformers/monkey_patch.py:apply_prefix_grouper_patch`` wraps the
+entries; ``apply_monkey_patch`` swaps ``transformers.integrations.flash_attention._flash_attention_forward`` for
+Ulysses), so wrappers stack in either order.
+
+:func:`install_attention_hook` wraps the existing entries in place (no new name is registered: a new
+``_attn_implementation`` would change how transformers builds masks) and wraps ``get_interface`` so that the eager
+default, and any entry replaced after installation, is wrapped at call time too. Outside :func:`capture_active`
+the wrappers call straight through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+
+from verl_rhythm.measure.capture import RhythmCapture
+
+_ACTIVE: contextvars.ContextVar[RhythmCapture | None] = contextvars.ContextVar("verl_rhythm_capture", default=None)
+_WRAPPED_FLAG = "__verl_rhythm_wrapped__"
+_wrappers: dict[Callable, Callable] = {}
+_installed = False
+
+
+def active_capture() -> RhythmCapture | None:
+    """The capture of the innermost :func:`capture_active` block of this context, or ``None``."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def capture_active(capture: RhythmCapture) -> Iterator[RhythmCapture]:
+    """Within this block, wrapped attention functions hand each selected layer's q/k to ``capture.record``.
+
+    Uses a :mod:`contextvars` variable, so concurrent threads / tasks do not see each other's capture.
+    """
+    if not isinstance(capture, RhythmCapture):
+        raise TypeError(f"capture_active needs a RhythmCapture, got {type(capture).__name__}")
+    token = _ACTIVE.set(capture)
+    try:
+        yield capture
+    finally:
+        _ACTIVE.reset(token)
+
+
+def wrap_attention_function(fn: Callable) -> Callable:
+    """The capturing wrapper of one attention function (cached: wrapping twice returns the same wrapper)."""
+    if getattr(fn, _WRAPPED_FLAG, False):
+        return fn
+    cached = _wrappers.get(fn)
+    if cached is not None:
+        return cached
+
+    @functools.wraps(fn)
+    def wrapper(module, query, key, value, attention_mask, *args, **kwargs):
+        capture = _ACTIVE.get()
+        layer_idx = getattr(module, "layer_idx", None)
+        if capture is None or not capture.wants(layer_idx):
+            return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        scaling = kwargs.get("scaling")
+        if scaling is None:
+            scaling = getattr(module, "scaling", None)
+        from verl_rhythm.measure import fused  # local import: fused imports this module's siblings only
+
+        result = fused.attention_with_stats(fn, capture, module, query, key, value, attention_mask, *args, **kwargs)
+        if result is not None:
+            output, lse, dist = result
+            capture.record(layer_idx, query, key, scaling, lse=lse, dist=dist)
+            return output
+        capture.record(layer_idx, query, key, scaling, attention_mask=attention_mask)
+        return fn(module, query, key, value, attention_mask, *args, **kwargs)
+
+    setattr(wrapper, _WRAPPED_FLAG, True)
+    wrapper.__wrapped__ = fn
+    _wrappers[fn] = wrapper
+    return wrapper
+
+
+def install_attention_hook() -> None:
+    """Wrap every entry of ``ALL_ATTENTION_FUNCTIONS`` and the eager default; idempotent.
+
+    Entries of the class-wide mapping (``AttentionInterface._global_mapping``, seen by every interface instance)
+    and of the shared instance's local overrides are replaced by their wrappers under the same names.
+    ``AttentionInterface.get_interface`` is wrapped once so that the eager function a model passes as default, and
+    any entry set later (e.g. by verl's prefix-grouper patch), come back wrapped.
+    """
+    global _installed
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    for mapping in (AttentionInterface._global_mapping, ALL_ATTENTION_FUNCTIONS._local_mapping):
+        for name, fn in list(mapping.items()):
+            if callable(fn):
+                mapping[name] = wrap_attention_function(fn)
+    if _installed:
+        return
+    stock_get_interface = AttentionInterface.get_interface
+
+    @functools.wraps(stock_get_interface)
+    def get_interface(self, attn_implementation, default):
+        fn = stock_get_interface(self, attn_implementation, default)
+        return wrap_attention_function(fn) if callable(fn) else fn
+
+    AttentionInterface.get_interface = get_interface
+    _installed = True
+
+
+def is_installed() -> bool:
+    """Whether :func:`install_attention_hook` has run in this process."""
+    return _installed
