@@ -9,9 +9,15 @@ For each N (one sequence of N tokens, the spec's 5 middle-third layers, default 
 - ``dense``: eager attention with ``output_attentions=True`` plus the dense reference, where the maps fit
   (``--dense-max-gib``), i.e. the paper's approach without its second model copy.
 
-Time: the minimum over ``--repeats`` interleaved runs. Memory: the extra peak of one selected layer's capture step
-(the replaced SDPA call plus :meth:`RhythmCapture.record`) over the stock SDPA call on the same q/k/v, measured as
-peak RSS on CPU (``/proc/self/clear_refs``, glibc's mmap threshold fixed at 64 KiB so freed buffers leave RSS) or
+Time: the minimum over ``--repeats`` interleaved runs (ratio of minima), the median of the per-round ratios
+("paired"), and the ratio of minimal process CPU times (robust to other jobs with ``--threads 1``). On a shared host
+the whole forward varies by ±10 % run to run, more than the capture costs; so the capture's share is also estimated
+from one selected layer's attention step with and without capture, timed in isolation (interleaved,
+``--step-repeats``), times the number of selected layers, over the forward.
+
+Memory: the extra peak of one selected layer's capture step (the replaced SDPA call plus
+:meth:`RhythmCapture.record`) over the stock SDPA call on the same q/k/v, measured as peak RSS on CPU
+(``/proc/self/clear_refs``, glibc's mmap threshold fixed at 64 KiB so freed buffers leave RSS) or
 ``torch.cuda.max_memory_allocated`` on CUDA; compared with the size of the dense maps (all layers, as
 ``output_attentions`` returns them, and the 5 selected layers alone). Also printed: the whole forward's peak with and
 without capture, and the largest |Δ| between the fused and chunked statistics.
@@ -161,17 +167,25 @@ def bench_size(model, n, args, device, cfg, rows):
     if "chunked" in args.paths:
         runs["chunked"] = forward_fn(model, ids, chunked_cap)
     times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}  # process CPU time: less sensitive than wall time to other jobs on the host
     seconds = {name: [] for name in runs}
     results = {}
     for r in range(args.repeats):
         order = list(runs)[r % len(runs) :] + list(runs)[: r % len(runs)]
         for name in order:
+            c0 = time.process_time()
             dt, out = timed(runs[name], device)
+            cpu[name].append(time.process_time() - c0)
             times[name].append(dt)
             if name != "sdpa":
                 seconds[name].append((fused_cap if name == "fused" else chunked_cap).seconds)
                 results[name] = out
     row = {"N": n, **{f"t_{k}": min(v) for k, v in times.items()}}
+    for name in times:
+        if name != "sdpa":  # run r of a path against the sdpa run of the same round: less exposed to load drift
+            pairs = sorted(a / b for a, b in zip(times[name], times["sdpa"], strict=True))
+            row[f"paired_ratio_{name}"] = pairs[len(pairs) // 2]
+            row[f"cpu_ratio_{name}"] = min(cpu[name]) / min(cpu["sdpa"])
     for name in ("fused", "chunked"):
         if name in seconds:
             row[f"record_s_{name}"] = min(seconds[name])
@@ -228,7 +242,12 @@ def print_row(row):
     parts = [f"N={n:5d}  sdpa {base:7.2f}s"]
     for name in ("fused", "chunked", "dense"):
         if f"t_{name}" in row:
-            parts.append(f"{name} {row[f't_{name}']:7.2f}s (x{row[f't_{name}'] / base:.3f})")
+            paired = (
+                f", paired x{row[f'paired_ratio_{name}']:.3f}, cpu-time x{row[f'cpu_ratio_{name}']:.3f}"
+                if f"paired_ratio_{name}" in row
+                else ""
+            )
+            parts.append(f"{name} {row[f't_{name}']:7.2f}s (x{row[f't_{name}'] / base:.3f}{paired})")
     print("  ".join(parts), flush=True)
     for name in ("fused", "chunked"):
         if f"extra_peak_{name}" in row:

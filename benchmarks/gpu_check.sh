@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Rhythm capture on a lent GPU (torch + transformers only; no verl, no internet): exactness on CUDA in fp32 and bf16
-# against dense references, and the capture's overhead at N = 2048 and 8192. Runs in about 1-3 minutes on an H200.
+# against dense references, and the capture's overhead at N = 2048 and 8192. Capped at 290 s (timeout).
 # Usage, from the repository root: bash benchmarks/gpu_check.sh [--smollm2 DIR] [other benchmarks/gpu_check.py args]
 # Writes the JSON report to $OUT/gpu_check.json when $OUT is set (the device machine's output folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
 REPORT=()

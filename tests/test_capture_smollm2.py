@@ -1,9 +1,11 @@
 """The capture on the embedded SmolLM2-135M (Llama, 30 layers, 9 heads / 3 kv heads) equals the dense reference.
 
-Real text through the real tokenizer; default spec settings (W=10, H_lo=10, H_hi=100, the five middle-third layers).
-The chunked path matches eager's maps to 1e-5. The fused path takes each row's log-sum-exp from the SDPA kernel,
-whose fp32 logits round differently from eager's matmul by about eps32 · |z| (logits of tens): its bound is
-FUSED_ATOL = 5e-5 on WAAD/FAI (measured: 2.4e-5), the size of the reference's own fp32 rounding at these logits.
+Real text through the real tokenizer; default spec settings (W=10, H_lo=10, H_hi=100, the five middle-third layers
+[10, 12, 15, 18, 20]); a packed row of two unequal sequences, and the same two left- and right-padded.
+The chunked path (on the eager forward that also returns the maps) matches eager's maps to 1e-5. The fused path (on
+the SDPA forward) takes each row's log-sum-exp from the SDPA kernel, whose fp32 logits round differently from eager's
+matmul by about eps32 · |z|: it is held to FUSED_ATOL = 5e-5 on WAAD/FAI (measured 2.4e-5), the size of the
+reference's own fp32 rounding at these logits.
 """
 
 from __future__ import annotations
@@ -34,73 +36,58 @@ def _sequences(tokenizer):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
         )
-        prompt = tokenizer(text)["input_ids"]
-        response = tokenizer(answer)["input_ids"]
-        ids = torch.tensor(list(prompt) + list(response))
-        seqs.append((ids, torch.arange(len(ids)) >= len(prompt)))
+        prompt, response = tokenizer(text)["input_ids"], tokenizer(answer)["input_ids"]
+        seqs.append(
+            (torch.tensor(list(prompt) + list(response)), torch.arange(len(prompt) + len(response)) >= len(prompt))
+        )
     return seqs
 
 
-@pytest.fixture(scope="module")
-def sdpa_twin(smollm2):
-    """The same model object switched to SDPA for the fused path, switched back afterwards."""
-    model, _ = smollm2
-    model.set_attn_implementation("sdpa")
-    try:
-        yield model
-    finally:
-        model.set_attn_implementation("eager")
-
-
-def _check_chunked(model, cfg, layouts, columns, inputs):
-    capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=False)
-    maps = forward(model, capture, **inputs).attentions
-    assert set(capture.paths.values()) == {"chunked"}
-    assert_matches_dense(capture, maps, cfg, columns)
-
-
-def test_smollm2_packed_and_left_padded(smollm2):
-    model, tokenizer = smollm2
-    cfg = RhythmConfig(chunk_size=64)
+def _batches(tokenizer):
+    """``{name: (inputs, layouts, columns)}`` for the packed, left-padded and right-padded batch."""
     seqs = _sequences(tokenizer)
     lengths = [len(ids) for ids, _ in seqs]
     assert min(lengths) > 30 and max(lengths) > 80  # bands and chunk boundaries are exercised
-
-    packed_ids = torch.cat([ids for ids, _ in seqs])[None]
     pos = torch.cat([torch.arange(n) for n in lengths])[None]
-    layouts = layouts_from_position_ids(pos, [r for _, r in seqs])
-    bounds = [0, lengths[0], sum(lengths)]
-    cols = [torch.arange(bounds[i], bounds[i + 1]) for i in range(2)]
-    _check_chunked(model, cfg, layouts, cols, {"input_ids": packed_ids, "position_ids": pos})
-
+    out = {
+        "packed": (
+            {"input_ids": torch.cat([ids for ids, _ in seqs])[None], "position_ids": pos},
+            layouts_from_position_ids(pos, [r for _, r in seqs]),
+            [torch.arange(lengths[0]), torch.arange(lengths[0], sum(lengths))],
+        )
+    }
     s = max(lengths)
-    ids = torch.full((2, s), tokenizer.pad_token_id)
-    mask = torch.zeros(2, s, dtype=torch.long)
-    for b, (seq, _) in enumerate(seqs):
-        ids[b, s - len(seq) :] = seq
-        mask[b, s - len(seq) :] = 1
-    layouts = layouts_from_attention_mask(mask, [r for _, r in seqs])
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    _check_chunked(model, cfg, layouts, [torch.nonzero(m).flatten() for m in mask], inputs)
+    for side in ("left", "right"):
+        ids = torch.full((2, s), tokenizer.pad_token_id)
+        mask = torch.zeros(2, s, dtype=torch.long)
+        for b, (seq, _) in enumerate(seqs):
+            cols = slice(s - len(seq), s) if side == "left" else slice(0, len(seq))
+            ids[b, cols], mask[b, cols] = seq, 1
+        out[side] = (
+            {"input_ids": ids, "attention_mask": mask},
+            layouts_from_attention_mask(mask, [r for _, r in seqs]),
+            [torch.nonzero(m).flatten() for m in mask],
+        )
+    return out
 
 
-def test_smollm2_fused_path(smollm2, sdpa_twin):
-    _, tokenizer = smollm2
+def test_smollm2_chunked_and_fused_match_dense(smollm2):
+    model, tokenizer = smollm2
     cfg = RhythmConfig(chunk_size=64)
-    seqs = _sequences(tokenizer)
-    lengths = [len(ids) for ids, _ in seqs]
-    pos = torch.cat([torch.arange(n) for n in lengths])[None]
-    ids = torch.cat([ids for ids, _ in seqs])[None]
-    layouts = layouts_from_position_ids(pos, [r for _, r in seqs])
-    capture = RhythmCapture(cfg, sdpa_twin.config.num_hidden_layers, layouts)
-    stock = forward(sdpa_twin, input_ids=ids, position_ids=pos).logits
-    logits = forward(sdpa_twin, capture, input_ids=ids, position_ids=pos).logits
-    assert capture.paths == dict.fromkeys(capture.layers, "fused") and capture.layers == [10, 12, 15, 18, 20]
-    torch.testing.assert_close(logits, stock, atol=1e-5, rtol=1e-5)
-    sdpa_twin.set_attn_implementation("eager")
-    try:
-        maps = forward(sdpa_twin, input_ids=ids, position_ids=pos).attentions
-    finally:
-        sdpa_twin.set_attn_implementation("sdpa")
-    cols = [torch.arange(lengths[0]), torch.arange(lengths[0], sum(lengths))]
-    assert_matches_dense(capture, maps, cfg, cols, atol=FUSED_ATOL)
+    for name, (inputs, layouts, columns) in _batches(tokenizer).items():
+        chunked = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=False)
+        maps = forward(model, chunked, **inputs).attentions
+        assert chunked.layers == [10, 12, 15, 18, 20] and set(chunked.paths.values()) == {"chunked"}, name
+        assert_matches_dense(chunked, maps, cfg, columns)
+
+        fused = RhythmCapture(cfg, model.config.num_hidden_layers, layouts)
+        model.set_attn_implementation("sdpa")
+        try:
+            stock = forward(model, **inputs).logits
+            logits = forward(model, fused, **inputs).logits
+        finally:
+            model.set_attn_implementation("eager")
+        assert fused.paths == dict.fromkeys(fused.layers, "fused"), name
+        valid = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones(logits.shape[:2]) > 0
+        torch.testing.assert_close(logits[valid], stock[valid], atol=1e-5, rtol=1e-5)
+        assert_matches_dense(fused, maps, cfg, columns, atol=FUSED_ATOL)

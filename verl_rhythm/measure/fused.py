@@ -11,9 +11,9 @@ expected position within the sequence in ``out[..., D]`` and, as a check of the 
 in ``out[..., D + 1]``. The two diagonal bands are then computed by
 :func:`verl_rhythm.measure.capture.band_stats` in O(N · H_hi) per head.
 
-Used only where it is exact and equal to the stock output (checked by ``tests/test_capture.py``, ``tests/test_hook.py``):
-transformers' own ``sdpa_attention_forward``, fp32 query, no autocast, causal attention (``is_causal`` or a 4-D
-mask), no dropout. Kernels: CPU ``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA
+Used only where it is exact and equal to the stock output (checked by ``tests/test_capture.py`` and
+``tests/test_hook.py``): transformers' own ``sdpa_attention_forward``, fp32 query, no autocast, causal attention
+(``is_causal`` or a 4-D mask), no dropout. Kernels: CPU ``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA
 ``aten._scaled_dot_product_efficient_attention`` (fp32 uses the memory-efficient kernel in stock SDPA too). In bf16
 the kernel's output, and so the expected position, is rounded to bf16 (about 3 significant digits), so bf16 layers
 take the chunked fp32 path instead. Any kernel error falls back to that path as well.

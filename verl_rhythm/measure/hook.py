@@ -20,9 +20,14 @@ import contextvars
 import functools
 from collections.abc import Callable, Iterator
 
+from verl_rhythm.measure import fused
 from verl_rhythm.measure.capture import RhythmCapture
 
 _ACTIVE: contextvars.ContextVar[RhythmCapture | None] = contextvars.ContextVar("verl_rhythm_capture", default=None)
+_HANDLED: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("verl_rhythm_handled", default=None)
+"""Innermost-wins: a wrapper tells the wrapper around it (if any) that it captured the call, so a function wrapped
+twice (our wrapper around another wrapper that calls our wrapped entry) is captured once, as close to the stock
+kernel as possible (where the fused path applies)."""
 _WRAPPED_FLAG = "__verl_rhythm_wrapped__"
 _wrappers: dict[Callable, Callable] = {}
 _installed = False
@@ -65,15 +70,23 @@ def wrap_attention_function(fn: Callable) -> Callable:
         scaling = kwargs.get("scaling")
         if scaling is None:
             scaling = getattr(module, "scaling", None)
-        from verl_rhythm.measure import fused  # local import: fused imports this module's siblings only
-
-        result = fused.attention_with_stats(fn, capture, module, query, key, value, attention_mask, *args, **kwargs)
-        if result is not None:
-            output, lse, dist = result
-            capture.record(layer_idx, query, key, scaling, lse=lse, dist=dist)
-            return output
-        capture.record(layer_idx, query, key, scaling, attention_mask=attention_mask)
-        return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        outer = _HANDLED.get()  # set when another of our wrappers encloses this call (an entry wrapped twice)
+        handled = [False]
+        token = _HANDLED.set(handled)
+        try:
+            result = fused.attention_with_stats(fn, capture, module, query, key, value, attention_mask, *args, **kwargs)
+            if result is not None:
+                output, lse, dist = result
+                capture.record(layer_idx, query, key, scaling, lse=lse, dist=dist)
+            else:
+                output = fn(module, query, key, value, attention_mask, *args, **kwargs)
+                if not handled[0]:  # no wrapper further in captured this call
+                    capture.record(layer_idx, query, key, scaling)
+        finally:
+            _HANDLED.reset(token)
+        if outer is not None:
+            outer[0] = True
+        return output
 
     setattr(wrapper, _WRAPPED_FLAG, True)
     wrapper.__wrapped__ = fn
