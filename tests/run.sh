@@ -17,4 +17,5 @@ if ! command -v chromium >/dev/null 2>&1; then
     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: chromium not installed"
   fi
 fi
+.venv/bin/ruff check --exclude .venv .
 exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
