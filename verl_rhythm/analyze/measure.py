@@ -19,7 +19,7 @@ import torch
 
 from verl_rhythm.analyze.progress import Progress
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.measure.capture import RhythmCapture, layouts_from_attention_mask
+from verl_rhythm.measure.capture import RhythmCapture, chunk_logits, layouts_from_attention_mask
 from verl_rhythm.measure.heads import SequenceRhythm
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
 
@@ -83,16 +83,17 @@ class WindowCapture(RhythmCapture):
         if self.tapped is None:
             raise RuntimeError("no heatmap window was tapped (set_window before the forward)")
         _, _, lo, hi = self.tapped
+        causal = torch.arange(hi)[None, :] <= torch.arange(lo, hi)[:, None]
+        maps: dict[int, torch.Tensor] = {}
         out = []
         for layer, head in heads:
             if layer not in self.taps:
                 raise RuntimeError(f"layer {layer} was not recorded for the heatmap window")
-            q, k, scale = self.taps[layer]
-            kv = head // (q.shape[0] // k.shape[0])  # GQA: kv head = h // (H / H_kv)
-            logits = q[head] @ k[kv].T * scale  # (w, hi)
-            causal = torch.arange(hi)[None, :] <= torch.arange(lo, hi)[:, None]
-            a = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
-            out.append(a[:, lo:hi])
+            if layer not in maps:  # all heads of the layer at once, GQA handled by the capture's own logits
+                q, k, scale = self.taps[layer]
+                logits = chunk_logits(q, k, slice(None), slice(None), scale)  # (H, w, hi)
+                maps[layer] = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)[..., lo:hi]
+            out.append(maps[layer][head])
         return torch.stack(out)
 
 

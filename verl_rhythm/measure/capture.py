@@ -172,7 +172,7 @@ def _sequence_qk(query, key, layout: SequenceLayout) -> tuple[torch.Tensor, torc
     return q, k
 
 
-def _chunk_logits(q: torch.Tensor, k: torch.Tensor, rows: slice, keys: slice, scaling: float) -> torch.Tensor:
+def chunk_logits(q: torch.Tensor, k: torch.Tensor, rows: slice, keys: slice, scaling: float) -> torch.Tensor:
     """fp32 logits ``(H, c, w)`` of query rows ``rows`` against keys ``keys``, all heads in one batched matmul.
 
     Query head h reads kv head h // (H / H_kv): the G = H / H_kv heads of a kv head are stacked as G * c rows.
@@ -206,7 +206,7 @@ def row_stats(q: torch.Tensor, k: torch.Tensor, scaling: float, chunk_size: int)
     for t0 in range(0, n, chunk_size):
         t1 = min(n, t0 + chunk_size)
         delta = (pos[t0:t1, None] - pos[None, :t1]).to(q.dtype)  # (c, t1): t - s
-        z = _chunk_logits(q, k, slice(t0, t1), slice(0, t1), scaling)
+        z = chunk_logits(q, k, slice(t0, t1), slice(0, t1), scaling)
         z[..., t0:].masked_fill_(delta[:, t0:] < 0, float("-inf"))  # only the diagonal block has future keys
         row_max = z.amax(-1, keepdim=True)  # finite: the diagonal key is always there
         p = z.sub_(row_max).exp_()  # one exp pass: unnormalised probabilities, max entry 1
@@ -261,7 +261,7 @@ def band_stats(
         near = (delta >= 0) & (delta < waad_window)
         near_weight = torch.where(near, (delta - waad_window).to(q.dtype), 0.0)
         far = ((delta >= fai_horizon_lo) & (delta <= fai_horizon_hi) & resp[t0:t1, None]).to(q.dtype)
-        z = _chunk_logits(q, k, slice(t0, t1), slice(s0, t1), scaling)  # (H, c, w)
+        z = chunk_logits(q, k, slice(t0, t1), slice(s0, t1), scaling)  # (H, c, w)
         # outside the bands (e.g. future keys) exp may overflow: clamp, then the band weights zero those entries
         p = z.sub_(lse[:, t0:t1, None]).clamp_max_(0.0).exp_()
         waad[:, t0:t1] = (p * near_weight).sum(-1).add_(waad_window)
