@@ -2,7 +2,7 @@
 
 For each attention implementation (``sdpa``, ``flash_attention_2``, ``eager``) and each packing mode, the actor's
 old-log-prob pass runs through verl 0.9.1's ``FSDPEngineWithLMHead.infer_batch`` (FSDP2 on a one-process group: NCCL
-on CUDA, gloo with :class:`verl_rhythm.glue.platform_cpu.PlatformCPU` on CPU) with the rhythm engine's capture on,
+on CUDA, gloo with :class:`verl_rhythm.backends.cpu.platform.PlatformCPU` on CPU) with the rhythm engine's capture on,
 and its per-token WAAD/FAI are compared with the dense reference of the same weights (eager attention maps, fp32).
 
 - ``fp32`` runs (``--check-dtype``): the capture must match the reference (``--atol``): pass/fail.
@@ -82,7 +82,7 @@ def make_sequences(lengths: list[tuple[int, int]], vocab: int, seed: int = 0):
 @contextlib.contextmanager
 def process_group(device: str):
     if device == "cpu":
-        from verl_rhythm.glue.platform_cpu import cpu_process_group
+        from verl_rhythm.testing.process_group import cpu_process_group
 
         with cpu_process_group(port=29561):
             yield
@@ -100,7 +100,7 @@ def process_group(device: str):
 
 
 def timed_pass(engine, batch, device: str) -> tuple[dict, float]:
-    from verl_rhythm.glue.standalone_engine import run_log_prob_pass
+    from verl_rhythm.testing.engine import run_log_prob_pass
 
     if device == "cuda":
         torch.cuda.synchronize()
@@ -120,7 +120,7 @@ def top_q_overlap(a: torch.Tensor, b: torch.Tensor, q: float = 0.4) -> float:
 def check(args) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from verl_rhythm.glue.standalone_engine import dense_rhythm
+    from verl_rhythm.testing.engine import dense_rhythm
 
     cfg = RhythmConfig(chunk_size=args.chunk_size)
     results = {"device": args.device, "model": args.model, "lengths": args.lengths, "runs": []}
@@ -166,7 +166,7 @@ def check(args) -> dict:
 
 
 def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
-    from verl_rhythm.glue.standalone_engine import build_engine, log_prob_batch
+    from verl_rhythm.testing.engine import build_engine, log_prob_batch
 
     engine = build_engine(str(path), attn_implementation=attn, use_remove_padding=rmpad, param_dtype=dtype)
 

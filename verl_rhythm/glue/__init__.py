@@ -11,5 +11,4 @@
 - :mod:`.padding`: ``verl/workers/utils/padding.py`` (response layout without the log-prob shift).
 - :mod:`.checks`: the fail-fast start-up checks; :mod:`.tq_fields`: the field names; :mod:`.contract`: the pinned
   verl internals.
-- :mod:`.platform_cpu`, :mod:`.standalone_engine`: verl's engine on CPU / outside a Ray worker (tests, GPU check).
 """

@@ -1,21 +1,19 @@
-"""Seam: ``verl/plugin/platform`` (verl 0.9.1) — a CPU platform, so verl's real FSDP engine runs without a GPU.
+"""A ``cpu`` platform for verl 0.9.1 (``verl/plugin/platform/platform_manager.py:PlatformRegistry``).
 
 verl falls back to its NVIDIA platform when no accelerator is found, and then ``get_device_id()`` calls
-``torch.cuda.current_device()``. :class:`PlatformCPU` answers ``"cpu"`` and ``gloo`` instead; with it and a
-single-process gloo group, ``FSDPEngineWithLMHead.initialize()`` wraps a model with FSDP2 on CPU and its
-``infer_batch`` runs the real micro-batching, forward step and output post-processing. Used by the CPU tests and by
-the CPU path of ``benchmarks/gpu_engine_check.py``; the plugin never installs it in a training run.
+``torch.cuda.current_device()``. :class:`PlatformCPU` answers ``"cpu"`` and ``gloo`` instead, so verl's real FSDP
+engine, its Ray resource pools and its process groups run on CPU-only machines. It is registered under the name
+``cpu`` and is chosen only through ``VERL_PLATFORM=cpu``: its availability probe answers ``False``, so verl's
+auto-detection never picks it and every other run is unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator
 from types import ModuleType
 
 import torch
-from verl.plugin.platform import PlatformBase, platform_manager
+from verl.plugin.platform import PlatformBase
 
 
 class _CPUDeviceModule(ModuleType):
@@ -108,33 +106,3 @@ class PlatformCPU(PlatformBase):
 
     def cudart(self):
         return None
-
-
-@contextlib.contextmanager
-def cpu_process_group(port: int = 29533) -> Iterator[None]:
-    """verl's platform set to :class:`PlatformCPU` and a one-process gloo group, both restored on exit.
-
-    Raises:
-        RuntimeError: a default process group already exists in this process.
-    """
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        raise RuntimeError("cpu_process_group: a torch.distributed process group already exists in this process")
-    previous = platform_manager._current_platform
-    platform_manager.set_platform(PlatformCPU())
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        yield
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        platform_manager._current_platform = previous
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

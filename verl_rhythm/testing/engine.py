@@ -1,6 +1,6 @@
 """verl's real FSDP engine outside a Ray worker: build it, feed it v1-format batches, read the rhythm outputs.
 
-For the CPU tests (with :func:`verl_rhythm.glue.platform_cpu.cpu_process_group`) and the GPU check script
+For the CPU tests (with :func:`verl_rhythm.testing.process_group.cpu_process_group`) and the GPU check script
 (``benchmarks/gpu_engine_check.py``). Nothing here is used by a training run. What a Ray worker adds on top is
 exactly what :class:`verl.workers.engine_workers.TrainingWorker.infer_batch` adds: the engine defaults as non-tensor
 data (:func:`log_prob_batch` sets them) and ``eval_mode`` around ``infer_batch`` (:func:`run_log_prob_pass`).

@@ -1,0 +1,41 @@
+"""A one-process gloo group with verl's platform set to the CPU platform: verl's engine outside a Ray worker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from verl.plugin.platform import platform_manager
+
+from verl_rhythm.backends.cpu.platform import PlatformCPU
+
+
+@contextlib.contextmanager
+def cpu_process_group(port: int = 29533) -> Iterator[None]:
+    """verl's platform set to :class:`PlatformCPU` and a one-process gloo group, both restored on exit.
+
+    Raises:
+        RuntimeError: a default process group already exists in this process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise RuntimeError("cpu_process_group: a torch.distributed process group already exists in this process")
+    previous = platform_manager._current_platform
+    platform_manager.set_platform(PlatformCPU())
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        platform_manager._current_platform = previous
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
