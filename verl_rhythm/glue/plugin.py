@@ -2,7 +2,7 @@
 
 ``import verl`` imports this module in every process (launcher, TaskRunner actor, workers, rollout and reward
 servers) unless ``VERL_USE_EXTERNAL_PLUGINS`` excludes it. It registers the ``rhythm`` estimator at once and defers
-the rest to the moment verl's own modules are imported (:mod:`verl_rhythm.glue.post_import`), so a process that
+the rest to the moment verl's own modules are imported (:mod:`verl_rhythm.post_import`), so a process that
 never trains pays for nothing:
 
 ====================================================  ============================================================
@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 
 from verl_rhythm.glue import core_algos as _core_algos  # registers the "rhythm" estimator
-from verl_rhythm.glue.post_import import when_imported
+from verl_rhythm.post_import import when_imported
 
 PATCHES = {
     "verl.trainer.ppo.v1.trainer_base": "verl_rhythm.glue.trainer_base",
@@ -78,15 +78,9 @@ def is_patched() -> dict[str, bool]:
     if ray_trainer is not None:
         out["verl.trainer.ppo.ray_trainer"] = hasattr(ray_trainer.RayPPOTrainer.__init__, "__verl_rhythm_stock__")
     if "verl.workers.engine.fsdp.transformer_impl" in sys.modules:
-        from verl.workers.engine.base import EngineRegistry
+        from verl_rhythm.glue.fsdp_engine import REGISTRY_KEYS, is_registered
 
-        from verl_rhythm.glue.fsdp_engine import REGISTRY_KEY, RhythmFSDPEngineWithLMHead
-
-        key = (REGISTRY_KEY["device"], REGISTRY_KEY["vendor"])
-        registry = EngineRegistry._engines.get("language_model", {})
-        out["verl.workers.engine.fsdp.transformer_impl"] = all(
-            registry.get(b, {}).get(key) is RhythmFSDPEngineWithLMHead for b in REGISTRY_KEY["backend"]
-        )
+        out["verl.workers.engine.fsdp.transformer_impl"] = all(is_registered(k) for k in REGISTRY_KEYS)
     return out
 
 

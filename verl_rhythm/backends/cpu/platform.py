@@ -13,14 +13,29 @@ import contextlib
 from types import ModuleType
 
 import torch
-from verl.plugin.platform import PlatformBase
+from verl.plugin.platform import PlatformBase, PlatformRegistry
+
+PLATFORM_NAME = "cpu"
+"""The name under :class:`PlatformRegistry` and the value of ``VERL_PLATFORM`` that selects it."""
 
 
 class _CPUDeviceModule(ModuleType):
-    """``torch.cpu`` plus the memory queries verl makes on its device module (answered with zeros)."""
+    """``torch.cpu`` plus what verl asks of its device module (``get_torch_device()``) that ``torch.cpu`` lacks.
+
+    Memory statistics of an accelerator allocator answer 0, except ``mem_get_info`` (the host's free and total
+    memory); the RNG state is torch's CPU generator, so verl's checkpoints save and restore it.
+    """
 
     _ZERO = ("max_memory_allocated", "max_memory_reserved", "memory_allocated", "memory_reserved")
-    _NOOP = ("empty_cache", "reset_peak_memory_stats", "synchronize", "set_device", "manual_seed_all")
+    _NOOP = (
+        "empty_cache",
+        "reset_peak_memory_stats",
+        "synchronize",
+        "set_device",
+        "manual_seed_all",
+        "ipc_collect",
+        "set_per_process_memory_fraction",
+    )
 
     def __getattr__(self, name):
         if name in self._ZERO:
@@ -28,15 +43,33 @@ class _CPUDeviceModule(ModuleType):
         if name in self._NOOP:
             return lambda *args, **kwargs: None
         if name == "mem_get_info":
-            return lambda *args, **kwargs: (0, 0)
+            return _host_memory
+        if name == "get_device_name":
+            return lambda *args, **kwargs: "CPU"
+        if name == "get_rng_state":
+            return lambda *args, **kwargs: torch.get_rng_state()
+        if name == "set_rng_state":
+            return lambda state, *args, **kwargs: torch.set_rng_state(state)
         return getattr(torch.cpu, name)
+
+
+def _host_memory(*args, **kwargs) -> tuple[int, int]:
+    import psutil
+
+    mem = psutil.virtual_memory()
+    return mem.available, mem.total
 
 
 _DEVICE_MODULE = _CPUDeviceModule("verl_rhythm_cpu_device")
 
 
+@PlatformRegistry.register(platform=PLATFORM_NAME)
 class PlatformCPU(PlatformBase):
-    """verl platform for CPU-only processes: device ``cpu``, backend ``gloo``, no profiler, no IPC."""
+    """verl platform for CPU-only processes: device ``cpu``, backend ``gloo``, no profiler, no IPC.
+
+    Ray resource pools ask for CPUs (:meth:`ray_resource_name`); a placement-group bundle already reserves the CPU a
+    worker runs on, so :meth:`ray_resource_options` adds nothing to the actor's options.
+    """
 
     @property
     def device_name(self) -> str:
@@ -52,6 +85,10 @@ class PlatformCPU(PlatformBase):
 
     def is_available(self) -> bool:
         return True
+
+    def is_platform_available(self, use_smi_check: bool = False) -> bool:
+        """``False``: verl's auto-detection must never pick the CPU; ``VERL_PLATFORM=cpu`` selects it."""
+        return False
 
     def current_device(self) -> str:  # type: ignore[override]  # torch accepts "cpu" wherever an index goes
         return "cpu"
@@ -98,6 +135,11 @@ class PlatformCPU(PlatformBase):
     def ray_resource_name(self) -> str:
         return "CPU"
 
+    def ray_resource_options(self, num_gpus: float) -> dict:
+        # verl's default, {"resources": {"CPU": n}}, is refused by Ray ("use the 'num_cpus' keyword"); the
+        # placement-group bundle ({"CPU": 1}) already holds the CPU, so the actor asks for nothing more.
+        return {}
+
     def ray_noset_envvars(self) -> list[str]:
         return []
 
@@ -106,3 +148,15 @@ class PlatformCPU(PlatformBase):
 
     def cudart(self):
         return None
+
+
+def is_selected() -> bool:
+    """Whether this process's verl platform is (or, once resolved, will be) the CPU platform."""
+    import os
+
+    from verl.plugin.platform import platform_manager
+
+    current = platform_manager._current_platform
+    if current is not None:
+        return isinstance(current, PlatformCPU)
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME

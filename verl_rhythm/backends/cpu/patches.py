@@ -1,0 +1,137 @@
+"""The three places where verl 0.9.1 hard-codes an accelerator, each wrapped (never copied) for the CPU platform.
+
+Each wrapper passes straight through unless the CPU platform is selected (``VERL_PLATFORM=cpu``); each wrapped
+function is pinned in :mod:`verl_rhythm.glue.contract` with the reason.
+
+- ``verl/single_controller/ray/base.py:ResourcePoolManager._check_resource_available`` counts only Ray's ``GPU`` /
+  ``NPU`` resources; on the CPU platform the pools ask for CPUs, so the check counts CPUs.
+- ``verl/utils/distributed.py:initialize_global_process_group_ray`` builds the backend string
+  ``"cpu:gloo,{device}:{backend}"``, which is ``"cpu:gloo,cpu:gloo"`` (a duplicate torch refuses) on CPU; the wrapper
+  asks for plain ``gloo``. ``verl/workers/engine_workers.py`` binds the function by name at import, so that module's
+  global is replaced too.
+- ``verl/utils/config.py:validate_config`` runs in the launcher before Ray starts: the wrapper adds
+  :func:`check_config`, so a CPU run with settings the backend cannot honour stops there with one line naming the
+  key and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from verl_rhythm.backends.cpu.platform import PLATFORM_NAME, is_selected
+from verl_rhythm.post_import import when_imported
+
+logger = logging.getLogger(__name__)
+
+_MARK = "__verl_rhythm_stock__"
+
+
+class CPUBackendConfigError(ValueError):
+    """A setting the CPU backend cannot run; the message names the key and the fix."""
+
+
+def _wrap(owner, name: str, make):
+    stock = getattr(owner, name)
+    if hasattr(stock, _MARK):
+        return
+    wrapper = make(stock)
+    functools.update_wrapper(wrapper, stock)
+    setattr(wrapper, _MARK, stock)
+    setattr(owner, name, wrapper)
+
+
+def patch_resource_check(module) -> None:
+    def make(stock):
+        def _check_resource_available(self):
+            if not is_selected():
+                return stock(self)
+            import ray
+
+            available = sum(node.get("CPU", 0) for node in ray._private.state.available_resources_per_node().values())
+            required = sum(n for per_node in self.resource_pool_spec.values() for n in per_node)
+            if available < required:
+                raise ValueError(
+                    f"CPU platform: Ray has {available:g} free CPUs, the resource pools need {required} "
+                    "(one per trainer.n_gpus_per_node); raise ray_kwargs.ray_init.num_cpus"
+                )
+
+        return _check_resource_available
+
+    _wrap(module.ResourcePoolManager, "_check_resource_available", make)
+
+
+def patch_process_group(module) -> None:
+    def make(stock):
+        def initialize_global_process_group_ray(timeout_second=None, backend=None):
+            if backend is None and is_selected():
+                backend = "gloo"
+            return stock(timeout_second=timeout_second, backend=backend)
+
+        return initialize_global_process_group_ray
+
+    _wrap(module, "initialize_global_process_group_ray", make)
+    patched = module.initialize_global_process_group_ray
+
+    def rebind(engine_workers) -> None:
+        engine_workers.initialize_global_process_group_ray = patched
+
+    when_imported("verl.workers.engine_workers", rebind)
+
+
+def patch_validate_config(module) -> None:
+    def make(stock):
+        def validate_config(config, *args, **kwargs):
+            check_config(config)
+            return stock(config, *args, **kwargs)
+
+        return validate_config
+
+    _wrap(module, "validate_config", make)
+
+
+def check_config(config) -> None:
+    """Refuse, before any worker starts, a configuration that the CPU backend or the ``hf`` rollout cannot run.
+
+    Raises:
+        CPUBackendConfigError: naming the key and the fix.
+    """
+    rollout = config.actor_rollout_ref.rollout
+    name = rollout.get("name")
+    on_cpu = is_selected()
+    if on_cpu and name != "hf":
+        raise CPUBackendConfigError(
+            f"actor_rollout_ref.rollout.name={name} needs a GPU, but VERL_PLATFORM={PLATFORM_NAME}: "
+            "set actor_rollout_ref.rollout.name=hf (the CPU rollout)"
+        )
+    if name == "hf" and not on_cpu:
+        raise CPUBackendConfigError(
+            "actor_rollout_ref.rollout.name=hf runs only on the CPU platform: set VERL_PLATFORM=cpu, "
+            "or use actor_rollout_ref.rollout.name=vllm on GPUs"
+        )
+    if not on_cpu:
+        return
+    mode = config.trainer.get("v1", {}).get("trainer_mode", "sync")
+    if config.trainer.get("use_v1", True) and mode != "sync":
+        raise CPUBackendConfigError(
+            f"trainer.v1.trainer_mode={mode} is not supported on the CPU platform (the hf rollout runs inside the "
+            "training workers only): set trainer.v1.trainer_mode=sync"
+        )
+    if not config.trainer.get("use_v1", True):
+        raise CPUBackendConfigError("trainer.use_v1=false is not supported on the CPU platform: set trainer.use_v1=true")
+    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
+        if int(rollout.get(key, 1) or 1) != 1:
+            raise CPUBackendConfigError(f"actor_rollout_ref.rollout.{key}={rollout.get(key)} must be 1 with the hf rollout")
+    for role in ("actor", "ref"):
+        strategy = config.actor_rollout_ref.get(role, {}).get("strategy")
+        if strategy not in (None, "fsdp2"):
+            raise CPUBackendConfigError(
+                f"actor_rollout_ref.{role}.strategy={strategy} is not supported on the CPU platform "
+                f"(FSDP1 refuses CPU modules): set actor_rollout_ref.{role}.strategy=fsdp2"
+            )
+    if config.trainer.get("device", "cpu") != "cpu":
+        raise CPUBackendConfigError(
+            f"trainer.device={config.trainer.device} but VERL_PLATFORM={PLATFORM_NAME}: set trainer.device=cpu"
+        )
+    if config.get("critic", {}).get("enable") and config.critic.get("strategy") not in (None, "fsdp2"):
+        raise CPUBackendConfigError(f"critic.strategy={config.critic.strategy}: set critic.strategy=fsdp2 on CPU")

@@ -1,0 +1,83 @@
+"""``verl.plugins`` entry point of the CPU backend: registrations only, each deferred to the verl module it belongs to.
+
+``import verl`` imports this module in every process. It registers the ``cpu`` platform at once (verl's platform
+module is already imported by then) and arranges the rest for the moment verl imports the module concerned
+(:func:`verl_rhythm.post_import.when_imported`), so a process that never trains or never builds a rollout pays
+nothing:
+
+=================================================  ==================================================================
+verl module                                        registration
+=================================================  ==================================================================
+``verl.workers.rollout.replica``                   ``RolloutReplicaRegistry.register("hf", loader)``
+``verl.workers.rollout.base``                      ``_ROLLOUT_REGISTRY[("hf", "async")]`` (a plain dict; pinned)
+``verl.workers.engine.fsdp.transformer_impl``      the stock FSDP engine under ``EngineRegistry`` device ``cpu``
+``verl.single_controller.ray.base``                the resource check counts CPUs on the CPU platform (patches.py)
+``verl.utils.distributed``                         a ``gloo`` process group on the CPU platform (patches.py)
+``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
+=================================================  ==================================================================
+
+Every patch in :mod:`.patches` changes behaviour only when the CPU platform is selected (``VERL_PLATFORM=cpu``) or
+the ``hf`` rollout is asked for; everything else passes through to verl unchanged.
+"""
+
+from __future__ import annotations
+
+from verl_rhythm.backends.cpu import platform as _platform  # noqa: F401  (registers PlatformRegistry "cpu")
+from verl_rhythm.post_import import when_imported
+
+ROLLOUT_NAME = "hf"
+ADAPTER_FQN = "verl_rhythm.backends.cpu.rollout.HFServerAdapter"
+
+
+def _load_replica():
+    from verl_rhythm.backends.cpu.rollout import HFReplica
+
+    return HFReplica
+
+
+def _register_replica(module) -> None:
+    module.RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
+
+
+def _register_adapter(module) -> None:
+    module._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = ADAPTER_FQN
+
+
+def _register_engine(module) -> None:
+    from verl.workers.engine.base import EngineRegistry
+
+    registry = EngineRegistry._engines.get("language_model", {})
+    backends = [b for b in ("fsdp", "fsdp2") if _platform.PLATFORM_NAME not in registry.get(b, {})]
+    if backends:
+        EngineRegistry.register(model_type="language_model", backend=backends, device=_platform.PLATFORM_NAME)(
+            module.FSDPEngineWithLMHead
+        )
+
+
+def _patch(name: str):
+    def install(module) -> None:
+        from verl_rhythm.backends.cpu import patches
+
+        getattr(patches, name)(module)
+
+    return install
+
+
+_registered = False
+
+
+def register() -> None:
+    """Arrange every registration (at once for verl modules already imported); idempotent."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    when_imported("verl.workers.rollout.replica", _register_replica)
+    when_imported("verl.workers.rollout.base", _register_adapter)
+    when_imported("verl.workers.engine.fsdp.transformer_impl", _register_engine)
+    when_imported("verl.single_controller.ray.base", _patch("patch_resource_check"))
+    when_imported("verl.utils.distributed", _patch("patch_process_group"))
+    when_imported("verl.utils.config", _patch("patch_validate_config"))
+
+
+register()
