@@ -118,10 +118,14 @@ def check_config(config) -> None:
             "training workers only): set trainer.v1.trainer_mode=sync"
         )
     if not config.trainer.get("use_v1", True):
-        raise CPUBackendConfigError("trainer.use_v1=false is not supported on the CPU platform: set trainer.use_v1=true")
+        raise CPUBackendConfigError(
+            "trainer.use_v1=false is not supported on the CPU platform: set trainer.use_v1=true"
+        )
     for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
         if int(rollout.get(key, 1) or 1) != 1:
-            raise CPUBackendConfigError(f"actor_rollout_ref.rollout.{key}={rollout.get(key)} must be 1 with the hf rollout")
+            raise CPUBackendConfigError(
+                f"actor_rollout_ref.rollout.{key}={rollout.get(key)} must be 1 with the hf rollout"
+            )
     for role in ("actor", "ref"):
         strategy = config.actor_rollout_ref.get(role, {}).get("strategy")
         if strategy not in (None, "fsdp2"):
