@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from verl_rhythm.glue import contract, plugin, post_import
+from verl_rhythm import post_import
+from verl_rhythm.glue import contract, plugin
 
 
 @pytest.fixture

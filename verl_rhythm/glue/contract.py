@@ -1,8 +1,9 @@
-"""The verl internals the glue relies on, pinned to verl 0.9.1 by a hash of their source.
+"""The verl internals the glue and the CPU backend rely on, pinned to verl 0.9.1 by a hash of their source.
 
-The glue wraps (never copies) verl methods, but it relies on what they do: which fields the trainer fetches, that
+Both wrap (never copy) verl methods, but they rely on what those do: which fields the trainer fetches, that
 ``extra_info`` reaches the worker as non-tensor data, that every ``model_output`` key survives to TransferQueue, the
-one-position shift of ``response_from_nested``, how ``EngineRegistry`` picks an engine. Each entry below names one
+one-position shift of ``response_from_nested``, how ``EngineRegistry`` picks an engine, where verl hard-codes an
+accelerator. Each entry below names one
 function and why it matters. ``tests/test_glue_contract.py`` fails when any source differs, and the installers log a
 warning at run time (:func:`warn_if_changed`), so a verl upgrade is re-read before it is trusted.
 """
@@ -77,6 +78,43 @@ PINNED: dict[str, tuple[str, str]] = {
     "verl.workers.utils.padding:response_from_nested": (
         "41a4bf54aa981c09",
         "the one-position shift that rhythm statistics must NOT get (glue/padding.py mirrors it unshifted)",
+    ),
+    # CPU backend (verl_rhythm/backends/cpu/)
+    "verl.plugin.platform.platform_manager:_detect_platform_name": (
+        "8dffc2174390e96d",
+        "VERL_PLATFORM is read first; the probe must never pick the cpu platform (it answers not available)",
+    ),
+    "verl.single_controller.ray.base:RayResourcePool.get_placement_groups": (
+        "0e5cc2df0de44516",
+        "bundles hold {'CPU': n, ray_resource_name(): 1}: the cpu platform's pools ask for CPUs only",
+    ),
+    "verl.single_controller.ray.base:ResourcePoolManager._check_resource_available": (
+        "b0b46038e25a8f25",
+        "wrapped: counts only GPU/NPU resources; on the cpu platform the wrapper counts CPUs",
+    ),
+    "verl.utils.distributed:initialize_global_process_group_ray": (
+        "761a94d1a2e058d3",
+        "wrapped: its backend string 'cpu:gloo,{device}:{backend}' duplicates cpu; the wrapper asks for gloo",
+    ),
+    "verl.utils.config:validate_config": (
+        "ab4096deecfec745",
+        "wrapped: runs in the launcher before Ray starts, where the CPU backend's start-up checks go",
+    ),
+    "verl.workers.rollout.base:get_rollout_class": (
+        "d0be5827f1214f04",
+        "reads the plain dict _ROLLOUT_REGISTRY[(name, mode)] = fqn, where the hf adapter is added",
+    ),
+    "verl.workers.rollout.replica:RolloutReplicaRegistry.register": (
+        "283ce5dd7be73264",
+        "registers the hf replica under a loader called on first use",
+    ),
+    "verl.workers.engine_workers:ActorRolloutRefWorker.update_weights": (
+        "ea8f2ec1eb8a4481",
+        "naive sync: rollout.update_weights(per_tensor_param, peft_config=, base_sync_done=, global_steps=)",
+    ),
+    "verl.workers.rollout.llm_server:LLMServerClient.generate": (
+        "45f4cf4029f0be37",
+        "calls server.generate.remote(request_id=, prompt_ids=, sampling_params=, image_data=, video_data=)",
     ),
 }
 

@@ -138,7 +138,22 @@ def compute_rhythm_outcome_advantage(
     scaled = apply_gamma(advantages, credit.gamma.to(advantages.device), cfg.sign)
     last_metrics.clear()
     last_metrics.update(credit_metrics(credit, response_mask, cfg))
+    last_metrics["rhythm/varied_group_share"] = varied_group_share(token_level_rewards.sum(-1), index)
     return scaled, scaled
+
+
+def varied_group_share(scores: torch.Tensor, index: np.ndarray) -> float:
+    """Share of GRPO groups whose responses got different rewards: only those have a non-zero advantage, so only
+    there can γ change the update.
+
+    Args:
+        scores: ``(bs,)`` sequence rewards.
+        index: ``(bs,)`` group ids.
+    """
+    groups: dict = {}
+    for gid, score in zip(index.tolist() if hasattr(index, "tolist") else index, scores.tolist(), strict=True):
+        groups.setdefault(gid, set()).add(score)
+    return sum(len(v) > 1 for v in groups.values()) / max(len(groups), 1)
 
 
 def rhythm_credit(

@@ -1,0 +1,272 @@
+"""The CPU backend's parts, each against real code: verl's platform registry, transformers' ``generate`` on a tiny
+random Llama (checked against a plain forward pass), the rollout server's batching and weight updates (called
+directly, without Ray), and the start-up checks on verl's own composed config."""
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from verl_rhythm.backends.cpu import patches, sampling
+from verl_rhythm.backends.cpu.platform import PLATFORM_NAME, PlatformCPU
+from verl_rhythm.backends.cpu.rollout import HFRolloutServer
+from verl_rhythm.testing.tiny import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+
+
+EOS = 2  # <|im_end|> in the tiny tokenizer
+
+
+def _sequence_log_probs(model, prompt, tokens, temperature=1.0):
+    """log p(token_t | prompt, tokens_<t) from one forward pass over the unpadded sequence."""
+    ids = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+
+
+# ---------------------------------------------------------------- platform
+
+
+def test_the_cpu_platform_is_registered_but_never_auto_detected():
+    from verl.plugin.platform import PlatformRegistry
+
+    assert PlatformRegistry.get(PLATFORM_NAME) is PlatformCPU
+    assert PlatformCPU().is_platform_available(use_smi_check=True) is False
+    assert PlatformCPU().ray_resource_name() == "CPU" and PlatformCPU().ray_resource_options(1) == {}
+
+
+@pytest.mark.parametrize("env, expected", [({"VERL_PLATFORM": "cpu"}, "cpu"), ({}, "cuda")])
+def test_verl_picks_the_cpu_platform_only_when_asked(env, expected):
+    """A fresh process: with VERL_PLATFORM=cpu verl's get_platform() is ours; without it verl falls back to CUDA."""
+    code = "from verl.plugin.platform import get_platform; p = get_platform(); print(p.device_name, type(p).__name__)"
+    base = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    device, cls = out.stdout.split()[-2:]
+    assert device == expected and (cls == "PlatformCPU") == (expected == "cpu")
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_greedy_generation_matches_a_plain_argmax_loop_and_its_log_probs(tiny):
+    prompts = [[1, 40, 41, 42, 43], [1, 50, 51], [1, 60, 61, 62, 63, 64, 65, 66]]
+    params = sampling.SamplingParams(max_tokens=7, temperature=0)
+    out = sampling.generate_batch(tiny, prompts, params, eos_token_ids=[EOS], pad_token_id=EOS)
+    for prompt, completion in zip(prompts, out, strict=True):
+        ids = list(prompt)
+        expected = []
+        for _ in range(7):
+            with torch.no_grad():
+                nxt = int(tiny(torch.tensor([ids])).logits[0, -1].argmax())
+            expected.append(nxt)
+            ids.append(nxt)
+            if nxt == EOS:
+                break
+        assert completion.token_ids == expected  # left padding changes nothing
+        assert completion.finished == (expected[-1] == EOS)
+        ref = _sequence_log_probs(tiny, prompt, completion.token_ids)
+        assert torch.allclose(torch.tensor(completion.log_probs), ref, atol=1e-4)
+
+
+def test_sampled_tokens_carry_their_temperature_scaled_log_probs(tiny):
+    prompts = [[1, 30, 31], [1, 32, 33, 34]] * 3
+    params = sampling.SamplingParams(max_tokens=6, temperature=0.7, top_p=1.0)
+    out = sampling.generate_batch(tiny, prompts, params, eos_token_ids=[EOS], pad_token_id=EOS, generator_seed=3)
+    assert len({tuple(c.token_ids) for c in out}) > 1  # sampling, not greedy
+    for prompt, completion in zip(prompts, out, strict=True):
+        ref = _sequence_log_probs(tiny, prompt, completion.token_ids, temperature=0.7)
+        assert torch.allclose(torch.tensor(completion.log_probs), ref, atol=1e-4)
+    again = sampling.generate_batch(tiny, prompts, params, eos_token_ids=[EOS], pad_token_id=EOS, generator_seed=3)
+    assert [c.token_ids for c in again] == [c.token_ids for c in out]
+
+
+def test_a_response_stops_at_eos_and_keeps_it(tiny):
+    # make EOS the most likely next token everywhere: greedy stops at once
+    with torch.no_grad():
+        bias = tiny.lm_head.weight.new_zeros(tiny.config.vocab_size)
+        bias[EOS] = 1e4
+        tiny.lm_head.bias = torch.nn.Parameter(bias)
+    try:
+        out = sampling.generate_batch(
+            tiny, [[1, 5, 6]], sampling.SamplingParams(max_tokens=5, temperature=0), eos_token_ids=[EOS], pad_token_id=0
+        )
+        assert out[0].token_ids == [EOS] and out[0].finished
+        ignored = sampling.generate_batch(
+            tiny,
+            [[1, 5, 6]],
+            sampling.SamplingParams(max_tokens=5, temperature=0, ignore_eos=True),
+            eos_token_ids=[EOS],
+            pad_token_id=0,
+        )
+        assert ignored[0].token_ids == [EOS] * 5 and not ignored[0].finished
+    finally:
+        tiny.lm_head.bias = None
+
+
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"beam_width": 4}, "beam_width"),
+    ],
+)
+def test_bad_sampling_parameters_are_refused_by_name(params, key):
+    with pytest.raises(ValueError, match=key):
+        sampling.SamplingParams.from_request(params, max_tokens=4)
+
+
+# ---------------------------------------------------------------- server
+
+
+def _server(path, **kw):
+    kw = {"prompt_length": 16, "response_length": 8, "max_model_len": None, "max_batch_size": 64, **kw}
+    return HFRolloutServer(str(path), **kw)
+
+
+def test_concurrent_requests_are_batched_and_answer_like_single_ones(tiny_dir, monkeypatch):
+    server = _server(tiny_dir)
+    calls = []
+    real = sampling.generate_batch
+
+    def counting(model, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr("verl_rhythm.backends.cpu.rollout.generate_batch", counting)
+    greedy = {"temperature": 0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
+    prompts = [[1, 10 + i, 20 + i] for i in range(6)]
+
+    async def run():
+        return await asyncio.gather(
+            *[
+                server.generate(request_id=str(i), prompt_ids=p, sampling_params=dict(greedy))
+                for i, p in enumerate(prompts)
+            ]
+        )
+
+    outs = asyncio.run(run())
+    assert calls == [6]  # one generate call for the whole burst
+    for p, out in zip(prompts, outs, strict=True):
+        single = real(
+            server.model,
+            [p],
+            sampling.SamplingParams(max_tokens=8, temperature=0),
+            eos_token_ids=[EOS],
+            pad_token_id=EOS,
+        )[0]
+        assert out.token_ids == single.token_ids and out.stop_reason == "completed"
+        assert out.log_probs is not None and len(out.log_probs) == len(out.token_ids)
+
+
+def test_a_request_longer_than_the_context_is_refused(tiny_dir):
+    server = _server(tiny_dir, max_model_len=12)
+
+    async def run():
+        return await server.generate(request_id="x", prompt_ids=list(range(1, 11)), sampling_params={"temperature": 0})
+
+    with pytest.raises(ValueError, match="exceeds the model's context of 12 tokens"):
+        asyncio.run(run())
+
+
+def test_weight_updates_reach_the_generator_and_unknown_names_are_refused(tiny_dir):
+    server = _server(tiny_dir)
+    trained = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    state = dict(trained.named_parameters())
+    asyncio.run(server.update_weights({k: v.detach().clone() for k, v in state.items()}, global_steps=7))
+    for name, p in server.model.named_parameters():
+        assert torch.equal(p, state[name])
+    assert server.global_steps == 7
+    with pytest.raises(KeyError, match="unknown parameters"):
+        asyncio.run(server.update_weights({"model.nope.weight": torch.zeros(1)}))
+    partial = {k: v.detach().clone() for k, v in list(state.items())[:2]}
+    with pytest.raises(KeyError, match="left parameters unchanged"):
+        asyncio.run(server.update_weights(partial))
+
+
+# ---------------------------------------------------------------- start-up checks
+
+
+@pytest.fixture(scope="module")
+def cpu_recipe():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="verl_rhythm.recipes", version_base=None):
+        return compose(config_name="rhythm_cpu", overrides=["actor_rollout_ref.model.path=/m"])
+
+
+@pytest.mark.parametrize(
+    "override, on_cpu, match",
+    [
+        ("actor_rollout_ref.rollout.name=vllm", True, "actor_rollout_ref.rollout.name=vllm needs a GPU"),
+        (None, False, "runs only on the CPU platform: set VERL_PLATFORM=cpu"),
+        ("trainer.v1.trainer_mode=colocate_async", True, "trainer.v1.trainer_mode=colocate_async is not supported"),
+        ("trainer.v1.trainer_mode=separate_async", True, "trainer.v1.trainer_mode=separate_async is not supported"),
+        ("actor_rollout_ref.actor.strategy=fsdp", True, "actor_rollout_ref.actor.strategy=fsdp is not supported"),
+        ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", True, "tensor_model_parallel_size=2 must be 1"),
+        ("trainer.device=cuda", True, "trainer.device=cuda"),
+    ],
+)
+def test_unsupported_settings_are_refused_naming_the_key(cpu_recipe, monkeypatch, override, on_cpu, match):
+    config = cpu_recipe.copy()
+    if override:
+        key, value = override.split("=")
+        OmegaConf.update(config, key, int(value) if value.isdigit() else value, force_add=True)
+    monkeypatch.setattr(patches, "is_selected", lambda: on_cpu)
+    with pytest.raises(patches.CPUBackendConfigError, match=match):
+        patches.check_config(config)
+
+
+def test_the_recipe_passes_the_checks(cpu_recipe, monkeypatch):
+    monkeypatch.setattr(patches, "is_selected", lambda: True)
+    patches.check_config(cpu_recipe)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("trainer.v1.trainer_mode=colocate_async", "trainer.v1.trainer_mode=colocate_async is not supported"),
+        ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm needs a GPU"),
+    ],
+)
+def test_main_ppo_refuses_before_any_worker_starts(tmp_path, override, match):
+    """verl's own launcher: the check runs inside verl's validate_config, before ray.init."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        "pkg://verl_rhythm.recipes",
+        "--config-name",
+        "rhythm_cpu",
+        "actor_rollout_ref.model.path=/nonexistent",
+        override,
+        f"hydra.run.dir={tmp_path}",
+    ]
+    env = {**os.environ, "VERL_PLATFORM": "cpu"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode != 0
+    assert match in out.stderr + out.stdout
+    assert "ray init kwargs" not in out.stdout  # stopped before Ray started

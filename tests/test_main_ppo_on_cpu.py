@@ -1,0 +1,168 @@
+"""verl's ``python -m verl.trainer.main_ppo`` end to end on the CPU backend, with a tiny random Llama (GQA).
+
+Each run is a real training run in a subprocess: Ray, TransferQueue, the v1 synchronous trainer, the agent loop, the
+``hf`` rollout, the reward loop, verl's FSDP2 engine on gloo with the rhythm capture, the estimator, the actor update,
+the weight sync, checkpoints. What the actor was trained on is read back from the batch each update received
+(:mod:`verl_rhythm.testing.dump_update`) and checked against verl's own GRPO advantage computed here from the dumped
+rewards, which are themselves re-scored here from the decoded responses.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+from verl_rhythm.data import arithmetic
+from verl_rhythm.data.parquet import write_parquet
+from verl_rhythm.testing.main_ppo import run_main_ppo
+from verl_rhythm.testing.tiny import save_tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.slow
+
+# Short responses keep runs fast and make the tiny model's rewards vary within a group (a response holds an integer
+# or not); the rhythm windows are scaled down to the response length.
+SMALL = [
+    "data.max_prompt_length=128",
+    "data.max_response_length=12",
+    "data.train_batch_size=4",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "actor_rollout_ref.rollout.n=4",
+    "algorithm.rhythm.waad_window=4",
+    "algorithm.rhythm.fai_horizon_lo=2",
+    "algorithm.rhythm.fai_horizon_hi=8",
+]
+RHYTHM_KEYS = ("rhythm/gamma_mean", "rhythm/amplified_share", "rhythm/capture_s", "rhythm/waad_mean", "rhythm/fai_mean")
+QUESTION = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("main_ppo")
+    model = save_tiny_model(root / "model", num_layers=4)
+    # unique problems, so that a prompt identifies its GRPO group in the dumped batch
+    problems = sorted(set(arithmetic.make_problems(400, seed=0)))[:64]
+    data = root / "data"
+    write_parquet([arithmetic.to_row(p, "train", i) for i, p in enumerate(problems)], data / "train.parquet")
+    write_parquet([arithmetic.to_row(p, "test", i) for i, p in enumerate(problems[:8])], data / "test.parquet")
+    return root, model, data
+
+
+@pytest.fixture(scope="module")
+def coupled_run(setup):
+    """Two steps of the paper's coupled strategy, checkpointing at step 2."""
+    root, model, data = setup
+    result = run_main_ppo(
+        root / "coupled", model, data, [*SMALL, "trainer.total_training_steps=2", "trainer.save_freq=2"]
+    )
+    assert result.returncode == 0, result.log[-6000:]
+    return result
+
+
+def _check(result):
+    assert result.returncode == 0, result.log[-6000:]
+
+
+def grpo_reference(dump: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """verl's GRPO advantage for a dumped update batch, with every reward re-scored from the decoded text.
+
+    Returns:
+        ``(grpo (bs, T), advantages used by the update (bs, T), response_mask (bs, T))``.
+    """
+    mask = pad(dump["response_mask"]).bool()
+    rewards = pad(dump["rm_scores"]).float()
+    groups = {}
+    index = []
+    for i, (prompt, response) in enumerate(zip(dump["prompts"], dump["responses"], strict=True)):
+        text = tokenizer.decode(prompt.tolist(), skip_special_tokens=True)
+        a, op, b = QUESTION.search(text).groups()
+        expected = arithmetic.compute_score(
+            tokenizer.decode(response[mask[i, : len(response)]].tolist(), skip_special_tokens=True),
+            arithmetic.answer(int(a), op, int(b)),
+        )
+        assert rewards[i].sum().item() == pytest.approx(expected), "the reward the trainer used is not the task's"
+        index.append(groups.setdefault(tuple(prompt.tolist()), len(groups)))
+    grpo, _ = compute_grpo_outcome_advantage(rewards, mask.float(), np.array(index), norm_adv_by_std_in_grpo=True)
+    return grpo, pad(dump["advantages"]).float(), mask
+
+
+def pad(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Jagged per-row tensors (the dump keeps verl's nested rows) → ``(bs, max_len)``, zero-padded on the right."""
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
+def test_every_step_reports_rhythm_metrics(coupled_run):
+    assert coupled_run.steps == [1, 2]
+    for step, m in coupled_run.metrics:
+        missing = [k for k in RHYTHM_KEYS if k not in m]
+        assert not missing, f"step {step} lacks {missing}"
+        assert m["rhythm/gamma_mean"] >= 1.0 and m["rhythm/capture_s"] > 0
+
+
+def test_the_update_trained_on_grpo_advantages_times_gamma(coupled_run):
+    tokenizer = tiny_tokenizer()
+    assert len(coupled_run.dumps) == 2  # one update per step (ppo_mini_batch_size = the batch)
+    amplified = checked = 0
+    for dump in coupled_run.dumps:
+        grpo, used, mask = grpo_reference(dump, tokenizer)
+        assert torch.all(used[~mask] == 0)
+        zero = grpo.abs() < 1e-6
+        assert torch.all(used[zero].abs() < 1e-6)  # γ only scales: no advantage where GRPO has none
+        gamma = used[~zero & mask] / grpo[~zero & mask]
+        checked += gamma.numel()
+        assert torch.all(gamma > 1 - 1e-5)
+        # coupled at gamma_amp 1.5, alpha 0.5: each indicator adds 0.5 or 0.25 to γ
+        assert torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
+        amplified += int((gamma > 1 + 1e-5).sum())
+    assert checked > 0, "no group with varied rewards in either step: nothing to check"
+    assert amplified > 0, "γ = 1 everywhere: the rhythm credit never reached the update"
+
+
+def test_resuming_continues_at_step_3(setup, coupled_run):
+    root, model, data = setup
+    assert (root / "coupled" / "checkpoints" / "global_step_2").is_dir()
+    resumed = run_main_ppo(
+        root / "coupled", model, data, [*SMALL, "trainer.total_training_steps=3", "trainer.resume_mode=auto"]
+    )
+    _check(resumed)
+    assert resumed.steps == [3]
+    assert all(k in resumed.metrics[0][1] for k in RHYTHM_KEYS)
+
+
+def test_strategy_none_on_two_data_parallel_workers_is_plain_grpo(setup):
+    """Two gloo worker processes (and two rollout replicas); γ = 1, so the update gets verl's GRPO advantage."""
+    root, model, data = setup
+    result = run_main_ppo(
+        root / "none_dp2",
+        model,
+        data,
+        [
+            *SMALL,
+            "algorithm.rhythm.strategy=none",
+            "trainer.n_gpus_per_node=2",
+            "trainer.total_training_steps=1",
+            # 16 responses on 2 workers: 8 each, in micro-batches of whole GRPO groups
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        ],
+    )
+    _check(result)
+    assert result.steps == [1] and result.metrics[0][1]["rhythm/gamma_mean"] == 1.0
+    ranks = [d for d in result.dumps]
+    assert len(ranks) == 2  # each worker updated on its half of the batch
+    merged = {k: [row for d in ranks for row in d[k]] for k in ranks[0]}
+    grpo, used, mask = grpo_reference(merged, tiny_tokenizer())
+    assert torch.allclose(used, grpo * mask, atol=1e-6)
+
+
+def test_a_stock_grpo_run_works_on_the_same_cpu_stack(setup):
+    root, model, data = setup
+    result = run_main_ppo(
+        root / "grpo", model, data, [*SMALL, "algorithm.adv_estimator=grpo", "trainer.total_training_steps=1"]
+    )
+    _check(result)
+    assert result.steps == [1]
+    assert not [k for k in result.metrics[0][1] if k.startswith("rhythm/")]
+    grpo, used, mask = grpo_reference(result.dumps[0], tiny_tokenizer())
+    assert torch.allclose(used, grpo * mask, atol=1e-6)

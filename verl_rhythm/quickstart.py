@@ -1,0 +1,223 @@
+"""Train GRPO + rhythm on a CPU with verl's own ``main_ppo``, on the embedded SmolLM2-135M-Instruct.
+
+``python -m verl_rhythm.quickstart`` prepares everything offline (the embedded model converted once to an HF folder,
+the short-arithmetic data set), then runs ``python -m verl.trainer.main_ppo`` with the ``rhythm_cpu`` recipe on the
+CPU backend (``VERL_PLATFORM=cpu``: verl's FSDP2 engine on gloo, the ``hf`` rollout, the stock v1 trainer and
+TransferQueue). While it trains, it prints one line per step: the reward, the share of GRPO groups whose rewards
+differ, the ``rhythm/*`` credit metrics, the step time with its breakdown and the capture's share. At the end the
+output folder holds:
+
+- ``metrics.jsonl``: every metric of every step (verl's ``file`` logger);
+- ``curves.png``: reward, credit metrics and the step-time breakdown per step;
+- ``train.log``: the full verl log; ``checkpoints/``: verl's checkpoints (with ``--save-freq``).
+
+Any further argument is passed to ``main_ppo`` as a Hydra override, e.g.
+``python -m verl_rhythm.quickstart --steps 3 algorithm.rhythm.strategy=global actor_rollout_ref.rollout.n=8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPE = "rhythm_cpu"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+LOG = "train.log"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m verl_rhythm.quickstart",
+        description="Train GRPO + rhythm on a CPU with verl's main_ppo (embedded SmolLM2-135M, short arithmetic).",
+        epilog="Extra arguments are Hydra overrides for main_ppo (key=value).",
+    )
+    p.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
+    p.add_argument("--out", default="rhythm_train", help="output folder (default ./rhythm_train)")
+    p.add_argument("--model", default=None, help="HF model folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--strategy", default="coupled", help="algorithm.rhythm.strategy (default coupled)")
+    p.add_argument("--save-freq", type=int, default=-1, help="trainer.save_freq (default -1: no checkpoints)")
+    p.add_argument("--timeout", type=float, default=3600, help="stop main_ppo after this many seconds")
+    return p
+
+
+def prepare(out: Path, model: str | None) -> tuple[Path, Path]:
+    """The model folder and the data folder (written once, deterministic)."""
+    if model is None:
+        from verl_rhythm.embedded import EmbeddedModelMissing, embedded_model_dir
+
+        try:
+            model_dir = embedded_model_dir()
+        except EmbeddedModelMissing as err:
+            raise SystemExit(f"error: {err}") from None
+    else:
+        model_dir = Path(model).expanduser()
+        if not (model_dir / "config.json").is_file():
+            raise SystemExit(f"error: --model {model}: no config.json there (an HF model folder is needed)")
+    data = out / "data"
+    if not (data / "train.parquet").is_file() or not (data / "test.parquet").is_file():
+        from verl_rhythm.data import arithmetic
+
+        arithmetic.main(["--out", str(data)])
+    return model_dir, data
+
+
+def command(model_dir: Path, data: Path, out: Path, args, overrides: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        "pkg://verl_rhythm.recipes",
+        "--config-name",
+        RECIPE,
+        f"actor_rollout_ref.model.path={model_dir}",
+        f"data.train_files={data / 'train.parquet'}",
+        f"data.val_files={data / 'test.parquet'}",
+        f"trainer.total_training_steps={args.steps}",
+        f"trainer.save_freq={args.save_freq}",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        f"algorithm.rhythm.strategy={args.strategy}",
+        "trainer.logger=[console,file]",
+        f"hydra.run.dir={out / 'hydra'}",
+        *overrides,
+    ]
+
+
+def step_line(step: int, total: int, m: dict) -> str:
+    """One human line for a step's metrics."""
+
+    def get(key, fmt="{:.3f}", default="-"):
+        return fmt.format(m[key]) if key in m else default
+
+    step_s = m.get("timing_s/step", 0.0)
+    olp = m.get("timing_s/old_log_prob", 0.0)
+    capture = m.get("rhythm/capture_s")
+    parts = [
+        f"step {step}/{total}",
+        f"reward {get('critic/score/mean')}",
+        f"varied groups {get('rhythm/varied_group_share', '{:.0%}')}",
+        f"gamma mean {get('rhythm/gamma_mean')}",
+        f"amplified {get('rhythm/amplified_share', '{:.0%}')}",
+        f"anchors {get('rhythm/anchor_share', '{:.0%}')}",
+        f"preplan {get('rhythm/preplan_share', '{:.0%}')}",
+        f"| {step_s:.1f} s (gen {m.get('timing_s/gen', 0):.1f}, old-log-prob {olp:.1f}, "
+        f"update {m.get('timing_s/update_actor', 0):.1f})",
+    ]
+    if capture is not None and step_s > 0:
+        parts.append(f"capture {capture:.2f} s = {capture / step_s:.1%} of the step")
+    return "  ".join(parts)
+
+
+def read_metrics(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.append((int(row["step"]), row["data"]))
+    return rows
+
+
+def plot(rows: list[tuple[int, dict]], path: Path) -> Path | None:
+    """Reward, credit metrics and the step-time breakdown per step, as one PNG."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s, _ in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key, label in (
+        ("critic/score/mean", "reward mean"),
+        ("rhythm/varied_group_share", "groups with varied reward"),
+    ):
+        if any(key in m for _, m in rows):
+            axes[0].plot(steps, [m.get(key, float("nan")) for _, m in rows], marker="o", label=label)
+    axes[0].set_title("reward")
+    for key, label in (
+        ("rhythm/gamma_mean", "γ mean"),
+        ("rhythm/amplified_share", "share of tokens with γ > 1"),
+        ("rhythm/anchor_share", "anchor share"),
+        ("rhythm/preplan_share", "preplan share"),
+    ):
+        if any(key in m for _, m in rows):
+            axes[1].plot(steps, [m.get(key, float("nan")) for _, m in rows], marker="o", label=label)
+    axes[1].set_title("rhythm credit")
+    bottom = [0.0] * len(rows)
+    for key, label in (
+        ("timing_s/gen", "generation"),
+        ("timing_s/old_log_prob", "old-log-prob (+ capture)"),
+        ("timing_s/update_actor", "update"),
+    ):
+        vals = [m.get(key, 0.0) for _, m in rows]
+        axes[2].bar(steps, vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    axes[2].plot(steps, [m.get("timing_s/step", 0.0) for _, m in rows], "k.-", label="whole step")
+    axes[2].set_title("step time (s)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = _parser().parse_known_args(argv)
+    bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+    if bad:
+        _parser().error(f"unknown argument(s) {bad}: extra arguments must be Hydra overrides key=value")
+    if args.steps < 1:
+        _parser().error(f"--steps must be >= 1, got {args.steps}")
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir, data = prepare(out, args.model)
+    metrics_path = out / METRICS
+    metrics_path.unlink(missing_ok=True)
+    env = dict(os.environ, VERL_PLATFORM="cpu", VERL_FILE_LOGGER_PATH=str(metrics_path))
+    cmd = command(model_dir, data, out, args, overrides)
+    print(f"training {args.steps} steps of GRPO + rhythm ({args.strategy}) on {model_dir.name}, CPU backend")
+    print(f"log: {out / LOG}")
+    start = time.time()
+    shown = 0
+    with open(out / LOG, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try:
+                rc = proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                rc = None
+            rows = read_metrics(metrics_path)
+            for step, m in rows[shown:]:
+                print(step_line(step, args.steps, m), flush=True)
+            shown = len(rows)
+            if rc is not None:
+                break
+            if time.time() - start > args.timeout:
+                proc.terminate()
+                proc.wait()
+                print(f"error: main_ppo ran past --timeout {args.timeout:.0f} s and was stopped; see {out / LOG}")
+                return 1
+    elapsed = time.time() - start
+    if rc != 0:
+        tail = (out / LOG).read_text(errors="replace").splitlines()[-25:]
+        print("\n".join(tail))
+        print(f"error: main_ppo exited with status {rc}; full log: {out / LOG}")
+        return rc
+    png = plot(read_metrics(metrics_path), out / CURVES)
+    print(f"done: {shown} steps in {elapsed:.0f} s (start-up included); metrics {metrics_path}; curves {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Test harness: save the batch every actor update receives, to check end to end what the policy was trained on.
+
+Load it in every verl process with ``VERL_USE_EXTERNAL_MODULES=verl_rhythm.testing.dump_update`` and set
+``VERL_RHYTHM_DUMP_DIR``. It wraps ``verl/workers/engine_workers.py:TrainingWorker.train_mini_batch`` (the
+``TensorDict`` that ``ActorRolloutRefWorker.update_actor`` hands to the actor after TransferQueue resolved it) and
+writes ``update_<call>_rank<r>.pt``: every tensor field as a list of per-row tensors. Never used by a training run.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from pathlib import Path
+
+import torch
+
+from verl_rhythm.post_import import when_imported
+
+DUMP_DIR_ENV = "VERL_RHYTHM_DUMP_DIR"
+_calls = itertools.count()
+
+
+def _rows(value: torch.Tensor) -> list[torch.Tensor]:
+    if value.is_nested:
+        return [row.detach().cpu().clone() for row in value.unbind()]
+    return [row.detach().cpu().clone() for row in value]
+
+
+def _dump(data) -> None:
+    out = Path(os.environ[DUMP_DIR_ENV])
+    out.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("RANK", "0"))
+    fields = {k: _rows(v) for k, v in data.items() if isinstance(v, torch.Tensor)}
+    torch.save(fields, out / f"update_{next(_calls):03d}_rank{rank}.pt")
+
+
+def _install(module) -> None:
+    stock = module.TrainingWorker.train_mini_batch
+    if getattr(stock, "__dump_update__", False):
+        return
+
+    @functools.wraps(stock)
+    def train_mini_batch(self, data, *args, **kwargs):
+        if os.environ.get(DUMP_DIR_ENV):
+            _dump(data)
+        return stock(self, data, *args, **kwargs)
+
+    train_mini_batch.__dump_update__ = True
+    module.TrainingWorker.train_mini_batch = train_mini_batch
+
+
+when_imported("verl.workers.engine_workers", _install)

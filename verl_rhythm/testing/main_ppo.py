@@ -1,0 +1,94 @@
+"""Test harness: run verl's ``main_ppo`` on the CPU backend in a subprocess and read back what it did.
+
+:func:`run_main_ppo` starts ``python -m verl.trainer.main_ppo`` with the ``rhythm_cpu`` recipe, ``VERL_PLATFORM=cpu``,
+verl's ``file`` logger (every step's metrics as JSON lines) and :mod:`verl_rhythm.testing.dump_update` (the batch
+every actor update received). Never used by a training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from verl_rhythm.testing.dump_update import DUMP_DIR_ENV
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    log: str
+    metrics: list[tuple[int, dict]] = field(default_factory=list)
+    """``(step, metrics)`` per logged step."""
+    dumps: list[dict] = field(default_factory=list)
+    """The batches the actor updates received, in call order (rank 0 first within a call)."""
+
+    @property
+    def steps(self) -> list[int]:
+        return [s for s, _ in self.metrics]
+
+
+def run_main_ppo(
+    out: str | Path,
+    model_dir: str | Path,
+    data_dir: str | Path,
+    overrides: list[str] = (),
+    *,
+    timeout: float = 900,
+) -> RunResult:
+    """Train with ``main_ppo`` into ``out`` (checkpoints under ``out/checkpoints``); returns its log, metrics, dumps.
+
+    Args:
+        out: a folder for this run (metrics, dumps, checkpoints, log).
+        model_dir: an HF model folder with a tokenizer.
+        data_dir: a folder with ``train.parquet`` and ``test.parquet``.
+        overrides: further Hydra overrides.
+        timeout: seconds before the run is killed (``subprocess.TimeoutExpired``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    dump_dir = out / "dumps"
+    for old in dump_dir.glob("*.pt") if dump_dir.exists() else []:
+        old.unlink()
+    cmd = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        "pkg://verl_rhythm.recipes",
+        "--config-name",
+        "rhythm_cpu",
+        f"actor_rollout_ref.model.path={model_dir}",
+        f"data.train_files={Path(data_dir) / 'train.parquet'}",
+        f"data.val_files={Path(data_dir) / 'test.parquet'}",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        "trainer.logger=[console,file]",
+        f"hydra.run.dir={out / 'hydra'}",
+        *overrides,
+    ]
+    env = {
+        **os.environ,
+        "VERL_PLATFORM": "cpu",
+        "VERL_FILE_LOGGER_PATH": str(metrics_path),
+        "VERL_USE_EXTERNAL_MODULES": "verl_rhythm.testing.dump_update",
+        DUMP_DIR_ENV: str(dump_dir),
+        "HYDRA_FULL_ERROR": "1",
+    }
+    proc = subprocess.run(cmd, env=env, cwd=out, capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    (out / "train.log").write_text(log)
+    metrics = []
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                metrics.append((int(row["step"]), row["data"]))
+    import torch
+
+    dumps = [torch.load(p) for p in sorted(dump_dir.glob("update_*.pt"))] if dump_dir.exists() else []
+    return RunResult(proc.returncode, log, metrics, dumps)
