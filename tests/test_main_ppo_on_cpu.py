@@ -100,23 +100,28 @@ def test_every_step_reports_rhythm_metrics(coupled_run):
         assert m["rhythm/gamma_mean"] >= 1.0 and m["rhythm/capture_s"] > 0
 
 
-def test_the_update_trained_on_grpo_advantages_times_gamma(coupled_run):
+def gamma_of_updates(dumps: list[dict]) -> torch.Tensor:
+    """γ = (advantage the update used) / (verl's GRPO advantage) on every token where GRPO's is non-zero, after
+    checking that the update has no advantage where GRPO has none."""
     tokenizer = tiny_tokenizer()
-    assert len(coupled_run.dumps) == 2  # one update per step (ppo_mini_batch_size = the batch)
-    amplified = checked = 0
-    for dump in coupled_run.dumps:
+    gammas = []
+    for dump in dumps:
         grpo, used, mask = grpo_reference(dump, tokenizer)
         assert torch.all(used[~mask] == 0)
         zero = grpo.abs() < 1e-6
         assert torch.all(used[zero].abs() < 1e-6)  # γ only scales: no advantage where GRPO has none
-        gamma = used[~zero & mask] / grpo[~zero & mask]
-        checked += gamma.numel()
-        assert torch.all(gamma > 1 - 1e-5)
-        # coupled at gamma_amp 1.5, alpha 0.5: each indicator adds 0.5 or 0.25 to γ
-        assert torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
-        amplified += int((gamma > 1 + 1e-5).sum())
-    assert checked > 0, "no group with varied rewards in either step: nothing to check"
-    assert amplified > 0, "γ = 1 everywhere: the rhythm credit never reached the update"
+        gammas.append(used[~zero & mask] / grpo[~zero & mask])
+    return torch.cat(gammas)
+
+
+def test_the_update_trained_on_grpo_advantages_times_gamma(coupled_run):
+    assert len(coupled_run.dumps) == 2  # one update per step (ppo_mini_batch_size = the batch)
+    gamma = gamma_of_updates(coupled_run.dumps)
+    assert gamma.numel() > 0, "no group with varied rewards in either step: nothing to check"
+    assert torch.all(gamma > 1 - 1e-5)
+    # coupled at gamma_amp 1.5, alpha 0.5: each indicator adds 0.5 or 0.25 to γ
+    assert torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
+    assert torch.any(gamma > 1 + 1e-5), "γ = 1 everywhere: the rhythm credit never reached the update"
 
 
 def test_resuming_continues_at_step_3(setup, coupled_run):
@@ -130,16 +135,16 @@ def test_resuming_continues_at_step_3(setup, coupled_run):
     assert all(k in resumed.metrics[0][1] for k in RHYTHM_KEYS)
 
 
-def test_strategy_none_on_two_data_parallel_workers_is_plain_grpo(setup):
-    """Two gloo worker processes (and two rollout replicas); γ = 1, so the update gets verl's GRPO advantage."""
+@pytest.fixture(scope="module")
+def dp2_run(setup):
+    """One step of the coupled strategy on two gloo worker processes (and two rollout replicas)."""
     root, model, data = setup
-    result = run_main_ppo(
+    return run_main_ppo(
         root / "none_dp2",
         model,
         data,
         [
             *SMALL,
-            "algorithm.rhythm.strategy=none",
             "trainer.n_gpus_per_node=2",
             "trainer.total_training_steps=1",
             # 16 responses on 2 workers: 8 each, in micro-batches of whole GRPO groups
@@ -147,12 +152,25 @@ def test_strategy_none_on_two_data_parallel_workers_is_plain_grpo(setup):
             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
         ],
     )
+
+
+def test_two_data_parallel_workers_train_on_grpo_times_gamma(dp2_run):
+    _check(dp2_run)
+    assert dp2_run.steps == [1]
+    assert len(dp2_run.dumps) == 2  # each worker updated on its half of the batch
+    gamma = gamma_of_updates([{k: [row for d in dp2_run.dumps for row in d[k]] for k in dp2_run.dumps[0]}])
+    assert torch.all(gamma > 1 - 1e-5)
+
+
+def test_strategy_none_is_plain_grpo(setup):
+    """γ = 1 through the same estimator, so the update gets verl's GRPO advantage, bit for bit up to fp32."""
+    root, model, data = setup
+    result = run_main_ppo(
+        root / "none", model, data, [*SMALL, "algorithm.rhythm.strategy=none", "trainer.total_training_steps=1"]
+    )
     _check(result)
     assert result.steps == [1] and result.metrics[0][1]["rhythm/gamma_mean"] == 1.0
-    ranks = [d for d in result.dumps]
-    assert len(ranks) == 2  # each worker updated on its half of the batch
-    merged = {k: [row for d in ranks for row in d[k]] for k in ranks[0]}
-    grpo, used, mask = grpo_reference(merged, tiny_tokenizer())
+    grpo, used, mask = grpo_reference(result.dumps[0], tiny_tokenizer())
     assert torch.allclose(used, grpo * mask, atol=1e-6)
 
 
@@ -166,3 +184,31 @@ def test_a_stock_grpo_run_works_on_the_same_cpu_stack(setup):
     assert not [k for k in result.metrics[0][1] if k.startswith("rhythm/")]
     grpo, used, mask = grpo_reference(result.dumps[0], tiny_tokenizer())
     assert torch.allclose(used, grpo * mask, atol=1e-6)
+
+
+def test_one_and_two_workers_capture_the_dense_reference_statistics(setup, coupled_run, dp2_run):
+    """The WAAD/FAI each update carried (step 1: the initial weights) equal the dense reference of the same sequence,
+    whether one worker or two data-parallel workers captured them: statistics are per sequence."""
+    from transformers import AutoModelForCausalLM
+
+    from verl_rhythm.config import RhythmConfig
+    from verl_rhythm.testing.engine import dense_rhythm
+
+    _check(dp2_run)
+    _, model_dir, _ = setup
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    cfg = RhythmConfig(waad_window=4, fai_horizon_lo=2, fai_horizon_hi=8)
+    for name, dumps in (("1 worker", coupled_run.dumps[:1]), ("2 workers", dp2_run.dumps)):
+        rows = [(d, i) for d in dumps for i in range(len(d["responses"]))]
+        sequences = []
+        for d, i in rows:
+            response = d["responses"][i]
+            mask = d["response_mask"][i][: len(response)]
+            sequences.append((d["prompts"][i], response, mask))
+        reference = dense_rhythm(model, sequences, cfg)
+        for (d, i), (prompt, response, mask), ref in zip(rows, sequences, reference, strict=True):
+            span = slice(len(prompt), len(prompt) + len(response))
+            valid = mask.bool()
+            for key, want in (("rhythm_waad", ref.waad[span]), ("rhythm_fai", ref.fai[span])):
+                got = d[key][i][: len(response)]
+                assert torch.allclose(got[valid], want[valid].float(), atol=2e-5), f"{name}: {key} of row {i}"
