@@ -270,3 +270,28 @@ def test_main_ppo_refuses_before_any_worker_starts(tmp_path, override, match):
     assert out.returncode != 0
     assert match in out.stderr + out.stdout
     assert "ray init kwargs" not in out.stdout  # stopped before Ray started
+
+
+def test_registrations_wait_for_the_verl_modules_they_belong_to():
+    """``import verl`` loads the backend's entry point but none of the rollout or engine modules; each registration
+    lands when verl imports its module."""
+    code = """
+import sys
+import verl
+heavy = ["verl.workers.rollout.replica", "verl.workers.rollout.base", "verl.workers.engine.fsdp.transformer_impl",
+         "verl_rhythm.backends.cpu.rollout", "verl_rhythm.backends.cpu.sampling"]
+print("early", [m for m in heavy if m in sys.modules])
+from verl.workers.rollout.replica import RolloutReplicaRegistry, get_rollout_replica_class
+from verl.workers.rollout.base import get_rollout_class
+from verl.workers.engine.base import EngineRegistry
+import verl.workers.engine.fsdp.transformer_impl
+print("replica", get_rollout_replica_class("hf").__name__)
+print("adapter", get_rollout_class("hf", "async").__name__)
+print("engine", EngineRegistry._engines["language_model"]["fsdp2"]["cpu"].__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert lines["early"] == "[]"
+    assert lines["replica"] == "HFReplica" and lines["adapter"] == "HFServerAdapter"
+    assert lines["engine"] == "FSDPEngineWithLMHead"
