@@ -1,13 +1,14 @@
 """Seam: verl's ``verl.plugins`` entry-point group (``verl/__init__.py``, verl 0.9.1).
 
 ``import verl`` imports this module in every process (launcher, TaskRunner actor, workers, rollout and reward
-servers) unless ``VERL_USE_EXTERNAL_PLUGINS`` excludes it. It registers the ``rhythm`` estimator at once and defers
-the rest to the moment verl's own modules are imported (:mod:`verl_rhythm.post_import`), so a process that
-never trains pays for nothing:
+servers) unless ``VERL_USE_EXTERNAL_PLUGINS`` excludes it. It only arranges, for the moment verl imports each module
+below, the registration or patch that belongs to it (:mod:`verl_rhythm.post_import`), so a process that never
+trains pays for nothing (``python benchmarks/import_cost.py`` measures ``import verl`` with and without the plugin):
 
 ====================================================  ============================================================
 verl module                                           patch
 ====================================================  ============================================================
+``verl.trainer.ppo.core_algos``                       :mod:`verl_rhythm.glue.core_algos` (the ``rhythm`` estimator)
 ``verl.trainer.ppo.v1.trainer_base``                  :mod:`verl_rhythm.glue.trainer_base` (checks, fields, metrics)
 ``verl.trainer.ppo.ray_trainer``                      :mod:`verl_rhythm.glue.ray_trainer` (refuses the v0 trainer)
 ``verl.workers.engine.fsdp.transformer_impl``         :mod:`verl_rhythm.glue.fsdp_engine` (the capturing engine)
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import importlib
 
-from verl_rhythm.glue import core_algos as _core_algos  # registers the "rhythm" estimator
 from verl_rhythm.post_import import when_imported
 
 PATCHES = {
+    "verl.trainer.ppo.core_algos": "verl_rhythm.glue.core_algos",
     "verl.trainer.ppo.v1.trainer_base": "verl_rhythm.glue.trainer_base",
     "verl.trainer.ppo.ray_trainer": "verl_rhythm.glue.ray_trainer",
     "verl.workers.engine.fsdp.transformer_impl": "verl_rhythm.glue.fsdp_engine",
 }
-"""verl module → glue module whose ``install(verl_module)`` patches it."""
+"""verl module → glue module imported right after it; its ``install(verl_module)``, if any, patches it."""
 
 _registered = False
 
@@ -39,8 +40,8 @@ def _installer(glue_module: str):
     def install(verl_module) -> None:
         glue = importlib.import_module(glue_module)
         if not hasattr(glue, "install"):
-            # the glue module is itself importing this verl module (e.g. fsdp_engine imports the engine it
-            # subclasses); it is only half initialised here and installs at its own end
+            # registering at import (core_algos' @register_adv_est), or the glue module is itself importing this verl
+            # module (fsdp_engine imports the engine it subclasses): half initialised here, it installs at its end
             return
         glue.install(verl_module)
 
@@ -62,7 +63,9 @@ def is_loaded() -> bool:
     """Whether the ``rhythm`` estimator is registered in this process's verl registry."""
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
-    return ADV_ESTIMATOR_REGISTRY.get(_core_algos.ESTIMATOR_NAME) is _core_algos.compute_rhythm_outcome_advantage
+    from verl_rhythm.glue import core_algos
+
+    return ADV_ESTIMATOR_REGISTRY.get(core_algos.ESTIMATOR_NAME) is core_algos.compute_rhythm_outcome_advantage
 
 
 def is_patched() -> dict[str, bool]:
@@ -70,6 +73,8 @@ def is_patched() -> dict[str, bool]:
     import sys
 
     out = {}
+    if "verl.trainer.ppo.core_algos" in sys.modules:
+        out["verl.trainer.ppo.core_algos"] = is_loaded()
     trainer = sys.modules.get("verl.trainer.ppo.v1.trainer_base")
     if trainer is not None:
         method = trainer.PPOTrainer._compute_advantage
