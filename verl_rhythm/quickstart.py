@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 RECIPE = "rhythm_cpu"
+RAY_OOM = "killed due to memory pressure"
+"""Ray's memory monitor kills workers above its threshold; verl then waits forever on the dead worker."""
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 LOG = "train.log"
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"log: {out / LOG}")
     start = time.time()
     shown = 0
+    seen = 0
     with open(out / LOG, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         while True:
@@ -203,6 +206,18 @@ def main(argv: list[str] | None = None) -> int:
             shown = len(rows)
             if rc is not None:
                 break
+            with open(out / LOG, errors="replace") as f:
+                f.seek(seen)
+                fresh = f.read()
+                seen = f.tell()
+            if RAY_OOM in fresh:
+                proc.terminate()
+                proc.wait()
+                print(
+                    f"error: Ray killed a worker for lack of memory (see {out / LOG}); free memory or lower "
+                    "data.train_batch_size / actor_rollout_ref.rollout.n"
+                )
+                return 1
             if time.time() - start > args.timeout:
                 proc.terminate()
                 proc.wait()
