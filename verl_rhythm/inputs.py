@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -72,6 +73,29 @@ def parse_jsonl(text: str, path: str | Path) -> list[Any]:
             raise InputError(f"{path}:{number}:{err.colno}: malformed JSON line: {err.msg}") from None
         except RecursionError:
             raise InputError(f"{path}:{number}: malformed JSON line: nested too deeply") from None
+    return out
+
+
+def check_out_dir(out: str | Path, flag: str = "--out") -> Path:
+    """Fail before any work when ``out`` cannot become a folder we write to; returns the expanded path.
+
+    ``out`` is not created here: the nearest existing folder (``out`` itself, or the ancestor it would be created
+    in) gets a probe file, created and removed at once (a permission check would pass for root on a read-only mount).
+
+    Raises:
+        InputError: ``out`` or an ancestor is a file, or the folder is not writable.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {out}: is a file, expected a folder")
+    base = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not base.is_dir():
+        raise InputError(f"{flag} {out}: {base} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=base, prefix=".verl-rhythm-probe-"):
+            pass
+    except OSError as err:
+        raise InputError(f"{flag} {out}: cannot create files in {base} ({err.strerror or err})") from None
     return out
 
 

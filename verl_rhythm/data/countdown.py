@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import operator
 import random
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from verl_rhythm.data.parquet import write_parquet
+from verl_rhythm.inputs import InputError, check_out_dir, exit_with
 
 DATA_SOURCE = "countdown"
 
@@ -54,6 +57,7 @@ VERDICTS = ("correct", "wrong_result", "wrong_numbers", "invalid", "no_answer")
 """What :func:`judge` says about a response, best first."""
 
 MAX_ANSWER_CHARS = 1000
+PROGRESS_EVERY = 10_000
 _ALLOWED_CHARS = re.compile(r"[0-9+\-*/()\s]+", re.ASCII)  # no '.', letters or '_': no floats, hex, names, calls
 _BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
@@ -91,6 +95,7 @@ def generate(
     min_target: int = 10,
     max_target: int = 100,
     exclude: Iterable[tuple[tuple[int, ...], int]] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Puzzle]:
     """``count`` distinct solvable puzzles, the same list for the same arguments.
 
@@ -103,6 +108,7 @@ def generate(
         min_target: smallest target.
         max_target: largest target.
         exclude: puzzle keys (:attr:`Puzzle.key`) not to produce, e.g. the other split's.
+        progress: called as ``progress(made, count)`` every :data:`PROGRESS_EVERY` puzzles and at the end.
 
     Raises:
         ValueError: a range is empty or no target in ``[min_target, max_target]`` turns up.
@@ -118,6 +124,8 @@ def generate(
             seen.add(puzzle.key)
             out.append(puzzle)
             misses = 0
+            if progress is not None and (len(out) % PROGRESS_EVERY == 0 or len(out) == count):
+                progress(len(out), count)
             continue
         misses += 1
         if misses > 20_000:
@@ -129,12 +137,16 @@ def generate(
 
 
 def make_splits(
-    train_size: int = 20_000, test_size: int = 512, seed: int = 0, **ranges: int
+    train_size: int = 20_000,
+    test_size: int = 512,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    **ranges: int,
 ) -> dict[str, list[Puzzle]]:
     """The paper's split: disjoint ``test`` and ``train`` puzzle lists (test drawn first, so it does not depend on
-    ``train_size``). ``ranges`` go to :func:`generate`."""
-    test = generate(test_size, seed, **ranges)
-    train = generate(train_size, seed + 1, exclude=[p.key for p in test], **ranges)
+    ``train_size``). ``ranges`` and ``progress`` go to :func:`generate`."""
+    test = generate(test_size, seed, progress=progress, **ranges)
+    train = generate(train_size, seed + 1, exclude=[p.key for p in test], progress=progress, **ranges)
     return {"train": train, "test": test}
 
 
@@ -354,6 +366,50 @@ def to_row(puzzle: Puzzle, split: str, index: int) -> dict[str, Any]:
     }
 
 
+MAX_PUZZLES = 10_000_000
+"""Largest ``--train-size + --test-size``: the rows are built in memory (about 1 KB each)."""
+MAX_NUM_NUMBERS = 16
+MAX_VALUE = 10**9
+"""Largest number and target: the parquet stores them as int64, and the generator multiplies numbers."""
+
+
+def check_sizes(
+    train_size: int,
+    test_size: int,
+    num_numbers: int,
+    min_number: int,
+    max_number: int,
+    min_target: int,
+    max_target: int,
+) -> None:
+    """Refuse sizes that cannot give the requested puzzles, before any generation.
+
+    Raises:
+        InputError: a size <= 0 or above its cap, an empty range, or more puzzles than there are distinct
+            (numbers, target) pairs in the ranges.
+    """
+    for flag, value in (("--train-size", train_size), ("--test-size", test_size)):
+        if not 1 <= value <= MAX_PUZZLES:
+            raise InputError(f"{flag}={value}: must be in [1, {MAX_PUZZLES}]")
+    if train_size + test_size > MAX_PUZZLES:
+        raise InputError(f"--train-size + --test-size = {train_size + test_size}: at most {MAX_PUZZLES}")
+    if not 2 <= num_numbers <= MAX_NUM_NUMBERS:
+        raise InputError(f"--num-numbers={num_numbers}: must be in [2, {MAX_NUM_NUMBERS}]")
+    for lo_flag, lo, hi_flag, hi in (
+        ("--min-number", min_number, "--max-number", max_number),
+        ("--min-target", min_target, "--max-target", max_target),
+    ):
+        if not 1 <= lo <= hi <= MAX_VALUE:
+            raise InputError(f"{lo_flag}={lo}, {hi_flag}={hi}: need 1 <= {lo_flag} <= {hi_flag} <= {MAX_VALUE}")
+    multisets = math.comb(max_number - min_number + num_numbers, num_numbers)
+    distinct = multisets * (max_target - min_target + 1)
+    if train_size + test_size > distinct:
+        raise InputError(
+            f"--train-size + --test-size = {train_size + test_size}: the ranges allow at most {distinct} distinct "
+            "puzzles; widen --min/--max-number or --min/--max-target"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m verl_rhythm.data.countdown",
@@ -368,20 +424,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-number", type=int, default=100)
     parser.add_argument("--min-target", type=int, default=10)
     parser.add_argument("--max-target", type=int, default=100)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    splits = make_splits(
-        args.train_size,
-        args.test_size,
-        args.seed,
+    ranges = dict(
         num_numbers=args.num_numbers,
         min_number=args.min_number,
         max_number=args.max_number,
         min_target=args.min_target,
         max_target=args.max_target,
     )
-    for split, puzzles in splits.items():
-        path = write_parquet([to_row(p, split, i) for i, p in enumerate(puzzles)], Path(args.out) / f"{split}.parquet")
-        print(f"{split}: {len(puzzles)} puzzles -> {path}")
+    out = Path(args.out).expanduser()
+    try:
+        check_sizes(args.train_size, args.test_size, **ranges)
+        check_out_dir(out)
+        report = None if args.quiet else _progress
+        splits = make_splits(args.train_size, args.test_size, args.seed, progress=report, **ranges)
+        for split, puzzles in splits.items():
+            path = write_parquet([to_row(p, split, i) for i, p in enumerate(puzzles)], out / f"{split}.parquet")
+            print(f"{split}: {len(puzzles)} puzzles -> {path}")
+    except (InputError, ValueError) as err:
+        exit_with(parser.prog, err)
+    except OSError as err:
+        exit_with(parser.prog, f"{err.filename or out}: {err.strerror or err}")
+
+
+def _progress(made: int, count: int) -> None:
+    print(f"[countdown] {made}/{count} puzzles", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from verl_rhythm.data.parquet import write_parquet
-from verl_rhythm.inputs import InputError, exit_with, one_line, parse_json, parse_jsonl, read_text
+from verl_rhythm.inputs import InputError, check_out_dir, exit_with, one_line, parse_json, parse_jsonl, read_text
 
 DAPO_SOURCE = "BytedTsinghua-SIA/DAPO-Math-17k"
 DAPO_DATA_SOURCE = "math_dapo"
@@ -307,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--eval: expected NAME=SOURCE with NAME in {', '.join(EVAL_SOURCES)}, got {bad}")
     out = Path(args.out).expanduser()
     try:
-        _check_out(out)
+        check_out_dir(out)
         written = _prepare(wanted, args.train, overrides)  # every set is read and checked before anything is written
         for fname, (rows, note) in written.items():
             path = write_parquet(rows, out / fname)
@@ -316,15 +315,6 @@ def main(argv: list[str] | None = None) -> None:
         exit_with(parser.prog, err)
     except OSError as err:
         exit_with(parser.prog, f"{err.filename or out}: {err.strerror or err}")
-
-
-def _check_out(out: Path) -> None:
-    """Fail before reading any source when ``--out`` cannot be a folder we write to."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, expected a folder")
-    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: {parent} is not writable")
 
 
 def _prepare(wanted: list[str], train: str, overrides: dict[str, str]) -> dict[str, tuple[list[dict], str]]:
