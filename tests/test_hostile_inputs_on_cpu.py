@@ -34,7 +34,7 @@ def one_line_error(capsys, run, argv, *culprits: str) -> str:
         run(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "usage:" not in err
     lines = [line for line in err.splitlines() if ": error: " in line]
     assert len(lines) == 1, err
     for culprit in culprits:
@@ -205,6 +205,13 @@ def test_a_prompt_longer_than_the_context_is_refused_before_generating(capsys, t
 )
 def test_bad_values_name_the_flag(capsys, tmp_path, model_dir, no_loading, flags, culprit):
     one_line_error(capsys, rhythm_main, analyze(model_dir, tmp_path / "out", *flags), culprit)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_attention_implementation_names_the_flag(capsys, tmp_path, model_dir, monkeypatch):
+    monkeypatch.setattr(pipeline, "generate", lambda *a, **k: pytest.fail("generated"))
+    argv = analyze(model_dir, tmp_path / "out", "--attn-implementation", "bogus")
+    one_line_error(capsys, rhythm_main, argv, "--attn-implementation bogus")
     assert not (tmp_path / "out").exists()
 
 
@@ -397,6 +404,21 @@ def test_prepare_math_names_the_bad_file_and_line(capsys, tmp_path, name, conten
         capsys, prepare_math.main, ["--out", str(out), "--sets", "aime24", "--eval", f"aime24={src}"], culprit
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags,culprit",
+    [
+        (["--sets", ","], "--sets ','"),
+        (["--sets", "aime24", "--eval", "aime24="], "['aime24=']"),
+        (["--sets", "train", "--train", ""], "--train: empty source"),
+        (["--sets", "gpqa"], "--sets: unknown ['gpqa']"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_prepare_math_refuses_a_run_that_would_write_nothing_or_read_the_wrong_thing(capsys, tmp_path, flags, culprit):
+    one_line_error(capsys, prepare_math.main, ["--out", str(tmp_path / "out"), *flags], culprit)
+    assert not (tmp_path / "out").exists()
 
 
 def test_prepare_math_accepts_a_byte_order_mark(tmp_path):

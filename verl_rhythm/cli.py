@@ -22,7 +22,7 @@ from verl_rhythm.config import (
     RhythmConfig,
     RhythmConfigError,
 )
-from verl_rhythm.inputs import InputError, exit_with
+from verl_rhythm.inputs import ArgumentParser, InputError, exit_with
 
 _RENAMED = {"seed": "rhythm-seed"}
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -58,16 +58,9 @@ def _layers(text: str):
         raise argparse.ArgumentTypeError(f"expected comma-separated layer indices or 'none', got {text!r}") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with every error as one line (``verl-rhythm analyze: error: ...``) and no usage block."""
-
-    def error(self, message: str):
-        exit_with(self.prog, f"{message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``verl-rhythm``."""
-    parser = _Parser(prog="verl-rhythm", description="verl-rhythm tools.")
+    parser = ArgumentParser(prog="verl-rhythm", description="verl-rhythm tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "analyze",

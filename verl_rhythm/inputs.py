@@ -7,6 +7,7 @@ person wrote. Every problem with such input becomes an :class:`InputError` whose
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -103,3 +104,10 @@ def exit_with(prog: str, message: Any, code: int = 2) -> NoReturn:
     """Print ``<prog>: error: <message>`` as one line on stderr and exit with ``code`` (2, like argparse)."""
     print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with every usage error as one line (``<prog>: error: ... (see <prog> --help)``), no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        exit_with(self.prog, f"{message} (see {self.prog} --help)")

@@ -146,6 +146,9 @@ def _weights(settings: AnalyzeSettings, path: str, name: str, device: str):
             path, dtype=DTYPES[settings.dtype], attn_implementation=settings.attn_implementation, local_files_only=True
         )
     except (OSError, ValueError, KeyError, TypeError, ImportError) as err:
+        if "attn_implementation" in str(err) or "Attention" in str(err):
+            flag = f"--attn-implementation {settings.attn_implementation}"
+            raise InputError(f"{flag}: not usable with {name} here ({err})") from None
         raise InputError(f"--model {name}: cannot load it as a causal language model ({err})") from None
     return model.to(device).eval()
 

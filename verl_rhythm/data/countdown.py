@@ -25,7 +25,6 @@ Write the data set with ``python -m verl_rhythm.data.countdown --out ~/data/coun
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import operator
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_rhythm.data.parquet import write_parquet
-from verl_rhythm.inputs import InputError, check_out_dir, exit_with
+from verl_rhythm.inputs import ArgumentParser, InputError, check_out_dir, exit_with
 
 DATA_SOURCE = "countdown"
 
@@ -411,7 +410,7 @@ def check_sizes(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m verl_rhythm.data.countdown",
         description="Write the Countdown train/test parquet files (TinyZero protocol; offline, deterministic).",
     )

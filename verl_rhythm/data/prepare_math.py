@@ -18,7 +18,6 @@ Run ``python -m verl_rhythm.data.prepare_math --help``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -27,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from verl_rhythm.data.parquet import write_parquet
-from verl_rhythm.inputs import InputError, check_out_dir, exit_with, one_line, parse_json, parse_jsonl, read_text
+from verl_rhythm.inputs import (
+    ArgumentParser,
+    InputError,
+    check_out_dir,
+    exit_with,
+    one_line,
+    parse_json,
+    parse_jsonl,
+    read_text,
+)
 
 DAPO_SOURCE = "BytedTsinghua-SIA/DAPO-Math-17k"
 DAPO_DATA_SOURCE = "math_dapo"
@@ -279,7 +287,7 @@ def verl_row_problem(row: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m verl_rhythm.data.prepare_math",
         description="Write DAPO-Math-17K and the AIME24/AIME25/AMC23/MATH500/OlympiadBench eval sets as verl parquet.",
         epilog="Local files (.parquet/.json/.jsonl) and dataset folders are read offline; a hub id needs a machine "
@@ -296,14 +304,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sets", default="train," + ",".join(EVAL_SOURCES), help="comma-separated sets to write")
     args = parser.parse_args(argv)
-    wanted = [s for s in args.sets.split(",") if s]
+    wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if not wanted:
+        exit_with(parser.prog, f"--sets {args.sets!r}: names no set, so nothing would be written")
     unknown = sorted(set(wanted) - {"train", *EVAL_SOURCES})
     if unknown:
-        parser.error(f"--sets: unknown {unknown}; choose from train, {', '.join(EVAL_SOURCES)}")
+        exit_with(parser.prog, f"--sets: unknown {unknown}; choose from train, {', '.join(EVAL_SOURCES)}")
     overrides = dict(item.split("=", 1) for item in args.eval if "=" in item)
-    bad = sorted(set(overrides) - set(EVAL_SOURCES)) + [item for item in args.eval if "=" not in item]
+    bad = sorted(set(overrides) - set(EVAL_SOURCES)) + [i for i in args.eval if "=" not in i or not i.split("=", 1)[1]]
     if bad:
-        parser.error(f"--eval: expected NAME=SOURCE with NAME in {', '.join(EVAL_SOURCES)}, got {bad}")
+        exit_with(parser.prog, f"--eval: expected NAME=SOURCE with NAME in {', '.join(EVAL_SOURCES)}, got {bad}")
+    if "train" in wanted and not args.train.strip():
+        exit_with(parser.prog, "--train: empty source; give a local file/folder or a hub id")
     out = Path(args.out).expanduser()
     try:
         check_out_dir(out)
