@@ -255,18 +255,36 @@ def test_summary_json_is_strict_json(tmp_path, model_dir):
     assert nested["a"][1] != nested["a"][1]  # the input is not modified
 
 
-def test_non_finite_statistics_are_refused_with_the_prompt_named(capsys, tmp_path, model_dir, monkeypatch):
+def spoil(monkeypatch, what: str):
+    """Make the second response's ``what`` NaN on its first token (what an fp16 overflow produces)."""
     real_measure = pipeline.measure
 
     def overflowing(*args, **kwargs):
         measured, capture, seconds = real_measure(*args, **kwargs)
-        measured[1].entropy[0] = float("nan")  # what an fp16 overflow produces
+        m = measured[1]
+        target = m.entropy if what == "entropy" else getattr(m.rhythm, what)[m.prompt_len :]
+        target[0] = float("nan")
         return measured, capture, seconds
 
     monkeypatch.setattr(pipeline, "measure", overflowing)
-    argv = analyze(model_dir, tmp_path / "out", "--prompt", "a", "--prompt", "b")
-    one_line_error(capsys, rhythm_main, argv, "prompt 'prompt-1'", "entropy", "not finite")
+
+
+@pytest.mark.parametrize("what,flags", [("waad", []), ("fai", []), ("entropy", ["--strategy", "entropy"])])
+def test_a_non_finite_statistic_a_shown_gamma_reads_is_refused(capsys, tmp_path, model_dir, monkeypatch, what, flags):
+    spoil(monkeypatch, what)
+    argv = analyze(model_dir, tmp_path / "out", "--prompt", "a", "--prompt", "b", *flags)
+    name = {"waad": "WAAD", "fai": "FAI", "entropy": "entropy"}[what]
+    one_line_error(capsys, rhythm_main, argv, "prompt 'prompt-1'", name, "not finite", "--dtype float32")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_non_finite_statistic_no_shown_gamma_reads_does_not_raise(tmp_path, model_dir, monkeypatch):
+    spoil(monkeypatch, "entropy")  # the default strategy (coupled) and the shown local/global never read entropy
+    out = tmp_path / "out"
+    assert rhythm_main(analyze(model_dir, out, "--prompt", "a", "--prompt", "b")) == 0
+    text = (out / "summary.json").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["sequences"][1]["entropy"][0] is None
 
 
 # ----------------------------------------------------------------------------------------------- countdown

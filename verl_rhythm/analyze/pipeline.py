@@ -182,7 +182,7 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
     empty = [p.id for p, ids in zip(problems, prompt_ids, strict=True) if not ids]
     if empty:
         raise InputError(f"prompt {empty[0]!r} tokenised to zero tokens; give non-empty prompts")
-    lengths = {p.id: len(ids) for p, ids in zip(problems, prompt_ids, strict=True)}
+    lengths = [(p.id, len(ids)) for p, ids in zip(problems, prompt_ids, strict=True)]
     check_context(context_length(config), lengths, settings.sampling.max_new_tokens, name)
     text_config = getattr(config, "text_config", None) or config
     num_layers = text_config.num_hidden_layers
@@ -203,14 +203,7 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
         model, prompt_ids, responses, cfg, tokenizer.pad_token_id, settings.batch_size, window, progress
     )
     timings.update(seconds)
-    for prob, m in zip(problems, measured, strict=True):
-        p = m.prompt_len
-        for what, x in (("WAAD", m.rhythm.waad[p:]), ("FAI", m.rhythm.fai[p:]), ("entropy", m.entropy)):
-            if not bool(torch.isfinite(x.float()).all()):
-                raise InputError(
-                    f"prompt {prob.id!r}: the model's {what} is not finite (NaN or inf) on its response, so it cannot "
-                    f"be measured; with --dtype {settings.dtype}, try --dtype float32"
-                )
+    _check_finite(problems, measured, cfg, settings.dtype, progress)
 
     t0 = time.perf_counter()
     signals = [response_signals(m, len(r)) for m, r in zip(measured, responses, strict=True)]
@@ -273,6 +266,25 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
         (stage / "summary.json").write_text(text, encoding="utf-8")
     progress(f"wrote {out / 'report.html'}, {out / 'summary.json'} and {len(images)} PNG plots")
     return summary
+
+
+def _check_finite(problems: list[Problem], measured, cfg: RhythmConfig, dtype: str, progress: Progress) -> None:
+    """Refuse a response whose WAAD or FAI (read by every strategy the report shows), or whose entropy under the
+    ``entropy`` control, is NaN or infinite; a non-finite entropy that no shown γ reads is reported as ``null``."""
+    for prob, m in zip(problems, measured, strict=True):
+        p = m.prompt_len
+        checks = [("WAAD", m.rhythm.waad[p:], True), ("FAI", m.rhythm.fai[p:], True)]
+        checks.append(("entropy", m.entropy, cfg.strategy == "entropy"))
+        for what, x, needed in checks:
+            if bool(torch.isfinite(x.float()).all()):
+                continue
+            if not needed:
+                progress(f"prompt {prob.id!r}: the entropy is not finite on some tokens; reported as null there")
+                continue
+            raise InputError(
+                f"prompt {prob.id!r}: the model's {what} is not finite (NaN or inf) on its response, so it cannot be "
+                f"measured; with --dtype {dtype}, try --dtype float32"
+            )
 
 
 def _auto_threads(device: str, progress: Progress) -> int:

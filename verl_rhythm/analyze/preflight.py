@@ -120,12 +120,12 @@ def context_length(config) -> int | None:
     return None
 
 
-def check_context(context: int | None, prompt_lengths: dict[str, int], max_new_tokens: int, name: str) -> None:
-    """Refuse a prompt (``id -> token count``) that, with ``--max-new-tokens`` more tokens, would not fit in the
+def check_context(context: int | None, prompt_lengths: list[tuple[str, int]], max_new_tokens: int, name: str) -> None:
+    """Refuse a prompt (``(id, token count)`` pairs) that, with ``--max-new-tokens`` more tokens, would not fit in the
     model's context."""
     if context is None:
         return
-    for i, n in prompt_lengths.items():
+    for i, n in prompt_lengths:
         if n + max_new_tokens > context:
             fix = (
                 f"lower --max-new-tokens to {context - n} or less"
