@@ -62,14 +62,15 @@ def parse_json(text: str, path: str | Path) -> Any:
         raise InputError(f"{path}: malformed JSON: nested too deeply") from None
 
 
-def parse_jsonl(text: str, path: str | Path) -> list[Any]:
-    """One JSON value per non-blank line; an error names ``path`` and the true line number of the file."""
+def parse_jsonl(text: str, path: str | Path) -> list[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line (one JSON value a line); an error names ``path`` and the true
+    line number of the file (blank lines count, and only ``\\n`` ends a line)."""
     out = []
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): \x0c or U+2028 end no line
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            out.append((number, json.loads(line)))
         except json.JSONDecodeError as err:
             raise InputError(f"{path}:{number}:{err.colno}: malformed JSON line: {err.msg}") from None
         except RecursionError:

@@ -66,8 +66,8 @@ def problems_from_file(path: str | Path) -> list[Problem]:
             raise InputError(f"{path}: expected a JSON list of prompts (or an object with a 'problems' list)")
         where = [f"{path}: entry {i}" for i in range(len(entries))]
     elif path.suffix == ".jsonl":
-        numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-        entries = parse_jsonl(text, path)
+        numbered = parse_jsonl(text, path)
+        entries = [entry for _, entry in numbered]
         where = [f"{path}:{n}" for n, _ in numbered]
     else:
         numbered = [(n, line.strip()) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]

@@ -90,7 +90,11 @@ def load_records(source: str, split: str = "train", config: str | None = None) -
             except Exception as err:  # pyarrow's errors (ArrowInvalid, OSError...) vary by version
                 raise InputError(f"{path}: not a readable parquet file ({err})") from None
         elif path.suffix == ".jsonl":
-            records = parse_jsonl(read_text(path), path)
+            numbered = parse_jsonl(read_text(path), path)
+            bad = [n for n, row in numbered if not isinstance(row, dict)]
+            if bad:
+                raise InputError(f"{path}:{bad[0]}: {len(bad)} line(s) are not JSON objects (this one first)")
+            records = [row for _, row in numbered]
         elif path.suffix == ".json":
             data = parse_json(read_text(path), path)
             records = data["data"] if isinstance(data, dict) and "data" in data else data
@@ -100,8 +104,7 @@ def load_records(source: str, split: str = "train", config: str | None = None) -
             raise InputError(f"{path}: unsupported file type {path.suffix!r} (use .parquet, .json or .jsonl)")
         bad = [i for i, row in enumerate(records) if not isinstance(row, dict)]
         if bad:
-            where = f"line {bad[0] + 1}" if path.suffix == ".jsonl" else f"row {bad[0]}"
-            raise InputError(f"{path}: {len(bad)} row(s) are not JSON objects (first: {where})")
+            raise InputError(f"{path}: {len(bad)} row(s) are not JSON objects (first: row {bad[0]})")
         return records
     if not path.is_dir() and (source.startswith(("/", ".", "~")) or path.suffix in (".parquet", ".json", ".jsonl")):
         raise InputError(f"{source}: no such file or folder")
