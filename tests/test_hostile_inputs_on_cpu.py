@@ -91,8 +91,8 @@ def test_a_model_folder_without_tokenizer_or_config_is_named(capsys, tmp_path, m
     assert not (tmp_path / "out").exists()
 
 
-def test_an_encoder_model_is_refused(capsys, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, BertConfig
+def test_an_encoder_or_encoder_decoder_model_is_refused(capsys, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, BertConfig, T5Config
 
     bert = tmp_path / "bert"
     cfg = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -100,6 +100,10 @@ def test_an_encoder_model_is_refused(capsys, tmp_path, monkeypatch):
     tiny_tokenizer().save_pretrained(bert)
     monkeypatch.setattr(pipeline, "generate", lambda *a, **k: pytest.fail("generated with an encoder"))
     one_line_error(capsys, rhythm_main, analyze(bert, tmp_path / "out", "--prompt", "hi"), f"--model {bert}", "BERT")
+    assert not (tmp_path / "out").exists()
+    t5 = tmp_path / "t5"
+    T5Config(vocab_size=128, d_model=32, num_layers=1, num_heads=2, d_ff=64).save_pretrained(t5)
+    one_line_error(capsys, rhythm_main, analyze(t5, tmp_path / "out"), f"--model {t5}", "encoder-decoder")
     assert not (tmp_path / "out").exists()
 
 
