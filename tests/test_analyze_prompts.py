@@ -40,7 +40,7 @@ def test_prompt_files(tmp_path, name, content):
 @pytest.mark.parametrize(
     "name,content,match",
     [
-        ("p.json", json.dumps([{"text": "no question key"}]), "entry 0 has no 'question' or 'prompt'"),
+        ("p.json", json.dumps([{"text": "no question key"}]), "entry 0: has no non-empty 'question' or 'prompt'"),
         ("p.json", json.dumps({"items": []}), "expected a JSON list"),
         ("p.txt", "\n\n", "no prompt found"),
     ],

@@ -1,11 +1,10 @@
 """The rhythm capture inside verl 0.9.1's real FSDP engine, against the dense reference.
 
 The engine is verl's own ``FSDPEngineWithLMHead`` (our subclass adds one branch to ``forward_step``), initialised for
-real: FSDP2 wrapping on a one-process gloo group, with verl's platform set to the CPU platform
+real: FSDP2 wrapping on a one-process gloo group, with verl's platform set to a CPU platform
 (``verl_rhythm.backends.cpu.platform``; verl would otherwise fall back to CUDA). ``infer_batch`` runs verl's
-micro-batching
-(fixed and dynamic), packing (``use_remove_padding``), forward step, output post-processing and re-ordering. Nothing
-of the engine is mocked; only the Ray worker around it is absent.
+micro-batching (fixed and dynamic), packing (``use_remove_padding``), forward step, output post-processing and
+re-ordering. Nothing of the engine is mocked; only the Ray worker around it is absent.
 """
 
 import pytest

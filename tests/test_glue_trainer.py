@@ -289,3 +289,42 @@ def test_plugin_entry_point_loads_and_patches_inside_a_ray_actor(tq_cluster):
         ],
         True,
     )
+
+
+def test_rejection_sampling_keeps_the_captured_gamma_on_the_surviving_tokens(tq_cluster, engine, model):
+    """``algorithm.rollout_correction.rollout_rs=token_k1``: verl's stock ``_compute_advantage`` zeroes the rejected
+    tokens of ``response_mask`` before the estimator runs; γ stays the one of the captured response."""
+    from tensordict import TensorDict
+    from verl.workers.utils.padding import response_to_nested
+
+    tq = tq_cluster
+    trainer = make_trainer(engine, strategy="coupled")
+    with open_dict(trainer.config):
+        trainer.config.algorithm.rollout_correction.rollout_rs = "token_k1"
+        trainer.config.algorithm.rollout_correction.rollout_rs_threshold = "0.5_2.0"
+    batch, rows = put_rollouts(tq, seed=4)
+    metrics = {}
+    batch = trainer._compute_old_log_prob(batch, metrics=metrics)
+    before = fetch_padded(tq, batch, ["old_log_probs", "response_mask"])
+    captured = before["response_mask"]
+    rollout = before["old_log_probs"].clone()
+    rollout[:, 2::5] -= 3.0  # every fifth token from the third on: ratio e^3, outside [0.5, 2]
+    nested_mask = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
+    fields = TensorDict(
+        {"rollout_log_probs": response_to_nested(rollout, nested_mask["response_mask"])}, batch_size=len(batch.keys)
+    )
+    tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+    batch = trainer._compute_advantage(batch, metrics=metrics)
+
+    got = fetch_padded(tq, batch, ["advantages", "response_mask", "rm_scores", WAAD, FAI])
+    kept = got["response_mask"]
+    assert bool((kept <= captured).all()) and bool((kept < captured).any()), "rejection sampling dropped tokens"
+    index = np.array([r["uid"] for r in rows], dtype=object)
+    grpo, _ = core_algos.compute_grpo_outcome_advantage(got["rm_scores"], kept, index)
+    cfg = RhythmConfig.from_dict(trainer.config.algorithm.rhythm)
+    gamma = compute_gamma(
+        "coupled", captured, waad=got[WAAD], fai=got[FAI], top_q=cfg.top_q, gamma_amp=cfg.gamma_amp
+    ).gamma
+    torch.testing.assert_close(got["advantages"], apply_gamma(grpo, gamma, cfg.sign), atol=1e-6, rtol=1e-6)
+    assert bool((got["advantages"][kept == 0] == 0).all())
+    assert any(k.startswith("rollout_corr/") for k in metrics), "verl's rollout correction ran"

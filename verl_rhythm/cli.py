@@ -22,6 +22,7 @@ from verl_rhythm.config import (
     RhythmConfig,
     RhythmConfigError,
 )
+from verl_rhythm.inputs import ArgumentParser, InputError, exit_with
 
 _RENAMED = {"seed": "rhythm-seed"}
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -59,7 +60,7 @@ def _layers(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``verl-rhythm``."""
-    parser = argparse.ArgumentParser(prog="verl-rhythm", description="verl-rhythm tools.")
+    parser = ArgumentParser(prog="verl-rhythm", description="verl-rhythm tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "analyze",
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_error(parser: argparse.ArgumentParser, err: RhythmConfigError):
     """Exit with the error, prefixed by the flag of the ``algorithm.rhythm`` key it names (the first one)."""
     keys = re.findall(r"algorithm\.rhythm\.(\w+)", str(err))
-    parser.error(f"{_flag(keys[0]) if keys else 'strategy settings'}: {err}")
+    exit_with(parser.prog, f"{_flag(keys[0]) if keys else 'strategy settings'}: {err}")
 
 
 def _rhythm_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RhythmConfig:
@@ -133,8 +134,6 @@ def _rhythm_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``verl-rhythm analyze`` with parsed arguments."""
-    import torch
-
     from verl_rhythm.analyze.generate import Sampling
     from verl_rhythm.analyze.pipeline import AnalyzeSettings, run_analyze
     from verl_rhythm.analyze.progress import Progress
@@ -148,16 +147,15 @@ def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         problems = problems or bundled_problems()
         if args.limit is not None:
             if args.limit < 1:
-                raise ValueError(f"--limit={args.limit}: must be >= 1")
+                raise InputError(f"--limit={args.limit}: must be >= 1")
             problems = problems[: args.limit]
-        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         settings = AnalyzeSettings(
             model=args.model,
             problems=problems,
             sampling=Sampling(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.seed),
             rhythm=cfg,
             out_dir=args.out,
-            device=device,
+            device=args.device,
             dtype=args.dtype,
             attn_implementation=args.attn_implementation,
             batch_size=args.batch_size,
@@ -167,12 +165,16 @@ def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             peak_top_q=args.peak_top_q,
             threads=args.threads,
         )
-    except (ValueError, OSError) as e:
-        parser.error(str(e))
+    except InputError as e:
+        exit_with(parser.prog, e)
+    except ValueError as e:  # a setting's own check, e.g. "temperature=nan: ..."; name the flag
+        exit_with(parser.prog, _flagged(str(e)))
     try:
         summary = run_analyze(settings, Progress(quiet=args.quiet))
-    except RhythmConfigError as e:  # e.g. --layers outside the model, known only once it is loaded
+    except RhythmConfigError as e:  # e.g. --layers outside the model, known only once its config is read
         _config_error(parser, e)
+    except InputError as e:
+        exit_with(parser.prog, e)
     c = summary["coupling"]
     print(f"report: {Path(args.out) / 'report.html'}")
     print(
@@ -180,6 +182,12 @@ def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"peak: {_opt(c['fai_follows_waad'], '{:.1%}')} (random {_opt(c['fai_follows_waad_random'], '{:.1%}')})"
     )
     return 0
+
+
+def _flagged(message: str) -> str:
+    """``"name=value: ..."`` from a settings check, with ``name`` turned into its flag (``--top-p=...``)."""
+    m = re.match(r"^(\w+)=", message)
+    return f"--{m.group(1).replace('_', '-')}{message[len(m.group(1)) :]}" if m else message
 
 
 def _opt(x, fmt: str) -> str:

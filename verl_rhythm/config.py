@@ -24,6 +24,19 @@ SIGN_MODES = ("both", "positive", "negative")
 BOTTOM_SCORES = ("local", "global")
 GROUP_SCOPES = ("sequence", "micro_batch")
 
+GAMMA_AMP_MAX = 100.0
+"""Largest ``gamma_amp``. With ``intro_window`` <= :data:`INTRO_WINDOW_MAX` a token's γ is at most
+``1 + (gamma_amp - 1) * (1 + alpha * intro_window)`` (an anchor that also introduces up to k dominated anchors),
+about 1e5: advantages stay finite in fp32 and bf16 (max ~3.4e38) for any reward a scorer returns."""
+INTRO_WINDOW_MAX = 1024
+"""Largest coupled look-back k; the rule keeps a ``(B, T + k)`` window tensor."""
+POSITION_MAX = 1 << 20
+"""Largest W, H_lo, H_hi and chunk_size: a distance beyond any context, still exact in fp32 (the capture adds W to
+fp32 sums)."""
+SEED_MAX = (1 << 63) - 1
+"""Largest seed: ``torch.Generator.manual_seed`` takes seeds below 2**64, and call i of the estimator uses
+``seed + i``."""
+
 
 class RhythmConfigError(ValueError):
     """A bad ``algorithm.rhythm.*`` key or value. The message always names the full key."""
@@ -75,30 +88,39 @@ class RhythmConfig:
         _choice("bottom_score", self.bottom_score, BOTTOM_SCORES)
         _choice("head_group_scope", self.head_group_scope, GROUP_SCOPES)
         _number("top_q", self.top_q, float, lo=0.0, hi=1.0, lo_open=True, allowed="(0, 1]")
-        _number("gamma_amp", self.gamma_amp, float, lo=1.0, allowed=">= 1 (γ is never below 1)")
+        _number("gamma_amp", self.gamma_amp, float, lo=1.0, hi=GAMMA_AMP_MAX, allowed=f"[1, {GAMMA_AMP_MAX:g}]")
         _number("alpha", self.alpha, float, lo=0.0, hi=1.0, allowed="[0, 1]")
-        _number("intro_window", self.intro_window, int, lo=1, allowed="integer >= 1")
-        _number("waad_window", self.waad_window, int, lo=1, allowed="integer >= 1")
-        _number("fai_horizon_lo", self.fai_horizon_lo, int, lo=1, allowed="integer >= 1")
-        _number("fai_horizon_hi", self.fai_horizon_hi, int, lo=1, allowed="integer >= fai_horizon_lo")
+        _number("intro_window", self.intro_window, int, lo=1, hi=INTRO_WINDOW_MAX, allowed=_ints(1, INTRO_WINDOW_MAX))
+        _number("waad_window", self.waad_window, int, lo=1, hi=POSITION_MAX, allowed=_ints(1, POSITION_MAX))
+        _number("fai_horizon_lo", self.fai_horizon_lo, int, lo=1, hi=POSITION_MAX, allowed=_ints(1, POSITION_MAX))
+        _number(
+            "fai_horizon_hi",
+            self.fai_horizon_hi,
+            int,
+            lo=1,
+            hi=POSITION_MAX,
+            allowed=_ints("fai_horizon_lo", POSITION_MAX),
+        )
         if self.fai_horizon_hi < self.fai_horizon_lo:
             raise RhythmConfigError(
                 f"algorithm.rhythm.fai_horizon_hi={self.fai_horizon_hi} must be >= "
                 f"algorithm.rhythm.fai_horizon_lo={self.fai_horizon_lo}"
             )
         _number("head_quantile", self.head_quantile, float, lo=0.0, hi=0.5, lo_open=True, allowed="(0, 0.5]")
-        _number("seed", self.seed, int, allowed="integer")
-        _number("chunk_size", self.chunk_size, int, lo=1, allowed="integer >= 1")
+        _number("seed", self.seed, int, lo=0, hi=SEED_MAX, allowed="integer in [0, 2**63 - 1]")
+        _number("chunk_size", self.chunk_size, int, lo=1, hi=POSITION_MAX, allowed=_ints(1, POSITION_MAX))
         if self.layers is not None:
             if isinstance(self.layers, (str, bytes)) or not all(_is_int(x) for x in self.layers):
                 raise RhythmConfigError(
-                    f"algorithm.rhythm.layers={self.layers!r}: expected null or a list of decoder layer indices"
+                    f"algorithm.rhythm.layers={_show(self.layers)}: expected null or a list of decoder layer indices"
                 )
             layers = tuple(int(x) for x in self.layers)
             if not layers:
                 raise RhythmConfigError("algorithm.rhythm.layers=[]: give at least one layer index, or null")
-            if any(x < 0 for x in layers):
-                raise RhythmConfigError(f"algorithm.rhythm.layers={list(layers)}: layer indices must be >= 0")
+            if any(not 0 <= x < POSITION_MAX for x in layers):
+                raise RhythmConfigError(
+                    f"algorithm.rhythm.layers={_show(list(layers))}: layer indices must be in [0, {POSITION_MAX})"
+                )
             object.__setattr__(self, "layers", tuple(sorted(set(layers))))
 
     @property
@@ -133,7 +155,9 @@ class RhythmConfig:
                 value = tuple(value) if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") else value
             kwargs[key] = value
         if "layers" in kwargs and kwargs["layers"] is not None and not isinstance(kwargs["layers"], tuple):
-            raise RhythmConfigError(f"algorithm.rhythm.layers={kwargs['layers']!r}: expected null or a list of ints")
+            raise RhythmConfigError(
+                f"algorithm.rhythm.layers={_show(kwargs['layers'])}: expected null or a list of ints"
+            )
         return cls(**kwargs)
 
     @classmethod
@@ -185,14 +209,32 @@ def _is_int(x: Any) -> bool:
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: allowed values are {', '.join(allowed)}")
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: allowed values are {', '.join(allowed)}")
+
+
+def _ints(lo, hi) -> str:
+    return f"integer in [{lo}, {hi}]"
 
 
 def _number(key, value, kind, lo=None, hi=None, lo_open=False, allowed=""):
     ok_type = _is_int(value) if kind is int else (isinstance(value, (int, float)) and not isinstance(value, bool))
-    if not ok_type or (kind is float and not math.isfinite(value)):
-        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: expected {allowed}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: allowed range is {allowed}")
-    if hi is not None and value > hi:
-        raise RhythmConfigError(f"algorithm.rhythm.{key}={value!r}: allowed range is {allowed}")
+    if ok_type and kind is float:
+        try:
+            ok_type = math.isfinite(float(value))
+        except OverflowError:  # an int beyond the float range
+            ok_type = False
+    if not ok_type:
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: expected {allowed}")
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: allowed range is {allowed}")
+
+
+def _show(value: Any) -> str:
+    """``repr`` for an error message, short for a huge integer (whose repr may even be refused)."""
+    if _is_int(value) and abs(value) >= 10**30:
+        return f"{'-' if value < 0 else ''}<integer of about 10**{int(abs(value).bit_length() * 0.30103)}>"
+    if isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_show(v) for v in value[:8]) + (", ...]" if len(value) > 8 else "]")
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -6,6 +6,7 @@ Each response ends at its first end-of-sequence token, which stays part of the r
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from verl_rhythm.analyze.progress import Progress
+from verl_rhythm.config import SEED_MAX
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,12 @@ class Sampling:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature={self.temperature}: must be > 0")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature={self.temperature}: must be a finite number > 0")
+        if not 0 < self.top_p <= 1:  # also False for NaN
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed={self.seed}: must be in [0, 2**63 - 1]")
 
 
 class _StepReporter(StoppingCriteria):

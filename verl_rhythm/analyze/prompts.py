@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from verl_rhythm.inputs import InputError, parse_json, parse_jsonl, read_text
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -45,34 +47,47 @@ def bundled_problems() -> list[Problem]:
 
 
 def problems_from_file(path: str | Path) -> list[Problem]:
-    """Prompts from a file.
+    """Prompts from a file (UTF-8; a byte-order mark is accepted).
 
     Formats, by extension: ``.json`` — a list of strings or of objects with a ``question`` (or ``prompt``) key and
     an optional ``answer``/``id``, or an object with such a list under ``problems``; ``.jsonl`` — one such object
     (or string) per line; anything else — plain text, one prompt per non-empty line.
 
     Raises:
-        ValueError: the file holds no prompt, or an entry has neither ``question`` nor ``prompt``.
+        InputError: the file is missing or not UTF-8, malformed JSON (file and line named), holds no prompt, or an
+            entry has neither a non-blank ``question`` nor ``prompt`` string (file and entry, or line, named).
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".json":
-        data = json.loads(text)
+        data = parse_json(text, path)
         entries = data["problems"] if isinstance(data, dict) and "problems" in data else data
         if not isinstance(entries, list):
-            raise ValueError(f"{path}: expected a JSON list of prompts (or an object with a 'problems' list)")
+            raise InputError(f"{path}: expected a JSON list of prompts (or an object with a 'problems' list)")
+        where = [f"{path}: entry {i}" for i in range(len(entries))]
     elif path.suffix == ".jsonl":
-        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+        numbered = parse_jsonl(text, path)
+        entries = [entry for _, entry in numbered]
+        where = [f"{path}:{n}" for n, _ in numbered]
     else:
-        entries = [line.strip() for line in text.splitlines() if line.strip()]
-    problems = [_entry(e, i, path) for i, e in enumerate(entries)]
+        numbered = [(n, line.strip()) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+        entries = [line for _, line in numbered]
+        where = [f"{path}:{n}" for n, _ in numbered]
+    problems = [_entry(e, i, w) for i, (e, w) in enumerate(zip(entries, where, strict=True))]
     if not problems:
-        raise ValueError(f"{path}: no prompt found")
+        raise InputError(f"{path}: no prompt found")
     return problems
 
 
 def problems_from_strings(prompts: list[str]) -> list[Problem]:
-    """Prompts given on the command line, used verbatim."""
+    """Prompts given on the command line, used verbatim.
+
+    Raises:
+        InputError: a prompt is empty or only whitespace (the ``--prompt`` is named by its position).
+    """
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            raise InputError(f"--prompt #{i + 1} is empty; give the text of the prompt")
     return [Problem(f"prompt-{i}", p) for i, p in enumerate(prompts)]
 
 
@@ -99,12 +114,14 @@ def chat_prompt(tokenizer, text: str, use_chat_template: bool = True) -> list[in
     return [int(i) for i in ids]
 
 
-def _entry(entry, i: int, path: Path) -> Problem:
+def _entry(entry, i: int, where: str) -> Problem:
     if isinstance(entry, str):
+        if not entry.strip():
+            raise InputError(f"{where}: the prompt is empty")
         return Problem(f"prompt-{i}", entry)
     if isinstance(entry, dict):
         text = entry.get("question", entry.get("prompt"))
         if isinstance(text, str) and text.strip():
             answer = entry.get("answer")
             return Problem(str(entry.get("id", f"prompt-{i}")), text, None if answer is None else str(answer))
-    raise ValueError(f"{path}: entry {i} has no 'question' or 'prompt' string")
+    raise InputError(f"{where}: has no non-empty 'question' or 'prompt' string")

@@ -98,6 +98,7 @@ def _e(x) -> str:
 
 
 def _f(x, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; ``–`` for a value that is undefined (``null`` in summary.json)."""
     return "–" if x is None else f"{x:.{digits}f}"
 
 
@@ -177,8 +178,8 @@ def _response(seq: dict, names: list[str], strategy: str) -> str:
             cls.append("g")
         gammas = ", ".join(f"{n} {seq['gamma'][n][j]:.2f}" for n in names)
         tip = (
-            f"token {j} {piece!r}\nWAAD {seq['waad'][j]:.3f}  ΔWAAD {seq['delta'][j]:.3f}\n"
-            f"FAI {seq['fai'][j]:.4f}\nentropy {seq['entropy'][j]:.3f}\nγ: {gammas}\n"
+            f"token {j} {piece!r}\nWAAD {_f(seq['waad'][j])}  ΔWAAD {_f(seq['delta'][j])}\n"
+            f"FAI {_f(seq['fai'][j], 4)}\nentropy {_f(seq['entropy'][j])}\nγ: {gammas}\n"
             f"roles: {', '.join(roles) or 'none'}"
         )
         spans.append(f"<span class='{' '.join(cls)}' title='{_e(tip)}'>{_e(piece)}</span>")

@@ -71,7 +71,9 @@ def compute_gamma(
         a :class:`Credit`.
 
     Raises:
-        ValueError: an unknown strategy, a missing or misshapen statistic (named), or NaN/inf on valid tokens.
+        ValueError: an unknown strategy, a missing or misshapen statistic (named), or NaN/inf on valid tokens of a
+            statistic the strategy ranks by. A statistic it does not rank by (WAAD under ``global``, say) only fills
+            the ``preplan``/``anchor``/``delta`` roles, and is dropped (roles all False/0) when it is not finite.
     """
     mask = _check_mask(response_mask)
     b, t = mask.shape
@@ -89,17 +91,30 @@ def compute_gamma(
             raise ValueError(f"'{name}' has NaN or inf on valid response tokens")
         return torch.where(cmask, xc, torch.zeros_like(xc))
 
+    def spare(x: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        """A statistic the strategy does not rank by: kept for the roles it shows, dropped when not finite."""
+        if x is None:
+            return None
+        if x.shape != mask.shape:
+            raise ValueError(f"'{name}' must have the response_mask shape {tuple(mask.shape)}, got {tuple(x.shape)}")
+        return x if bool(torch.isfinite(x.float()[mask]).all()) else None
+
+    uses_waad = strategy in ("local", "coupled") or (strategy == "bottom" and bottom_score == "local")
+    uses_fai = strategy in ("global", "coupled") or (strategy == "bottom" and bottom_score == "global")
+    waad = waad if uses_waad else spare(waad, "waad")
+    fai = fai if uses_fai else spare(fai, "fai")
+
     zeros_b = torch.zeros(b, t, dtype=torch.bool, device=mask.device)
     preplan, anchor, dominated = zeros_b, zeros_b, zeros_b
     intro = torch.zeros(b, t, dtype=torch.long, device=mask.device)
     delta = torch.zeros(b, t, dtype=torch.float32, device=mask.device)
     bonus = gamma_amp - 1.0
 
-    if waad is not None or strategy in ("local", "coupled") or (strategy == "bottom" and bottom_score == "local"):
+    if waad is not None or uses_waad:
         w = compact(waad, "waad")
         delta = waad_delta(w, n_valid)
         preplan = top_q_mask(delta, cmask, top_q)
-    if fai is not None or strategy in ("global", "coupled") or (strategy == "bottom" and bottom_score == "global"):
+    if fai is not None or uses_fai:
         anchor = top_q_mask(compact(fai, "fai"), cmask, top_q)
 
     if strategy == "none":

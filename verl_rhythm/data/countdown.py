@@ -13,8 +13,9 @@ Where this module differs from TinyZero, on purpose:
   (positive integer intermediates, exact divisions), so every puzzle has a known solution. TinyZero reads
   ``Jiayi-Pan/Countdown-Tasks-3to4`` from the hub. Ranges: numbers 1..100 as in TinyZero's own generator, targets
   10..100 (Stream-of-Search, which built that set, starts targets at 10).
-- An answer is parsed with :mod:`ast` (numbers, ``+ - * /``, unary signs, parentheses; nothing else) and evaluated
-  exactly with fractions, where TinyZero calls ``eval`` and compares floats to 1e-5.
+- An answer is parsed by a small iterative parser (integers, ``+ - * /``, unary signs, parentheses; nothing else;
+  linear time, no recursion) and evaluated exactly with fractions, where TinyZero calls ``eval`` and compares floats
+  to 1e-5.
 - The answer is looked for in the whole response: verl 0.9.1's reward managers pass the decoded response only
   (``verl/experimental/reward_loop/reward_manager/naive.py``), where TinyZero split prompt+response at
   ``"Assistant:"``.
@@ -24,19 +25,20 @@ Write the data set with ``python -m verl_rhythm.data.countdown --out ~/data/coun
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
+import math
 import operator
 import random
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from verl_rhythm.data.parquet import write_parquet
+from verl_rhythm.inputs import ArgumentParser, InputError, check_out_dir, exit_with
 
 DATA_SOURCE = "countdown"
 
@@ -54,9 +56,9 @@ VERDICTS = ("correct", "wrong_result", "wrong_numbers", "invalid", "no_answer")
 """What :func:`judge` says about a response, best first."""
 
 MAX_ANSWER_CHARS = 1000
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_ALLOWED_CHARS = re.compile(r"^[\d+\-*/()\s]+$")  # no '.', letters or '_': rules out floats, hex, names, calls
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+PROGRESS_EVERY = 10_000
+_ALLOWED_CHARS = re.compile(r"[0-9+\-*/()\s]+", re.ASCII)  # no '.', letters or '_': no floats, hex, names, calls
+_BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ def generate(
     min_target: int = 10,
     max_target: int = 100,
     exclude: Iterable[tuple[tuple[int, ...], int]] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Puzzle]:
     """``count`` distinct solvable puzzles, the same list for the same arguments.
 
@@ -104,6 +107,7 @@ def generate(
         min_target: smallest target.
         max_target: largest target.
         exclude: puzzle keys (:attr:`Puzzle.key`) not to produce, e.g. the other split's.
+        progress: called as ``progress(made, count)`` every :data:`PROGRESS_EVERY` puzzles and at the end.
 
     Raises:
         ValueError: a range is empty or no target in ``[min_target, max_target]`` turns up.
@@ -119,6 +123,8 @@ def generate(
             seen.add(puzzle.key)
             out.append(puzzle)
             misses = 0
+            if progress is not None and (len(out) % PROGRESS_EVERY == 0 or len(out) == count):
+                progress(len(out), count)
             continue
         misses += 1
         if misses > 20_000:
@@ -130,12 +136,16 @@ def generate(
 
 
 def make_splits(
-    train_size: int = 20_000, test_size: int = 512, seed: int = 0, **ranges: int
+    train_size: int = 20_000,
+    test_size: int = 512,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    **ranges: int,
 ) -> dict[str, list[Puzzle]]:
     """The paper's split: disjoint ``test`` and ``train`` puzzle lists (test drawn first, so it does not depend on
-    ``train_size``). ``ranges`` go to :func:`generate`."""
-    test = generate(test_size, seed, **ranges)
-    train = generate(train_size, seed + 1, exclude=[p.key for p in test], **ranges)
+    ``train_size``). ``ranges`` and ``progress`` go to :func:`generate`."""
+    test = generate(test_size, seed, progress=progress, **ranges)
+    train = generate(train_size, seed + 1, exclude=[p.key for p in test], progress=progress, **ranges)
     return {"train": train, "test": test}
 
 
@@ -186,43 +196,112 @@ class InvalidExpression(ValueError):
     """An answer that is not an arithmetic expression over integers with ``+ - * /`` and parentheses."""
 
 
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+_NUMBER = re.compile(r"[0-9]+", re.ASCII)
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "u+": 3, "u-": 3}
+
+
 def extract_answer(response: str) -> str | None:
-    """The content of the last ``<answer>...</answer>`` in ``response``, stripped; ``None`` if there is none."""
-    matches = _ANSWER_RE.findall(response or "")
-    return matches[-1].strip() if matches else None
+    """The content of the last ``<answer>...</answer>`` in ``response``, stripped; ``None`` if there is none.
+
+    The pairs are those of ``re.findall(r"<answer>(.*?)</answer>", response, re.DOTALL)`` (TinyZero's reading:
+    each opening tag is closed by the first closing tag after it), found with forward ``str.find`` calls that never
+    revisit a character: linear time on any string, where the lazy regex is quadratic on a run of unclosed tags.
+    """
+    if not isinstance(response, str):
+        return None
+    last, pos = None, 0
+    while True:
+        start = response.find(_ANSWER_OPEN, pos)
+        if start < 0:
+            break
+        end = response.find(_ANSWER_CLOSE, start + len(_ANSWER_OPEN))
+        if end < 0:
+            break  # no closing tag after this opening one, hence none after any later one either
+        last, pos = (start + len(_ANSWER_OPEN), end), end + len(_ANSWER_CLOSE)
+    return None if last is None else response[last[0] : last[1]].strip()
 
 
 def evaluate(expression: str) -> tuple[Fraction, list[int]]:
     """Exact value of ``expression`` and the integer literals it uses, in order.
+
+    The grammar is Python's for these operators (unary ``+``/``-`` bind tighter than ``* /``, which bind tighter
+    than binary ``+ -``; all left-associative; decimal literals without leading zeros), read by an iterative
+    operator-precedence parser: linear time in the length and no recursion, so a run of operators or deeply nested
+    parentheses is just an invalid (or valid) answer, never a ``RecursionError``. ASCII whitespace, newlines
+    included, separates tokens.
 
     Raises:
         InvalidExpression: disallowed characters or syntax, too long, or a division by zero.
     """
     if len(expression) > MAX_ANSWER_CHARS:
         raise InvalidExpression(f"answer longer than {MAX_ANSWER_CHARS} characters")
-    if not _ALLOWED_CHARS.match(expression):
+    if not _ALLOWED_CHARS.fullmatch(expression):
         raise InvalidExpression("only digits, + - * /, parentheses and spaces are allowed")
-    try:
-        tree = ast.parse(expression, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
-        raise InvalidExpression(f"not an expression: {err}") from None
     used: list[int] = []
-    return _eval(tree.body, used), used
+    values: list[Fraction] = []
+    ops: list[str] = []
+    expect_operand = True
+    i, n = 0, len(expression)
+    while i < n:
+        ch = expression[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if "0" <= ch <= "9":
+            digits = _NUMBER.match(expression, i).group()
+            if not expect_operand:
+                raise InvalidExpression("two numbers in a row")
+            if len(digits) > 1 and digits[0] == "0" and digits.strip("0"):
+                raise InvalidExpression(f"leading zeros in {digits!r}")
+            used.append(int(digits))
+            values.append(Fraction(used[-1]))
+            expect_operand, i = False, i + len(digits)
+            continue
+        i += 1
+        if ch == "(":
+            if not expect_operand:
+                raise InvalidExpression("'(' after an operand")
+            ops.append(ch)
+        elif ch == ")":
+            if expect_operand:
+                raise InvalidExpression("')' where an operand is expected")
+            while ops and ops[-1] != "(":
+                _apply(ops.pop(), values)
+            if not ops:
+                raise InvalidExpression("unbalanced ')'")
+            ops.pop()
+        elif expect_operand:
+            if ch not in "+-":
+                raise InvalidExpression(f"{ch!r} where an operand is expected")
+            ops.append("u" + ch)  # prefix operator: binds to what follows, pops nothing
+        else:
+            while ops and ops[-1] != "(" and _PRECEDENCE[ops[-1]] >= _PRECEDENCE[ch]:
+                _apply(ops.pop(), values)
+            ops.append(ch)
+            expect_operand = True
+    if expect_operand:
+        raise InvalidExpression("the expression ends where an operand is expected")
+    while ops:
+        op = ops.pop()
+        if op == "(":
+            raise InvalidExpression("unbalanced '('")
+        _apply(op, values)
+    return values[0], used
 
 
-def _eval(node: ast.AST, used: list[int]) -> Fraction:
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _eval(node.left, used), _eval(node.right, used)
-        if isinstance(node.op, ast.Div) and right == 0:
+def _apply(op: str, values: list[Fraction]) -> None:
+    """Pop the operand(s) of ``op`` from ``values`` and push the result."""
+    if op == "u-":
+        values[-1] = -values[-1]
+    elif op == "u+":
+        pass
+    else:
+        right = values.pop()
+        left = values.pop()
+        if op == "/" and right == 0:
             raise InvalidExpression("division by zero")
-        return _BINOPS[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
-        value = _eval(node.operand, used)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        used.append(node.value)
-        return Fraction(node.value)
-    raise InvalidExpression(f"{type(node).__name__} is not allowed in an answer")
+        values.append(_BINOPS[op](left, right))
 
 
 def judge(response: str, numbers: Iterable[int], target: int) -> str:
@@ -286,8 +365,52 @@ def to_row(puzzle: Puzzle, split: str, index: int) -> dict[str, Any]:
     }
 
 
+MAX_PUZZLES = 10_000_000
+"""Largest ``--train-size + --test-size``: the rows are built in memory (about 1 KB each)."""
+MAX_NUM_NUMBERS = 16
+MAX_VALUE = 10**9
+"""Largest number and target: the parquet stores them as int64, and the generator multiplies numbers."""
+
+
+def check_sizes(
+    train_size: int,
+    test_size: int,
+    num_numbers: int,
+    min_number: int,
+    max_number: int,
+    min_target: int,
+    max_target: int,
+) -> None:
+    """Refuse sizes that cannot give the requested puzzles, before any generation.
+
+    Raises:
+        InputError: a size <= 0 or above its cap, an empty range, or more puzzles than there are distinct
+            (numbers, target) pairs in the ranges.
+    """
+    for flag, value in (("--train-size", train_size), ("--test-size", test_size)):
+        if not 1 <= value <= MAX_PUZZLES:
+            raise InputError(f"{flag}={value}: must be in [1, {MAX_PUZZLES}]")
+    if train_size + test_size > MAX_PUZZLES:
+        raise InputError(f"--train-size + --test-size = {train_size + test_size}: at most {MAX_PUZZLES}")
+    if not 2 <= num_numbers <= MAX_NUM_NUMBERS:
+        raise InputError(f"--num-numbers={num_numbers}: must be in [2, {MAX_NUM_NUMBERS}]")
+    for lo_flag, lo, hi_flag, hi in (
+        ("--min-number", min_number, "--max-number", max_number),
+        ("--min-target", min_target, "--max-target", max_target),
+    ):
+        if not 1 <= lo <= hi <= MAX_VALUE:
+            raise InputError(f"{lo_flag}={lo}, {hi_flag}={hi}: need 1 <= {lo_flag} <= {hi_flag} <= {MAX_VALUE}")
+    multisets = math.comb(max_number - min_number + num_numbers, num_numbers)
+    distinct = multisets * (max_target - min_target + 1)
+    if train_size + test_size > distinct:
+        raise InputError(
+            f"--train-size + --test-size = {train_size + test_size}: the ranges allow at most {distinct} distinct "
+            "puzzles; widen --min/--max-number or --min/--max-target"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m verl_rhythm.data.countdown",
         description="Write the Countdown train/test parquet files (TinyZero protocol; offline, deterministic).",
     )
@@ -300,20 +423,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-number", type=int, default=100)
     parser.add_argument("--min-target", type=int, default=10)
     parser.add_argument("--max-target", type=int, default=100)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    splits = make_splits(
-        args.train_size,
-        args.test_size,
-        args.seed,
+    ranges = dict(
         num_numbers=args.num_numbers,
         min_number=args.min_number,
         max_number=args.max_number,
         min_target=args.min_target,
         max_target=args.max_target,
     )
-    for split, puzzles in splits.items():
-        path = write_parquet([to_row(p, split, i) for i, p in enumerate(puzzles)], Path(args.out) / f"{split}.parquet")
-        print(f"{split}: {len(puzzles)} puzzles -> {path}")
+    out = Path(args.out).expanduser()
+    try:
+        check_sizes(args.train_size, args.test_size, **ranges)
+        check_out_dir(out)
+        report = None if args.quiet else _progress
+        splits = make_splits(args.train_size, args.test_size, args.seed, progress=report, **ranges)
+        for split, puzzles in splits.items():
+            path = write_parquet([to_row(p, split, i) for i, p in enumerate(puzzles)], out / f"{split}.parquet")
+            print(f"{split}: {len(puzzles)} puzzles -> {path}")
+    except (InputError, ValueError) as err:
+        exit_with(parser.prog, err)
+    except OSError as err:
+        exit_with(parser.prog, f"{err.filename or out}: {err.strerror or err}")
+
+
+def _progress(made: int, count: int) -> None:
+    print(f"[countdown] {made}/{count} puzzles", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def estimator_inputs(response_mask: torch.Tensor, **fields: torch.Tensor | None)
 
     The trainer plumbing fetches the statistics from TransferQueue in the same row order and padding as verl's
     ``_compute_advantage`` and wraps verl's own advantage call in this block. The estimator uses a field only when
-    the caller did not pass it, and only after checking that ``response_mask`` equals the one it was called with, so
-    rows that do not line up fail loudly instead of scaling the wrong tokens.
+    the caller did not pass it, and only after checking that the mask it was called with is ``response_mask`` or a
+    subset of it (rejection sampling drops tokens in between), so rows that do not line up fail loudly instead of
+    scaling the wrong tokens.
 
     Args:
         response_mask: ``(bs, response_length)``, the mask the statistics are laid out on.
@@ -68,18 +69,31 @@ def estimator_inputs(response_mask: torch.Tensor, **fields: torch.Tensor | None)
 
 
 def _pending_inputs(response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The statistics of the enclosing :func:`estimator_inputs` block, checked against ``response_mask``.
+
+    ``response_mask`` may drop tokens of the captured mask, never add any: verl's rejection sampling
+    (``algorithm.rollout_correction.rollout_rs``, ``verl/trainer/ppo/rollout_corr_helper.py:
+    compute_rollout_correction_and_add_to_batch``) zeroes rejected tokens between the capture and this call.
+    Anything else (another shape, a token the capture never saw) means the rows do not line up.
+    """
     pending = _PENDING_INPUTS.get()
     if pending is None:
         return {}
     expected = pending["response_mask"]
-    if expected.shape != response_mask.shape or not torch.equal(
-        expected.detach().bool().cpu(), response_mask.detach().bool().cpu()
-    ):
+    if expected.shape != response_mask.shape:
         raise RuntimeError(
             "the rhythm statistics handed over by the trainer are laid out on a response_mask of shape "
             f"{tuple(expected.shape)} that differs from the one the estimator was called with "
             f"({tuple(response_mask.shape)}): verl's advantage code changed which rows or columns it passes; "
             "see verl_rhythm/glue/contract.py"
+        )
+    extra = response_mask.detach().bool().cpu() & ~expected.detach().bool().cpu()
+    if bool(extra.any()):
+        row = int(extra.any(-1).nonzero()[0])
+        raise RuntimeError(
+            f"the response_mask the rhythm estimator was called with marks {int(extra.sum())} token(s) (first in row "
+            f"{row}) that the mask of the captured statistics does not: a mask may only drop tokens (rejection "
+            "sampling), so the rows do not line up; see verl_rhythm/glue/contract.py"
         )
     return pending
 
@@ -134,7 +148,10 @@ def compute_rhythm_outcome_advantage(
         epsilon=epsilon,
         norm_adv_by_std_in_grpo=norm_by_std,
     )
-    credit = rhythm_credit(cfg, response_mask, waad=rhythm_waad, fai=rhythm_fai, entropy=entropy)
+    # γ is a property of the generated response: it is computed on the captured mask, and tokens that rejection
+    # sampling dropped since then keep the zero advantage verl's GRPO gave them (it multiplies by response_mask)
+    captured = pending.get("response_mask", response_mask).to(response_mask.device)
+    credit = rhythm_credit(cfg, captured, waad=rhythm_waad, fai=rhythm_fai, entropy=entropy)
     scaled = apply_gamma(advantages, credit.gamma.to(advantages.device), cfg.sign)
     last_metrics.clear()
     last_metrics.update(credit_metrics(credit, response_mask, cfg))
@@ -204,8 +221,9 @@ def rhythm_credit(
 
 
 def credit_metrics(credit: Credit, response_mask: torch.Tensor, cfg: RhythmConfig) -> dict[str, float]:
-    """``rhythm/*`` scalars of one batch: share of amplified tokens, mean γ, |D| and |I(D)| per response."""
-    mask = response_mask.bool()
+    """``rhythm/*`` scalars of one batch: share of amplified tokens, mean γ, |D| and |I(D)| per response, over the
+    tokens of ``response_mask`` (the trained ones)."""
+    mask = response_mask.bool().to(credit.gamma.device)
     n_tok = max(int(mask.sum()), 1)
     n_seq = max(int(mask.any(-1).sum()), 1)
     g = credit.gamma.float()
@@ -213,8 +231,8 @@ def credit_metrics(credit: Credit, response_mask: torch.Tensor, cfg: RhythmConfi
         "rhythm/amplified_share": float(((g > 1.0) & mask).sum()) / n_tok,
         "rhythm/gamma_mean": float((g * mask).sum()) / n_tok,
         "rhythm/gamma_max": float(g[mask].max()) if mask.any() else 1.0,
-        "rhythm/anchor_share": float(credit.anchor.sum()) / n_tok,
-        "rhythm/preplan_share": float(credit.preplan.sum()) / n_tok,
-        "rhythm/dominated_per_response": float(credit.dominated.sum()) / n_seq,
-        "rhythm/intro_per_response": float((credit.intro > 0).sum()) / n_seq,
+        "rhythm/anchor_share": float((credit.anchor & mask).sum()) / n_tok,
+        "rhythm/preplan_share": float((credit.preplan & mask).sum()) / n_tok,
+        "rhythm/dominated_per_response": float((credit.dominated & mask).sum()) / n_seq,
+        "rhythm/intro_per_response": float(((credit.intro > 0) & mask).sum()) / n_seq,
     }

@@ -9,9 +9,10 @@ is not ``rhythm`` goes straight to it, so stock runs are unchanged:
   rides in ``batch.extra_info`` for exactly this call (the worker sees it as non-tensor data; the engine captures);
   then the engine's full-sequence outputs are sliced to the response layout, each token at its own position, and
   written back to TransferQueue as ``rhythm_waad`` / ``rhythm_fai``. Missing outputs stop the run here.
-- ``_compute_advantage``: the response-layout statistics (and verl's ``entropy`` for the entropy control) are
-  fetched with the same row order and padding as the stock method uses, handed to the estimator through
-  :func:`verl_rhythm.glue.core_algos.estimator_inputs`, and the ``rhythm/*`` metrics join the step's metrics.
+- ``_compute_advantage``: the response mask and the response-layout statistics (and verl's ``entropy`` for the
+  entropy control) are fetched with the same row order and padding as the stock method uses, handed to the estimator
+  through :func:`verl_rhythm.glue.core_algos.estimator_inputs` (γ is computed on this captured mask even when the
+  stock step's rejection sampling drops tokens), and the ``rhythm/*`` metrics join the step's metrics.
 
 ``PPOTrainerSeparateAsync._compute_old_log_prob`` calls ``super()``, so every v1 mode goes through these wrappers.
 """
@@ -167,24 +168,18 @@ def _compute_advantage(original, self, batch, metrics: dict):
         return original(self, batch, metrics)
     fields = ([WAAD, FAI] if cfg.needs_attention else []) + ([ENTROPY] if cfg.needs_entropy else [])
     rhythm_algos.last_metrics.clear()
-    if not fields:
-        out = original(self, batch, metrics)
-        inputs = {}
-    else:
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask", *fields]
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask", *fields])
+    missing = [f for f in fields if f not in data.keys()]
+    if missing:
+        raise RhythmCaptureMissing(
+            f"algorithm.rhythm.strategy={cfg.strategy!r}: TransferQueue holds no {missing} for the advantage step "
+            "(the old-log-prob pass did not write them)"
         )
-        missing = [f for f in fields if f not in data.keys()]
-        if missing:
-            raise RhythmCaptureMissing(
-                f"algorithm.rhythm.strategy={cfg.strategy!r}: TransferQueue holds no {missing} for the advantage step "
-                "(the old-log-prob pass did not write them)"
-            )
-        padded = data.to_padded_tensor()  # the same padding as the stock step's DataProto(batch=...)
-        response_mask = padded["response_mask"]
-        inputs = {f: padded[f] for f in fields}
-        with rhythm_algos.estimator_inputs(response_mask, **inputs):
-            out = original(self, batch, metrics)
+    padded = data.to_padded_tensor()  # the same padding as the stock step's DataProto(batch=...)
+    response_mask = padded["response_mask"]  # as captured: rejection sampling may drop tokens inside the stock step
+    inputs = {f: padded[f] for f in fields}
+    with rhythm_algos.estimator_inputs(response_mask, **inputs):
+        out = original(self, batch, metrics)
     if not rhythm_algos.last_metrics:
         raise RuntimeError(
             "algorithm.adv_estimator=rhythm but verl's _compute_advantage never called the rhythm estimator; "
