@@ -135,6 +135,7 @@ def plot(rows: list[tuple[int, dict]], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [s for s, _ in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -166,6 +167,7 @@ def plot(rows: list[tuple[int, dict]], path: Path) -> Path | None:
     axes[2].plot(steps, [m.get("timing_s/step", 0.0) for _, m in rows], "k.-", label="whole step")
     axes[2].set_title("step time (s)")
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     fig.tight_layout()
