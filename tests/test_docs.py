@@ -61,3 +61,12 @@ def test_every_python_module_the_page_runs_exists():
 def test_readme_table_of_contents_links_the_page():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "(docs/rhythm.md)" in readme
+
+
+def test_every_doc_page_carries_last_updated_in_one_format():
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        stamps = re.findall(r"^Last updated: (.+)$", page.read_text(encoding="utf-8"), re.MULTILINE)
+        assert len(stamps) == 1, f"{page.name}: expected one 'Last updated' line, found {len(stamps)}"
+        assert re.fullmatch(r"\d{2}/\d{2}/\d{4}\.", stamps[0]), (
+            f"{page.name}: 'Last updated: {stamps[0]}' (MM/DD/YYYY.)"
+        )
