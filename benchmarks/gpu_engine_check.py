@@ -12,8 +12,8 @@ and its per-token WAAD/FAI are compared with the dense reference of the same wei
   ratio is the capture overhead of the old-log-prob pass.
 
 The model is a random-weight config built in-process (no download): ``tiny`` (``tests/models.py``'s Qwen2) or
-``qwen2-0.5b`` (Qwen2-0.5B's shape: 24 layers, 14 heads / 2 KV heads, hidden 896). Results go to stdout and, if
-``$OUT`` is set, ``$OUT/gpu_engine_check.json``. Exit status 1 when an fp32 check fails.
+``qwen2-0.5b`` (Qwen2-0.5B's shape: 24 layers, 14 heads / 2 KV heads, hidden 896). Results go to stdout and, with
+``--out FILE``, to a JSON report. Exit status 1 when an fp32 check fails.
 
 Usage::
 
@@ -231,6 +231,7 @@ def parse_args(argv=None):
     ap.add_argument("--chunk-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--atol", type=float, default=1e-4, help="FAI tolerance; WAAD (range [0, W]) gets 10x")
+    ap.add_argument("--out", type=Path, default=None, help="write the full JSON report to this file")
     return ap.parse_args(argv)
 
 
@@ -239,9 +240,9 @@ def main(argv=None) -> int:
     if len(args.lengths) % args.micro_batch_size:
         raise SystemExit(f"{len(args.lengths)} sequences: a multiple of --micro-batch-size={args.micro_batch_size}")
     results = check(args)
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        Path(out_dir, "gpu_engine_check.json").write_text(json.dumps(results, indent=2))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({"ok": results["ok"], "versions": results["versions"]}))
     return 0 if results["ok"] else 1
 

@@ -8,7 +8,7 @@
 # With a wheelhouse (pip download of those wheels for the GPU machine's Python): WHEELHOUSE=dir bash this-script;
 # they are installed with --no-index --no-deps into a throw-away target folder, never over the machine's torch.
 #
-# Usage: bash benchmarks/gpu_engine_check.sh [gpu_engine_check.py args...]
+# Usage: bash benchmarks/gpu_engine_check.sh [--out report.json] [gpu_engine_check.py args...]
 #        CPU proof of the same path: bash benchmarks/gpu_engine_check.sh --device cpu --model tiny \
 #            --lengths 24:40 16:64 --repeats 1 --attn sdpa eager
 set -euo pipefail
