@@ -13,7 +13,7 @@ from test_capture_batched_on_cpu import OpCounter, packed_layouts, random_qk
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.measure import fused
+from verl_rhythm.measure import batched, fused
 from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout
 from verl_rhythm.measure.chunked import exact_fp32
 
@@ -34,6 +34,8 @@ def test_guard_works_with_the_new_fp32_precision_api():
         for device in ("cuda", "cpu"):  # the cuda flags exist without a GPU
             with exact_fp32(torch.device(device)):
                 assert (cuda if device == "cuda" else cpu).fp32_precision == "ieee"
+                if device == "cuda":  # bf16 gemms with fp32 output reduce in fp32 too
+                    assert cuda.allow_bf16_reduced_precision_reduction is False
         assert (cuda.fp32_precision, cpu.fp32_precision) == ("tf32", "bf16")
         cfg = RhythmConfig(layers=(0,), chunk_size=16)
         layouts = packed_layouts([40, 25], [10, 5])
@@ -98,3 +100,12 @@ def test_fused_path_builds_no_square_float_mask():
     stock = sdpa_attention_forward(_module(), q, k, v, float_mask, scaling=d**-0.5)[0]
     torch.testing.assert_close(out, stock, atol=1e-6, rtol=1e-6)
     assert not bool(leak)
+
+
+def test_low_precision_gemm_falls_back_to_an_upcast_where_unavailable():
+    """The fp32-output bf16 gemm exists on CUDA only; elsewhere the upcast gives the same fp32 products."""
+    a, b = torch.randn(3, 8, 16).bfloat16(), torch.randn(3, 16, 5).bfloat16()
+    got = batched._matmul_fp32(a, b)
+    assert got.dtype == torch.float32 and "cpu" in batched._low_gemm_failed
+    torch.testing.assert_close(got, a.double().matmul(b.double()).float(), atol=1e-5, rtol=1e-6)
+    assert batched.compute_dtype(a) == torch.float32  # CPU grids are fp32

@@ -19,9 +19,13 @@ forward. Attention variants, per layer:
 
 Memory: one chunk's logits, ``n_j × H × c × w`` fp32 with w <= min(L, t1); a chunk whose logits would exceed
 :data:`MAX_TILE_ELEMENTS` is split over groups of sequences (the only case in which the number of ops depends on
-the number of sequences). bf16/fp16 q/k are upcast to fp32 before the matmul: products of bf16 values are exact in
-fp32, so this equals a bf16 matmul with fp32 accumulation and fp32 output (what FlashAttention-2 does), and TF32 or
-oneDNN bf16 modes are switched off (:func:`~verl_rhythm.measure.chunked.exact_fp32`).
+the number of sequences).
+
+Numerics: every logit is fp32 and is the fp32 sum of exact products (what FlashAttention-2 computes from bf16 q/k).
+On CUDA, bf16/fp16 q/k stay in their dtype and go through cuBLAS with fp32 output (``torch.bmm(..., out_dtype=
+torch.float32)``, tensor cores, fp32 accumulation, reduced-precision reductions off); elsewhere, or where that call
+is unavailable, they are upcast to fp32 first, which gives the same products (bf16 × bf16 is exact in fp32). fp32
+q/k are multiplied in fp32 with TF32 and oneDNN bf16 modes off (:func:`~verl_rhythm.measure.chunked.exact_fp32`).
 """
 
 from __future__ import annotations
@@ -33,17 +37,43 @@ from verl_rhythm.measure.layout import BatchLayout
 
 MAX_TILE_ELEMENTS = 2**28
 """Most fp32 logits of one chunk (1 GiB); larger chunks are split over groups of sequences."""
+_LOW = (torch.bfloat16, torch.float16)
+_low_gemm_failed: set[str] = set()
 
 
-def padded_qk(query: torch.Tensor, key: torch.Tensor, batch: BatchLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather the sequences' queries and keys into the padded grid, fp32, contiguous.
+def compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype the padded q/k are kept in: bf16/fp16 on CUDA (fp32-output gemm), fp32 otherwise."""
+    if query.dtype in _LOW and query.device.type == "cuda" and "cuda" not in _low_gemm_failed:
+        return query.dtype
+    return torch.float32
+
+
+def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """fp32 ``a @ b`` of ``(..., r, d)`` and ``(..., d, w)``; bf16/fp16 operands with an fp32-output gemm."""
+    if a.dtype == torch.float32:
+        return torch.matmul(a, b)
+    shape = (*a.shape[:-2], a.shape[-2], b.shape[-1])
+    try:
+        return torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=torch.float32).view(
+            shape
+        )
+    except (RuntimeError, NotImplementedError, TypeError):  # no fp32-output gemm in this build: upcast from now on
+        _low_gemm_failed.add(a.device.type)
+        return torch.matmul(a.float(), b.float())
+
+
+def padded_qk(
+    query: torch.Tensor, key: torch.Tensor, batch: BatchLayout, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the sequences' queries and keys into the padded grid, contiguous.
 
     Args:
         query: ``(B, H, S, D)``; key: ``(B, H_kv, S, D)``, any float dtype.
         batch: the layouts, on ``query.device``.
+        dtype: the grid's dtype (:func:`compute_dtype`).
 
     Returns:
-        ``(q (n, H, L, D), k (n, H_kv, L, D))`` fp32; positions past N_i repeat the sequence's last column.
+        ``(q (n, H, L, D), k (n, H_kv, L, D))``; positions past N_i repeat the sequence's last column.
     """
     b, h, s, d = query.shape
     if key.dim() != 4 or key.shape[0] != b or key.shape[2] != s or key.shape[3] != d or h % key.shape[1]:
@@ -54,7 +84,7 @@ def padded_qk(query: torch.Tensor, key: torch.Tensor, batch: BatchLayout) -> tup
     out = []
     for x in (query, key):
         g = x.transpose(1, 2)[batch.rows, batch.cols]  # (n, L, heads, D): one gather
-        grid = torch.empty(g.shape[0], g.shape[2], g.shape[1], d, dtype=torch.float32, device=x.device)
+        grid = torch.empty(g.shape[0], g.shape[2], g.shape[1], d, dtype=dtype, device=x.device)
         out.append(grid.copy_(g.transpose(1, 2)))
     return out[0], out[1]
 
@@ -71,7 +101,7 @@ def grid_logits(
     m, h, c, d = qc.shape
     kc = k[seqs, :, keys]
     hkv = kc.shape[1]
-    z = torch.matmul(qc.reshape(m, hkv, (h // hkv) * c, d), kc.transpose(-1, -2)).view(m, h, c, -1)
+    z = _matmul_fp32(qc.reshape(m, hkv, (h // hkv) * c, d), kc.transpose(-1, -2)).view(m, h, c, -1)
     if softcap:
         return z.mul_(scaling / softcap).tanh_().mul_(softcap)
     return z.mul_(scaling)
@@ -102,7 +132,7 @@ def row_stats(
     """Row log-sum-exp and expected backward distance of every grid row, in query chunks.
 
     Args:
-        q: ``(n, H, L, D)`` fp32; k: ``(n, H_kv, L, D)`` fp32 (from :func:`padded_qk`).
+        q: ``(n, H, L, D)``; k: ``(n, H_kv, L, D)`` (from :func:`padded_qk`; fp32, or bf16/fp16 on CUDA).
         batch: the layouts (lengths, host ints).
         scaling: logit scale; chunk_size: query rows per chunk.
         window: sliding window (keys with t - s >= window are masked), or ``None``.
@@ -114,8 +144,8 @@ def row_stats(
         dist_t = sum_s A[t, s] (t - s). Entries past N_i are finite and meaningless.
     """
     n, h, big, _ = q.shape
-    lse = q.new_zeros(n, h, big)
-    dist = q.new_zeros(n, h, big)
+    lse = q.new_zeros(n, h, big, dtype=torch.float32)
+    dist = q.new_zeros(n, h, big, dtype=torch.float32)
     sink = None if sinks is None else sinks.float()[None, :, None]  # (1, H, 1)
     for t0 in range(0, big, chunk_size):
         t1 = min(big, t0 + chunk_size)
@@ -123,7 +153,7 @@ def row_stats(
         m = batch.count_from(t0)
         delta = _offsets(t0, t1, s0, q.device)
         masked = delta < 0 if not window else (delta < 0) | (delta >= window)
-        weight = delta.clamp_min(0).to(q.dtype)
+        weight = delta.clamp_min(0).float()
         for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
             z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap)
             z.masked_fill_(masked, float("-inf"))
@@ -170,8 +200,8 @@ def band_stats(
     n, h, big, _ = q.shape
     w_len = waad_window
     reach = max(w_len - 1, fai_horizon_hi)
-    waad = q.new_zeros(n, h, big)
-    fai_num = q.new_zeros(n, h, big)
+    waad = q.new_zeros(n, h, big, dtype=torch.float32)
+    fai_num = q.new_zeros(n, h, big, dtype=torch.float32)
     resp = batch.resp
     rows_per_block = batch.rows_per_block
     for block, t0 in enumerate(range(0, big, rows_per_block)):
@@ -181,8 +211,8 @@ def band_stats(
         m = batch.count_from(t0)
         delta = _offsets(t0, t1, s0, q.device)
         allowed = delta >= 0 if not window else (delta >= 0) & (delta < window)
-        near_weight = torch.where(allowed & (delta < w_len), (delta - w_len).to(q.dtype), 0.0)
-        far = (allowed & (delta >= fai_horizon_lo) & (delta <= fai_horizon_hi)).to(q.dtype)
+        near_weight = torch.where(allowed & (delta < w_len), (delta - w_len).float(), 0.0)
+        far = (allowed & (delta >= fai_horizon_lo) & (delta <= fai_horizon_hi)).float()
         for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
             z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap)  # (m, H, c, w)
             row_lse = lse[seqs, :, t0:t1]
@@ -195,7 +225,7 @@ def band_stats(
                 row_sum = 1.0 - (sinks.float()[None, :, None] - row_lse).exp()
                 waad[seqs, :, t0:t1] = far_w.add_(row_sum * w_len)
             if has_resp:
-                weight = far * resp[seqs, t0:t1, None].to(q.dtype)[:, None]  # (m, 1, c, w)
+                weight = far * resp[seqs, t0:t1, None].float()[:, None]  # (m, 1, c, w)
                 fai_num[seqs, :, s0:t1] += p.mul_(weight).sum(-2)
     return waad, fai_num
 
@@ -235,7 +265,7 @@ def layer_stats(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if (lse is None) != (dist is None):
         raise ValueError("pass lse and dist together (both from the attention kernel) or neither")
-    q, k = padded_qk(query, key, batch)
+    q, k = padded_qk(query, key, batch, compute_dtype(query))
     with exact_fp32(q.device):
         if lse is None:
             lse, dist = row_stats(q, k, batch, scaling, chunk_size, window=window, softcap=softcap, sinks=sinks)

@@ -55,11 +55,16 @@ def exact_fp32(device: torch.device):
     if attr is None and device.type == "cuda":
         attr = "allow_tf32"
     saved = getattr(backend, attr) if attr else None
+    # bf16/fp16 gemms with fp32 output (the batched path on CUDA) must not reduce in the low precision either
+    reduced = [f"allow_{x}_reduced_precision_reduction" for x in ("bf16", "fp16")] if device.type == "cuda" else []
+    reduced = [(x, getattr(backend, x)) for x in reduced if hasattr(backend, x)]
     try:
         if attr == "fp32_precision":
             backend.fp32_precision = "ieee"
         elif attr == "allow_tf32":
             backend.allow_tf32 = False
+        for name, _ in reduced:
+            setattr(backend, name, False)
         if torch.amp.is_autocast_available(device.type):
             with torch.autocast(device_type=device.type, enabled=False):
                 yield
@@ -68,6 +73,8 @@ def exact_fp32(device: torch.device):
     finally:
         if attr:
             setattr(backend, attr, saved)
+        for name, value in reduced:
+            setattr(backend, name, value)
 
 
 def _sequence_qk(query, key, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:
