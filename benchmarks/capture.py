@@ -26,7 +26,9 @@ without capture, and the largest |Δ| between the fused and batched statistics.
 Training regime (``--regime``): packed micro-batches of many sequences, as verl's old-log-prob pass sees them, e.g.
 ``16x1024`` (16 sequences of 1,024 tokens) and ``2x8192``, in fp32 and bf16 (``--dtypes``). The capture takes the
 batched path (``fused=False``: FlashAttention-2 and bf16 layers never take the fused one). For each row: the forward
-with and without the capture (minimum over ``--repeats`` interleaved runs, and the ratio), the aten ops of each
+with and without the capture (minimum over ``--repeats`` interleaved runs, and the ratio; the ratio of process CPU
+times; and, robust to the load of a shared host, the capture's own share of the captured run's wall time, timed
+inside :meth:`RhythmCapture.record` / ``finalize`` (synchronous on CPU), as x 1 / (1 - share)), the aten ops of each
 forward and the ones the capture adds per selected layer, host syncs the capture adds (``_local_scalar_dense``,
 ``nonzero``, cross-device copies, counted with a ``TorchDispatchMode``), and the extra peak memory of the forward.
 ``--layout rows`` (default) feeds the micro-batch as B rows of equal length without a mask, which costs the stock
@@ -357,12 +359,19 @@ def bench_regime(model, spec: str, dtype: str, args, device, cfg) -> dict:
     finalize_counter = OpCounter()
     with finalize_counter:
         capture.finalize()
-    times = {name: [] for name in runs}
+    times, cpu, share = {name: [] for name in runs}, {name: [] for name in runs}, []
     for r in range(args.repeats):
         for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            c0 = time.process_time()
             times[name].append(timed(runs[name], device)[0])
+            cpu[name].append(time.process_time() - c0)
+            if name == "capture":  # the capture's own share of this very run: immune to load drift between runs
+                share.append(capture.seconds / times[name][-1])
     row["t_stock"], row["t_capture"] = min(times["stock"]), min(times["capture"])
     row["ratio"] = row["t_capture"] / row["t_stock"]
+    row["cpu_ratio"] = min(cpu["capture"]) / min(cpu["stock"])
+    row["capture_share"] = min(share)
+    row["ratio_from_share"] = 1 / (1 - row["capture_share"])
     row["record_s"] = capture.seconds
     row["paths"] = sorted(set(capture.paths.values()))
     row["ops_stock"], row["ops_capture"] = counters["stock"].ops, counters["capture"].ops
@@ -372,7 +381,9 @@ def bench_regime(model, spec: str, dtype: str, args, device, cfg) -> dict:
     row["extra_peak_MiB"] = (row["peak_capture"] - row["peak_stock"]) / 2**20
     print(
         f"{spec:>8} {dtype:>4} {args.layout}: forward {row['t_stock']:7.2f}s, with capture {row['t_capture']:7.2f}s "
-        f"(x{row['ratio']:.3f}), ops {row['ops_stock']} -> {row['ops_capture']} "
+        f"(x{row['ratio']:.3f}, cpu-time x{row['cpu_ratio']:.3f}, capture's share of its run "
+        f"{100 * row['capture_share']:.1f}% -> x{row['ratio_from_share']:.3f}), ops {row['ops_stock']} -> "
+        f"{row['ops_capture']} "
         f"(+{row['ops_added_per_layer']:.0f} per layer), syncs added in the forward {row['syncs_added']} "
         f"(finalize: {row['syncs_finalize']}), extra peak "
         f"{row['extra_peak_MiB']:.0f} MiB, paths {row['paths']}",

@@ -262,13 +262,13 @@ class RhythmCapture:
                 mask disagreed with the layouts.
         """
         self._missing()
+        bad = self._failed_checks()
+        if bad:
+            self._raise_mismatch(bad)
         if not self.batched:
             return [
                 HeadStats.concat([self._stats[layer][i] for layer in self.layers]) for i in range(len(self.layouts))
             ]
-        bad = self._failed_checks()
-        if bad:
-            self._raise_mismatch(bad)
         dist, waad, fai_num, heads = self._grid()
         where = {i: j for j, i in enumerate(self.batch.order)}
         counts, k = self.batch.counts, len(heads)
