@@ -234,8 +234,8 @@ def test_finalize_equals_the_per_sequence_grouping():
                 c.record(layer, q * (1 + layer), k, 0.4)
         for got, want in zip(capture.finalize(), reference.finalize(), strict=True):
             assert torch.equal(got.local_heads, want.local_heads) and torch.equal(got.global_heads, want.global_heads)
-            for name in ("waad", "fai", "span"):
-                torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-6, rtol=1e-6)
+            for name in ("waad", "fai", "span"):  # the batched full rows come from the attention kernel: fp32 rounding
+                torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-5, rtol=1e-5)
         for st, lay in zip(capture.head_stats(), layouts, strict=True):
             own = rhythm_from_head_stats(st, cfg.head_quantile)
             assert own.waad.shape == (lay.length,)

@@ -39,6 +39,7 @@ MAX_TILE_ELEMENTS = 2**28
 """Most fp32 logits of one chunk (1 GiB); larger chunks are split over groups of sequences."""
 _LOW = (torch.bfloat16, torch.float16)
 _low_gemm_failed: set[str] = set()
+_kernel_failed: set[str] = set()
 
 
 def compute_dtype(query: torch.Tensor) -> torch.dtype:
@@ -169,6 +170,40 @@ def row_stats(
     return lse, dist
 
 
+def kernel_row_stats(
+    q: torch.Tensor, k: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Row log-sum-exp and expected distance of every grid row from the device's flash-style attention kernel.
+
+    On the grid every sequence starts its row at column 0, so plain causal attention is exact without a mask. The
+    value carries each key's grid column in its first channel: the kernel returns lse and E_t[s], and
+    dist_t = t - E_t[s]. One fused kernel call (tiled, multi-threaded, no logits in memory) instead of the chunked
+    matmul + softmax passes of :func:`row_stats`. fp32 grids only (a bf16 output would round E_t[s] to 3 digits),
+    plain causal softmax only (no window, cap or sinks); ``None`` where the kernel is unavailable.
+
+    Args:
+        q: ``(n, H, L, D)`` fp32; k: ``(n, H_kv, L, D)`` fp32.
+        scaling: logit scale.
+
+    Returns:
+        ``(lse, dist)``, each ``(n, H, L)`` fp32, or ``None``.
+    """
+    from verl_rhythm.measure import fused
+
+    if q.dtype != torch.float32 or q.device.type in _kernel_failed or q.device.type not in ("cpu", "cuda"):
+        return None
+    n, hkv, big, d = k.shape
+    v = k.new_zeros(n, hkv, big, d)
+    v[..., 0] = torch.arange(big, device=k.device, dtype=k.dtype)
+    try:
+        out, lse = fused._kernel(q, k, v, None, True, scaling)
+    except RuntimeError:  # unsupported shape on this build: the chunked passes from now on
+        _kernel_failed.add(q.device.type)
+        return None
+    dist = torch.arange(big, device=q.device, dtype=torch.float32) - out[..., 0].float()
+    return lse.float(), dist
+
+
 def band_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -267,15 +302,17 @@ def layer_stats(
         raise ValueError("pass lse and dist together (both from the attention kernel) or neither")
     q, k = padded_qk(query, key, batch, compute_dtype(query))
     with exact_fp32(q.device):
-        if lse is None:
-            lse, dist = row_stats(q, k, batch, scaling, chunk_size, window=window, softcap=softcap, sinks=sinks)
-        else:
+        if lse is not None:  # from the layer's own kernel, in the (B, H, S) columns: into the grid
             lse = lse.float().transpose(1, 2)[batch.rows, batch.cols].transpose(1, 2)
             dist = dist.float().transpose(1, 2)[batch.rows, batch.cols].transpose(1, 2)
+        elif window is None and softcap is None and sinks is None:
+            lse, dist = kernel_row_stats(q, k, scaling) or (None, None)
+        if lse is None:
+            lse, dist = row_stats(q, k, batch, scaling, chunk_size, window=window, softcap=softcap, sinks=sinks)
         waad, fai_num = band_stats(
-            q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi,
-            window=window, softcap=softcap, sinks=sinks,
-        )  # fmt: skip
+            q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window=window, softcap=softcap,
+            sinks=sinks,
+        )
     return dist, waad, fai_num
 
 
