@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.capture import capture_step_fn, fix_malloc, grab_qkv, peak_bytes, timed  # noqa: E402
 from verl_rhythm.config import RhythmConfig  # noqa: E402
+from verl_rhythm.measure import batched  # noqa: E402
 from verl_rhythm.measure.capture import (  # noqa: E402
     RhythmCapture,
     SequenceLayout,
@@ -307,6 +308,15 @@ def regime(device, specs, report, layers, scale, repeats):
             for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 times[k].append(timed(runs[k], device)[0])
         t0, t1 = min(times["stock"]), min(times["capture"])
+        if device.type == "cuda":  # the other way to get bf16 full rows: fp32 grid through the attention kernel
+            batched.CUDA_LOW_PRECISION_GEMM = not batched.CUDA_LOW_PRECISION_GEMM
+            try:
+                runs["capture"]()
+                other = min(timed(runs["capture"], device)[0] for _ in range(repeats))
+            finally:
+                batched.CUDA_LOW_PRECISION_GEMM = not batched.CUDA_LOW_PRECISION_GEMM
+            row["ratio_other_full_rows"] = other / t0
+            row["other_full_rows"] = "fp32 kernel" if batched.CUDA_LOW_PRECISION_GEMM else "bf16 gemm"
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
         row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))

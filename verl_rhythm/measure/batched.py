@@ -8,7 +8,10 @@ causal mask (and a sliding window) of query chunk [t0, t1) is one ``(c, w)`` mas
 rows become block-diagonal causal for free, and padded batches need nothing else. Sequences shorter than t0 are a
 suffix of the sorted grid and are left out of that chunk by slicing.
 
-Python loops run over query chunks only (``ceil(L / chunk_size)`` for the full rows, ``ceil(L / 64)`` for the bands),
+Full rows (lse and the expected distance): on an fp32 grid with plain causal attention, one call of the device's
+flash-style attention kernel (:func:`kernel_row_stats`: every sequence starts its grid row at column 0, so
+``is_causal`` is exact without a mask); otherwise query chunks of explicit logits (:func:`row_stats`). Bands: blocks
+of 64 rows (:func:`band_stats`). Python loops run over query chunks only (``ceil(L / chunk_size)``, ``ceil(L / 64)``),
 never over sequences or heads; no host sync: every shape and loop bound comes from host metadata built before the
 forward. Attention variants, per layer:
 
@@ -40,10 +43,16 @@ MAX_TILE_ELEMENTS = 2**28
 _LOW = (torch.bfloat16, torch.float16)
 _low_gemm_failed: set[str] = set()
 _kernel_failed: set[str] = set()
+CUDA_LOW_PRECISION_GEMM = True
+"""bf16/fp16 q/k on CUDA: keep the grid in that dtype and compute explicit fp32 logits with an fp32-output gemm
+(``True``), or upcast the grid to fp32 so the full rows come from the fp32 attention kernel (``False``).
+``benchmarks/gpu_check.py`` times both."""
 
 
 def compute_dtype(query: torch.Tensor) -> torch.dtype:
     """The dtype the padded q/k are kept in: bf16/fp16 on CUDA (fp32-output gemm), fp32 otherwise."""
+    if not CUDA_LOW_PRECISION_GEMM:
+        return torch.float32
     if query.dtype in _LOW and query.device.type == "cuda" and "cuda" not in _low_gemm_failed:
         return query.dtype
     return torch.float32
@@ -157,7 +166,10 @@ def row_stats(
         weight = delta.clamp_min(0).float()
         for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
             z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap)
-            z.masked_fill_(masked, float("-inf"))
+            if window:
+                z.masked_fill_(masked, float("-inf"))
+            else:  # only the diagonal block has future keys
+                z[..., t0 - s0 :].masked_fill_(masked[:, t0 - s0 :], float("-inf"))
             row_max = z.amax(-1)  # finite: the diagonal key is always there
             if sink is not None:
                 row_max = torch.maximum(row_max, sink)
