@@ -2,9 +2,9 @@
 
 The engine is verl's own ``FSDPEngineWithLMHead`` (our subclass adds one branch to ``forward_step``), initialised for
 real: FSDP2 wrapping on a one-process gloo group, with verl's platform set to a CPU platform
-(``verl_rhythm.backends.cpu.platform``; verl would otherwise fall back to CUDA). ``infer_batch`` runs verl's micro-batching
-(fixed and dynamic), packing (``use_remove_padding``), forward step, output post-processing and re-ordering. Nothing
-of the engine is mocked; only the Ray worker around it is absent.
+(``verl_rhythm.backends.cpu.platform``; verl would otherwise fall back to CUDA). ``infer_batch`` runs verl's
+micro-batching (fixed and dynamic), packing (``use_remove_padding``), forward step, output post-processing and
+re-ordering. Nothing of the engine is mocked; only the Ray worker around it is absent.
 """
 
 import pytest
@@ -15,10 +15,10 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import fsdp_engine
 from verl_rhythm.glue.checks import RhythmSetupError
-from verl_rhythm.testing.process_group import cpu_process_group
-from verl_rhythm.testing.engine import build_engine, dense_rhythm, log_prob_batch, run_log_prob_pass
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
 from verl_rhythm.measure import capture as capture_mod
+from verl_rhythm.testing.engine import build_engine, dense_rhythm, log_prob_batch, run_log_prob_pass
+from verl_rhythm.testing.process_group import cpu_process_group
 
 CFG = RhythmConfig(fai_horizon_hi=30, chunk_size=16)
 LENGTHS = [(20, 40), (15, 60), (30, 25), (10, 70), (25, 35), (12, 48)]

@@ -28,9 +28,9 @@ from verl_rhythm.config import RhythmConfig
 from verl_rhythm.credit import apply_gamma, compute_gamma
 from verl_rhythm.glue import trainer_base as glue_trainer
 from verl_rhythm.glue.fsdp_engine import RhythmFSDPEngineWithLMHead
-from verl_rhythm.testing.process_group import cpu_process_group
-from verl_rhythm.testing.engine import build_engine, dense_rhythm
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI, WAAD
+from verl_rhythm.testing.engine import build_engine, dense_rhythm
+from verl_rhythm.testing.process_group import cpu_process_group
 
 pytestmark = pytest.mark.slow
 
