@@ -5,7 +5,8 @@ For each N (one sequence of N tokens, the spec's 5 middle-third layers, default 
 - ``sdpa``: the stock SDPA forward (the baseline: verl's old-log-prob forward);
 - ``fused``: the same forward under :func:`verl_rhythm.measure.hook.capture_active`, selected layers taking
   log-sum-exp and expected position from their own attention kernel (:mod:`verl_rhythm.measure.fused`);
-- ``chunked``: the same with ``fused=False`` (full rows recomputed in query chunks: one more QKᵀ per selected layer);
+- ``batched``: the same with ``fused=False`` (full rows recomputed in query chunks by the batched path: one more QKᵀ
+  per selected layer, as with FlashAttention-2 or bf16 in training);
 - ``dense``: eager attention with ``output_attentions=True`` plus the dense reference, where the maps fit
   (``--dense-max-gib``), i.e. the paper's approach without its second model copy.
 
@@ -20,17 +21,33 @@ Memory: the extra peak of one selected layer's capture step (the replaced SDPA c
 (``/proc/self/clear_refs``, glibc's mmap threshold fixed at 64 KiB so freed buffers leave RSS) or
 ``torch.cuda.max_memory_allocated`` on CUDA; compared with the size of the dense maps (all layers, as
 ``output_attentions`` returns them, and the 5 selected layers alone). Also printed: the whole forward's peak with and
-without capture, and the largest |Δ| between the fused and chunked statistics.
+without capture, and the largest |Δ| between the fused and batched statistics.
+
+Training regime (``--regime``): packed micro-batches of many sequences, as verl's old-log-prob pass sees them, e.g.
+``16x1024`` (16 sequences of 1,024 tokens) and ``2x8192``, in fp32 and bf16 (``--dtypes``). The capture takes the
+batched path (``fused=False``: FlashAttention-2 and bf16 layers never take the fused one). For each row: the forward
+with and without the capture (minimum over ``--repeats`` interleaved runs, and the ratio; the ratio of process CPU
+times; and, robust to the load of a shared host, the capture's own share of the captured run's wall time, timed
+inside :meth:`RhythmCapture.record` / ``finalize`` (synchronous on CPU), as x 1 / (1 - share)), the aten ops of each
+forward and the ones the capture adds per selected layer, host syncs the capture adds (``_local_scalar_dense``,
+``nonzero``, cross-device copies, counted with a ``TorchDispatchMode``), and the extra peak memory of the forward.
+``--layout rows`` (default) feeds the micro-batch as B rows of equal length without a mask, which costs the stock
+attention what FlashAttention-2's varlen kernel costs on a packed row (SDPA on one packed row would build an S×S
+mask); the capture's work is the same padded grid either way. ``--layout packed`` feeds one packed row with
+``position_ids``.
 
 Usage::
 
     python benchmarks/capture.py                      # N = 1024 2048 4096 8192, CPU, 2 threads
     python benchmarks/capture.py --sizes 256 512 --repeats 1 --paths fused   # quick
+    python benchmarks/capture.py --regime 16x1024 2x8192 --dtypes fp32 bf16 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import ctypes
 import json
 import sys
@@ -38,6 +55,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -125,8 +143,8 @@ def capture_step_fn(kind, cfg, num_layers, layer, module, q, k, v, layouts):
                 out = sdpa_attention_forward(module, q, k, v, None, scaling=module.scaling)
                 capture.record(layer, q, k, module.scaling)
             else:
-                out, lse, dist = res
-                capture.record(layer, q, k, module.scaling, lse=lse, dist=dist)
+                out, lse, dist, leak = res
+                capture.record(layer, q, k, module.scaling, lse=lse, dist=dist, leak=leak)
             return out
 
     return run
@@ -160,12 +178,12 @@ def bench_size(model, n, args, device, cfg, rows):
     ids = torch.randint(0, model.config.vocab_size, (1, n), generator=gen).to(device)
     layouts = [SequenceLayout(0, 0, n, torch.arange(n, device=device) >= n // 4)]
     fused_cap = RhythmCapture(cfg, L, layouts, fused=True)
-    chunked_cap = RhythmCapture(cfg, L, layouts, fused=False)
+    batched_cap = RhythmCapture(cfg, L, layouts, fused=False)
     runs = {"sdpa": forward_fn(model, ids)}
     if "fused" in args.paths:
         runs["fused"] = forward_fn(model, ids, fused_cap)
-    if "chunked" in args.paths:
-        runs["chunked"] = forward_fn(model, ids, chunked_cap)
+    if "batched" in args.paths:
+        runs["batched"] = forward_fn(model, ids, batched_cap)
     times = {name: [] for name in runs}
     cpu = {name: [] for name in runs}  # process CPU time: less sensitive than wall time to other jobs on the host
     seconds = {name: [] for name in runs}
@@ -178,7 +196,7 @@ def bench_size(model, n, args, device, cfg, rows):
             cpu[name].append(time.process_time() - c0)
             times[name].append(dt)
             if name != "sdpa":
-                seconds[name].append((fused_cap if name == "fused" else chunked_cap).seconds)
+                seconds[name].append((fused_cap if name == "fused" else batched_cap).seconds)
                 results[name] = out
     row = {"N": n, **{f"t_{k}": min(v) for k, v in times.items()}}
     for name in times:
@@ -186,12 +204,12 @@ def bench_size(model, n, args, device, cfg, rows):
             pairs = sorted(a / b for a, b in zip(times[name], times["sdpa"], strict=True))
             row[f"paired_ratio_{name}"] = pairs[len(pairs) // 2]
             row[f"cpu_ratio_{name}"] = min(cpu[name]) / min(cpu["sdpa"])
-    for name in ("fused", "chunked"):
+    for name in ("fused", "batched"):
         if name in seconds:
             row[f"record_s_{name}"] = min(seconds[name])
-    if "fused" in results and "chunked" in results:
-        a, b = results["fused"][0], results["chunked"][0]
-        row["max_diff_fused_vs_chunked"] = max(float((a.waad - b.waad).abs().max()), float((a.fai - b.fai).abs().max()))
+    if "fused" in results and "batched" in results:
+        a, b = results["fused"][0], results["batched"][0]
+        row["max_diff_fused_vs_batched"] = max(float((a.waad - b.waad).abs().max()), float((a.fai - b.fai).abs().max()))
 
     # memory: whole forward, and one selected layer's capture step in isolation
     for name, fn in runs.items():
@@ -199,7 +217,7 @@ def bench_size(model, n, args, device, cfg, rows):
     layer = fused_cap.layers[len(fused_cap.layers) // 2]
     qkv = grab_qkv(model, ids, layer)
     step, step_t = {}, {}
-    kinds = ("stock", *[p for p in ("fused", "chunked") if p in args.paths])
+    kinds = ("stock", *[p for p in ("fused", "batched") if p in args.paths])
     fns = {k: capture_step_fn(k, cfg, L, layer, qkv["module"], qkv["q"], qkv["k"], qkv["v"], layouts) for k in kinds}
     for kind, fn in fns.items():
         step[kind] = min(peak_bytes(fn, device)[0] for _ in range(2))
@@ -240,7 +258,7 @@ def bench_size(model, n, args, device, cfg, rows):
 def print_row(row):
     n, base = row["N"], row["t_sdpa"]
     parts = [f"N={n:5d}  sdpa {base:7.2f}s"]
-    for name in ("fused", "chunked", "dense"):
+    for name in ("fused", "batched", "dense"):
         if f"t_{name}" in row:
             paired = (
                 f", paired x{row[f'paired_ratio_{name}']:.3f}, cpu-time x{row[f'cpu_ratio_{name}']:.3f}"
@@ -249,7 +267,7 @@ def print_row(row):
             )
             parts.append(f"{name} {row[f't_{name}']:7.2f}s (x{row[f't_{name}'] / base:.3f}{paired})")
     print("  ".join(parts), flush=True)
-    for name in ("fused", "chunked"):
+    for name in ("fused", "batched"):
         if f"extra_peak_{name}" in row:
             extra = row[f"extra_peak_{name}"]
             print(
@@ -266,16 +284,123 @@ def print_row(row):
                 f"{row[f'peak_fwd_{name}'] / 2**20:.0f} MiB vs sdpa {row['peak_fwd_sdpa'] / 2**20:.0f} MiB",
                 flush=True,
             )
-    if "max_diff_fused_vs_chunked" in row:
-        print(f"         max |fused - chunked| over WAAD/FAI: {row['max_diff_fused_vs_chunked']:.2e}", flush=True)
+    if "max_diff_fused_vs_batched" in row:
+        print(f"         max |fused - batched| over WAAD/FAI: {row['max_diff_fused_vs_batched']:.2e}", flush=True)
+
+
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "equal", "allclose")
+"""aten ops that read device memory on the host (``.item()``, ``.tolist()`` of a device tensor, ``nonzero``, ...)."""
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten ops, and the ones that would make the host wait for a device (listed in ``syncs``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops += 1
+        name = func.__name__.split(".")[0]
+        if name in SYNC_OPS:
+            self.syncs.append(name)
+        elif name in ("_to_copy", "copy_"):
+            devices = {x.device.type for x in (*args, out) if isinstance(x, torch.Tensor)}
+            if len(devices) > 1 and "cpu" in devices:
+                self.syncs.append(f"{name} {sorted(devices)}")
+        return out
+
+
+def regime_batch(n_seq: int, length: int, vocab: int, device, layout: str):
+    """Inputs and layouts of a micro-batch of ``n_seq`` random sequences of ``length`` tokens (first quarter prompt)."""
+    gen = torch.Generator().manual_seed(n_seq * length)
+    resp = [torch.arange(length) >= length // 4 for _ in range(n_seq)]
+    if layout == "packed":
+        pos = torch.arange(length).repeat(n_seq)[None]
+        inputs = {"position_ids": pos.to(device)}
+        layouts = [SequenceLayout(0, i * length, length, r) for i, r in enumerate(resp)]
+    else:
+        pos = torch.arange(length).repeat(n_seq, 1)
+        inputs = {}
+        layouts = [SequenceLayout(i, 0, length, r) for i, r in enumerate(resp)]
+    inputs["input_ids"] = torch.randint(0, vocab, pos.shape, generator=gen).to(device)
+    return inputs, layouts
+
+
+def bench_regime(model, spec: str, dtype: str, args, device, cfg) -> dict:
+    """One training-regime row: forward with and without the capture on a micro-batch ``spec`` = ``"16x1024"``."""
+    n_seq, length = (int(x) for x in spec.lower().split("x"))
+    inputs, layouts = regime_batch(n_seq, length, model.config.vocab_size, device, args.layout)
+    capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=False)
+    capture.to(device)
+
+    def forward(with_capture, counter=None):
+        def run():
+            with torch.no_grad(), counter if counter is not None else contextlib.nullcontext():
+                if not with_capture:
+                    return model(**inputs, use_cache=False, logits_to_keep=1).logits
+                capture.reset()
+                with capture_active(capture):
+                    model(**inputs, use_cache=False, logits_to_keep=1)
+            return capture.finalize() if with_capture else None  # after the forward: outside the counter
+
+        return run
+
+    runs = {"stock": forward(False), "capture": forward(True)}
+    row = {"micro_batch": spec, "dtype": dtype, "layout": args.layout, "tokens": n_seq * length}
+    for fn in runs.values():  # warm-up
+        fn()
+    counters = {name: OpCounter() for name in runs}
+    for name in runs:  # one counted run of each forward, which also gives its peak memory
+        row[f"peak_{name}"] = peak_bytes(forward(name == "capture", counters[name]), device)[0]
+    finalize_counter = OpCounter()
+    with finalize_counter:
+        capture.finalize()
+    times, cpu, share = {name: [] for name in runs}, {name: [] for name in runs}, []
+    for r in range(args.repeats):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            c0 = time.process_time()
+            times[name].append(timed(runs[name], device)[0])
+            cpu[name].append(time.process_time() - c0)
+            if name == "capture":  # the capture's own share of this very run: immune to load drift between runs
+                share.append(capture.seconds / times[name][-1])
+    row["t_stock"], row["t_capture"] = min(times["stock"]), min(times["capture"])
+    row["ratio"] = row["t_capture"] / row["t_stock"]
+    row["cpu_ratio"] = min(cpu["capture"]) / min(cpu["stock"])
+    row["capture_share"] = min(share)
+    row["ratio_from_share"] = 1 / (1 - row["capture_share"])
+    row["record_s"] = capture.seconds
+    row["paths"] = sorted(set(capture.paths.values()))
+    row["ops_stock"], row["ops_capture"] = counters["stock"].ops, counters["capture"].ops
+    row["ops_added_per_layer"] = (row["ops_capture"] - row["ops_stock"]) / len(capture.layers)
+    row["syncs_added"] = len(counters["capture"].syncs) - len(counters["stock"].syncs)
+    row["syncs_finalize"] = len(finalize_counter.syncs)
+    row["extra_peak_MiB"] = (row["peak_capture"] - row["peak_stock"]) / 2**20
+    print(
+        f"{spec:>8} {dtype:>4} {args.layout}: forward {row['t_stock']:7.2f}s, with capture {row['t_capture']:7.2f}s "
+        f"(x{row['ratio']:.3f}, cpu-time x{row['cpu_ratio']:.3f}, capture's share of its run "
+        f"{100 * row['capture_share']:.1f}% -> x{row['ratio_from_share']:.3f}), ops {row['ops_stock']} -> "
+        f"{row['ops_capture']} "
+        f"(+{row['ops_added_per_layer']:.0f} per layer), syncs added in the forward {row['syncs_added']} "
+        f"(finalize: {row['syncs_finalize']}), extra peak "
+        f"{row['extra_peak_MiB']:.0f} MiB, paths {row['paths']}",
+        flush=True,
+    )
+    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--sizes", type=int, nargs="+", help="one-sequence table (default 1024 2048 4096 8192)")
+    parser.add_argument("--regime", nargs="+", default=[], help="training-regime micro-batches, e.g. 16x1024 2x8192")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--layout", default="rows", choices=["rows", "packed"], help="regime micro-batch layout")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--paths", nargs="+", default=["fused", "chunked"], choices=["fused", "chunked"])
+    parser.add_argument("--paths", nargs="+", default=["fused", "batched"], choices=["fused", "batched"])
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--step-repeats", type=int, default=6, help="interleaved runs of the isolated layer step")
     parser.add_argument("--dense-max-gib", type=float, default=2.0, help="run dense eager while all maps fit in this")
@@ -299,8 +424,14 @@ def main(argv=None):
         flush=True,
     )
     rows = []
-    for n in args.sizes:
+    sizes = args.sizes if args.sizes is not None else ([] if args.regime else [1024, 2048, 4096, 8192])
+    for n in sizes:
         bench_size(model, n, args, device, cfg, rows)
+    for dtype in args.dtypes if args.regime else []:
+        regime_model = model if dtype == "fp32" else copy.deepcopy(model).to(torch.bfloat16)
+        for spec in args.regime:
+            rows.append(bench_regime(regime_model, spec, dtype, args, device, cfg))
+        del regime_model
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Rhythm capture on a lent GPU (torch + transformers only; no verl, no internet): exactness on CUDA in fp32 and bf16
-# against dense references, and the capture's overhead at N = 2048 and 8192. Capped at 290 s (timeout).
+# Rhythm capture on a GPU machine (torch + transformers only; no verl, no internet): exactness on CUDA in fp32 and
+# bf16 against dense references, the capture's overhead at N = 2048 and 8192, and the training regime (packed bf16
+# micro-batches of 16 x 1024 and 2 x 8192 tokens at Qwen3-8B shapes, flash_attention_2 when installed, else SDPA;
+# target: at most 2 % on the full-depth estimate). Capped at 290 s (timeout).
 # Usage, from the repository root: bash benchmarks/gpu_check.sh [--smollm2 DIR] [other benchmarks/gpu_check.py args]
 # Writes the JSON report to $OUT/gpu_check.json when $OUT is set (the device machine's output folder).
 set -euo pipefail

@@ -1,13 +1,15 @@
 """The capture equals the dense reference on eager ``output_attentions`` maps of real transformers models.
 
 Ground truth: :func:`verl_rhythm.measure.dense.head_stats_dense` on the maps transformers' eager attention returns.
-Two capture paths are checked on padded (left, right) and packed batches of unequal lengths:
+Every capture path is checked on padded (left, right) and packed batches of unequal lengths:
 
-- ``chunked``: the hook sees the eager forward's post-RoPE q/k and runs the portable chunked fp32 path; maps and
+- ``chunked``: the hook sees the eager forward's post-RoPE q/k and runs the per-sequence reference path; maps and
   capture come from the very same forward.
-- ``fused``: an SDPA twin of the model (same weights); the hook replaces each selected layer's SDPA call by the
-  kernel that also returns log-sum-exp and expected position (:mod:`verl_rhythm.measure.fused`). Its logits must
-  equal the stock SDPA forward's.
+- ``batched``: the same forward, the whole micro-batch in one computation per layer (:mod:`.batched`).
+- ``sdpa``: an SDPA twin of the model (same weights). Where the layer's call has no mask (rows that start at column
+  0, no padding) the hook replaces it by the kernel that also returns log-sum-exp and expected position
+  (:mod:`verl_rhythm.measure.fused`); with a mask the batched path runs. Its logits must equal the stock SDPA
+  forward's.
 """
 
 from __future__ import annotations
@@ -42,15 +44,16 @@ def forward(model, capture=None, **inputs):
 def capture_and_maps(arch, path, cfg, layouts, **inputs):
     """Run the capture on ``path`` and return it with the eager maps of the same inputs."""
     eager = tiny_model(arch)
-    if path == "chunked":
-        capture = RhythmCapture(cfg, eager.config.num_hidden_layers, layouts, fused=False)
+    if path in ("chunked", "batched"):
+        capture = RhythmCapture(cfg, eager.config.num_hidden_layers, layouts, fused=False, batched=path == "batched")
         maps = forward(eager, capture, **inputs).attentions
-        assert set(capture.paths.values()) == {"chunked"}
+        assert capture.paths == dict.fromkeys(capture.layers, path)
         return capture, maps
     sdpa = tiny_model(arch, attn_implementation="sdpa")
     capture = RhythmCapture(cfg, sdpa.config.num_hidden_layers, layouts)
     logits = forward(sdpa, capture, **inputs).logits
-    assert capture.paths == dict.fromkeys(capture.layers, "fused")
+    masked = "attention_mask" in inputs or "position_ids" in inputs
+    assert capture.paths == dict.fromkeys(capture.layers, "batched" if masked else "fused")
     stock = forward(sdpa, **inputs).logits
     # the replaced attention call returns the stock output (same kernel, zero-padded head dim): logits agree
     valid = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones(logits.shape[:2], dtype=bool)
@@ -75,7 +78,7 @@ def assert_matches_dense(capture, attentions, cfg, columns, atol=ATOL):
         torch.testing.assert_close(rh.fai, ref_rh.fai, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["chunked", "fused"])
+@pytest.mark.parametrize("path", ["chunked", "batched", "sdpa"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_padded_batch_matches_dense(arch, side, path):
@@ -93,7 +96,7 @@ def test_padded_batch_matches_dense(arch, side, path):
     assert_matches_dense(capture, maps, CFG, [torch.nonzero(row).flatten() for row in mask])
 
 
-@pytest.mark.parametrize("path", ["chunked", "fused"])
+@pytest.mark.parametrize("path", ["chunked", "batched", "sdpa"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_packed_unequal_lengths_match_dense(arch, path):
     torch.manual_seed(2)
@@ -118,7 +121,18 @@ def test_default_spec_settings_on_longer_sequences():
     pos = torch.cat([torch.arange(n) for n in lengths])[None]
     ids = torch.randint(0, 128, pos.shape)
     layouts = layouts_from_position_ids(pos, [response_mask(n, p) for n, p in zip(lengths, prompts, strict=True)])
-    for path in ("chunked", "fused"):
+    for path in ("chunked", "batched", "sdpa"):
         capture, maps = capture_and_maps("llama_gqa", path, cfg, layouts, input_ids=ids, position_ids=pos)
         assert capture.layers == [2, 3, 4]
         assert_matches_dense(capture, maps, cfg, [torch.arange(150), torch.arange(150, 380)])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unpadded_batch_takes_the_fused_path_and_matches_dense(arch):
+    """Rows of equal length, no mask: the selected layers' SDPA calls are replaced by the fused kernel."""
+    torch.manual_seed(4)
+    ids = torch.randint(0, 128, (3, 37))
+    mask = torch.ones(3, 37, dtype=torch.long)
+    layouts = layouts_from_attention_mask(mask, [response_mask(37, p) for p in (5, 20, 36)])
+    capture, maps = capture_and_maps(arch, "sdpa", CFG, layouts, input_ids=ids)
+    assert_matches_dense(capture, maps, CFG, [torch.arange(37)] * 3)

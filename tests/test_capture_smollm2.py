@@ -1,11 +1,12 @@
 """The capture on the embedded SmolLM2-135M (Llama, 30 layers, 9 heads / 3 kv heads) equals the dense reference.
 
 Real text through the real tokenizer; default spec settings (W=10, H_lo=10, H_hi=100, the five middle-third layers
-[10, 12, 15, 18, 20]); a packed row of two unequal sequences, and the same two left- and right-padded.
-The chunked path (on the eager forward that also returns the maps) matches eager's maps to 1e-5. The fused path (on
-the SDPA forward) takes each row's log-sum-exp from the SDPA kernel, whose fp32 logits round differently from eager's
-matmul by about eps32 · |z|: it is held to FUSED_ATOL = 5e-5 on WAAD/FAI (measured 2.4e-5), the size of the
-reference's own fp32 rounding at these logits.
+[10, 12, 15, 18, 20]); a packed row of two unequal sequences, the same two left- and right-padded, and the longer one
+alone (no mask). The chunked reference and the batched path (on the eager forward that also returns the maps) match
+eager's maps to 1e-5. On the SDPA forward, masked batches take the batched path and the lone sequence the fused one,
+which takes each row's log-sum-exp from the SDPA kernel, whose fp32 logits round differently from eager's matmul by
+about eps32 · |z|: it is held to FUSED_ATOL = 5e-5 on WAAD/FAI (measured 2.4e-5), the size of the reference's own
+fp32 rounding at these logits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import torch
 from test_capture import assert_matches_dense, forward
 
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.measure.capture import RhythmCapture, layouts_from_attention_mask, layouts_from_position_ids
+from verl_rhythm.measure.capture import (
+    RhythmCapture,
+    SequenceLayout,
+    layouts_from_attention_mask,
+    layouts_from_position_ids,
+)
 
 pytestmark = pytest.mark.slow
 FUSED_ATOL = 5e-5
@@ -68,6 +74,8 @@ def _batches(tokenizer):
             layouts_from_attention_mask(mask, [r for _, r in seqs]),
             [torch.nonzero(m).flatten() for m in mask],
         )
+    ids, resp = seqs[1]
+    out["single"] = ({"input_ids": ids[None]}, [SequenceLayout(0, 0, len(ids), resp)], [torch.arange(len(ids))])
     return out
 
 
@@ -75,10 +83,12 @@ def test_smollm2_chunked_and_fused_match_dense(smollm2):
     model, tokenizer = smollm2
     cfg = RhythmConfig(chunk_size=64)
     for name, (inputs, layouts, columns) in _batches(tokenizer).items():
-        chunked = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=False)
-        maps = forward(model, chunked, **inputs).attentions
-        assert chunked.layers == [10, 12, 15, 18, 20] and set(chunked.paths.values()) == {"chunked"}, name
-        assert_matches_dense(chunked, maps, cfg, columns)
+        for batched in (False, True):
+            capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=False, batched=batched)
+            maps = forward(model, capture, **inputs).attentions
+            path = "batched" if batched else "chunked"
+            assert capture.layers == [10, 12, 15, 18, 20] and set(capture.paths.values()) == {path}, name
+            assert_matches_dense(capture, maps, cfg, columns)
 
         fused = RhythmCapture(cfg, model.config.num_hidden_layers, layouts)
         model.set_attn_implementation("sdpa")
@@ -87,7 +97,7 @@ def test_smollm2_chunked_and_fused_match_dense(smollm2):
             logits = forward(model, fused, **inputs).logits
         finally:
             model.set_attn_implementation("eager")
-        assert fused.paths == dict.fromkeys(fused.layers, "fused"), name
+        assert fused.paths == dict.fromkeys(fused.layers, "fused" if name == "single" else "batched"), name
         valid = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones(logits.shape[:2]) > 0
         torch.testing.assert_close(logits[valid], stock[valid], atol=1e-5, rtol=1e-5)
         assert_matches_dense(fused, maps, cfg, columns, atol=FUSED_ATOL)

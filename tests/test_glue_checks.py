@@ -187,3 +187,31 @@ def test_the_estimator_refuses_statistics_laid_out_on_other_rows():
         via_context, _ = rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, config, index)
     direct, _ = rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, config, index, rhythm_fai=fai)
     assert torch.equal(via_context, direct)
+
+
+@pytest.mark.parametrize(
+    ("arch", "setting", "rhythm", "match"),
+    [
+        ("qwen3_next", {}, {"layers": [0, 3]}, r"algorithm.rhythm.layers=\[0, 3\]: layers \{0: 'linear_attention'\}"),
+        ("mistral", {"attention_chunk_size": 64}, None, r"config sets attention_chunk_size=64 \(MistralConfig\)"),
+        ("gemma2", {"use_bidirectional_attention": True}, None, r"use_bidirectional_attention=True \(Gemma2Config\)"),
+    ],
+)
+def test_attention_the_capture_cannot_read_is_refused_at_start_up(compose, tmp_path, arch, setting, rhythm, match):
+    from models import variant_config
+
+    config = variant_config(arch)
+    for key, value in setting.items():
+        setattr(config, key, value)
+    config.save_pretrained(tmp_path)
+    run = compose(f"actor_rollout_ref.model.path={tmp_path}", rhythm=rhythm)
+    with pytest.raises(RhythmSetupError, match=match):
+        check_rhythm_run(run)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_next", "gemma2", "gpt_oss", "mistral"])
+def test_hybrid_and_variant_models_pass_with_default_layers(compose, tmp_path, arch):
+    from models import variant_config
+
+    variant_config(arch).save_pretrained(tmp_path)
+    assert check_rhythm_run(compose(f"actor_rollout_ref.model.path={tmp_path}")) == RhythmConfig()

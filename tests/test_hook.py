@@ -13,7 +13,12 @@ from models import tiny_model
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout, layouts_from_attention_mask
+from verl_rhythm.measure.capture import (
+    RhythmCapture,
+    SequenceLayout,
+    layouts_from_attention_mask,
+    layouts_from_position_ids,
+)
 from verl_rhythm.measure.hook import active_capture, capture_active, install_attention_hook, is_installed
 
 CFG = RhythmConfig(layers=(1, 4))
@@ -32,10 +37,12 @@ class CountingCapture(RhythmCapture):
         super().record(layer_idx, query, key, scaling, **kwargs)
 
 
-def _batch(n=24):
+def _batch(n=24, padded=True):
     torch.manual_seed(0)
     ids = torch.randint(0, 128, (2, n))
     mask = torch.ones(2, n, dtype=torch.long)
+    if not padded:
+        return ids, None, layouts_from_attention_mask(mask, [torch.arange(n) >= 8, torch.arange(n) >= 3])
     mask[1, :5] = 0
     layouts = layouts_from_attention_mask(mask, [torch.arange(n) >= 8, torch.arange(n - 5) >= 8])
     return ids, mask, layouts
@@ -74,28 +81,29 @@ def test_each_implementation_records_selected_layers_only_inside_the_block():
             assert active_capture() is None
             after = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         assert sorted(capture.paths) == [1, 4]
-        assert set(capture.paths.values()) == {"chunked" if impl == "eager" else "fused"}
+        assert set(capture.paths.values()) == {"batched"}  # a padded batch: the layer's call gets a mask
         assert torch.equal(before, after)
         assert len(capture.finalize()) == 2
 
 
-def test_chunked_path_leaves_the_forward_bit_identical():
+@pytest.mark.parametrize("path", ["chunked", "batched"])
+def test_capture_paths_leave_the_forward_bit_identical(path):
     install_attention_hook()
     ids, mask, layouts = _batch()
     model = tiny_model("qwen3", attn_implementation="sdpa")
-    capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts, fused=False)
+    capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts, fused=False, batched=path == "batched")
     with torch.no_grad():
         stock = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         with capture_active(capture):
             hooked = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    assert set(capture.paths.values()) == {"chunked"}
+    assert set(capture.paths.values()) == {path}
     assert torch.equal(stock, hooked)
 
 
 def test_entry_replaced_after_install_is_still_captured():
     """verl's prefix-grouper patch re-sets ALL_ATTENTION_FUNCTIONS entries after our install: still captured."""
     install_attention_hook()
-    ids, mask, layouts = _batch()
+    ids, mask, layouts = _batch(padded=False)  # no mask: the fused path applies
     model = tiny_model("llama_gqa", attn_implementation="sdpa")
     stock = ALL_ATTENTION_FUNCTIONS["sdpa"]
     calls = []
@@ -135,14 +143,21 @@ def test_capture_is_per_context_not_per_process():
     assert seen == [None] and capture.paths == {}
 
 
-def test_mismatched_layouts_are_an_error_not_wrong_statistics():
-    """A packed row whose layouts cut one sequence in two: rows would attend across the cut; the fused path says so."""
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_mismatched_layouts_are_an_error_not_wrong_statistics(impl):
+    """A packed row whose layouts cut one sequence in two: the model's mask disagrees; finalize says so."""
     install_attention_hook()
-    model = tiny_model("llama_gqa", attn_implementation="sdpa")
+    model = tiny_model("llama_gqa", attn_implementation=impl)
     pos = torch.cat([torch.arange(20), torch.arange(10)])[None]
     ids = torch.randint(0, 128, pos.shape)
     wrong = [SequenceLayout(0, 0, 12, torch.ones(12, dtype=torch.bool)), SequenceLayout(0, 12, 18, torch.ones(18) > 0)]
     capture = RhythmCapture(CFG, model.config.num_hidden_layers, wrong)
-    with pytest.raises(RuntimeError, match="layouts do not match the model inputs"):
-        with torch.no_grad(), capture_active(capture):
-            model(input_ids=ids, position_ids=pos, use_cache=False)
+    with torch.no_grad(), capture_active(capture):
+        model(input_ids=ids, position_ids=pos, use_cache=False)
+    with pytest.raises(RuntimeError, match=r"layers \[1, 4\].*layouts do not match the model inputs"):
+        capture.finalize()
+    right = layouts_from_position_ids(pos, [torch.ones(20, dtype=torch.bool), torch.ones(10, dtype=torch.bool)])
+    capture.set_layouts(right)
+    with torch.no_grad(), capture_active(capture):
+        model(input_ids=ids, position_ids=pos, use_cache=False)
+    assert len(capture.finalize()) == 2

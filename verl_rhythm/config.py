@@ -176,20 +176,38 @@ class RhythmConfig:
         return out
 
 
-def select_layers(num_layers: int, layers: tuple[int, ...] | list[int] | None = None) -> list[int]:
+SOFTMAX_LAYER_TYPES = ("full_attention", "sliding_attention")
+"""``config.layer_types`` entries whose layers run softmax attention the capture reads exactly (a sliding window is
+handled per layer). Any other type (``linear_attention``, ``chunked_attention``, ...) is never read."""
+
+
+def select_layers(
+    num_layers: int, layers: tuple[int, ...] | list[int] | None = None, layer_types: list[str] | None = None
+) -> list[int]:
     """The decoder layers whose attention the method reads.
 
-    Default (spec Sec. 1, project decision): ``round(linspace(L // 3, 2 * L // 3, 5))``, de-duplicated and sorted.
+    Default (spec Sec. 1, project decision): five evenly spaced layers of the middle third,
+    ``round(linspace(M // 3, 2 * M // 3, 5))`` over the M softmax-attention layers (all L layers unless
+    ``layer_types`` says otherwise, e.g. a hybrid model with linear-attention layers), de-duplicated and sorted.
 
     Args:
         num_layers: L, the model's number of decoder layers.
         layers: explicit indices (``algorithm.rhythm.layers``), or ``None`` for the default.
+        layer_types: the model's ``config.layer_types`` (one entry per decoder layer), or ``None``.
 
     Raises:
-        RhythmConfigError: an explicit index is outside ``[0, num_layers)``.
+        RhythmConfigError: an explicit index is outside ``[0, num_layers)`` or is not a softmax-attention layer, or
+            the model has no softmax-attention layer.
     """
     if num_layers < 1:
         raise RhythmConfigError(f"the model has num_layers={num_layers}; need at least one decoder layer")
+    if layer_types is not None and len(layer_types) != num_layers:
+        raise RhythmConfigError(
+            f"the model config lists {len(layer_types)} layer_types for num_hidden_layers={num_layers}"
+        )
+    softmax = list(range(num_layers))
+    if layer_types is not None:
+        softmax = [i for i, kind in enumerate(layer_types) if kind in SOFTMAX_LAYER_TYPES]
     if layers is not None:
         bad = [x for x in layers if not 0 <= int(x) < num_layers]
         if bad:
@@ -197,10 +215,23 @@ def select_layers(num_layers: int, layers: tuple[int, ...] | list[int] | None = 
                 f"algorithm.rhythm.layers={list(layers)}: indices {bad} are outside the model's "
                 f"decoder layers [0, {num_layers - 1}]"
             )
+        other = [int(x) for x in layers if int(x) not in softmax]
+        if other:
+            kinds = {x: layer_types[x] for x in other}
+            raise RhythmConfigError(
+                f"algorithm.rhythm.layers={list(layers)}: layers {kinds} are not softmax-attention layers (the "
+                f"capture reads {', '.join(SOFTMAX_LAYER_TYPES)} only); choose among {softmax}"
+            )
         return sorted({int(x) for x in layers})
-    lo, hi = num_layers // 3, (2 * num_layers) // 3
+    if not softmax:
+        raise RhythmConfigError(
+            f"the model's layer_types hold no softmax-attention layer ({sorted(set(layer_types))}); the capture reads "
+            f"{', '.join(SOFTMAX_LAYER_TYPES)} layers only"
+        )
+    m = len(softmax)
+    lo, hi = m // 3, (2 * m) // 3
     # round-half-to-even like numpy.round / torch.round, so the choice matches a linspace in either library
-    return sorted({round(lo + (hi - lo) * i / 4) for i in range(5)})
+    return sorted({softmax[round(lo + (hi - lo) * i / 4)] for i in range(5)})
 
 
 def _is_int(x: Any) -> bool:

@@ -105,6 +105,8 @@ def _engine_problems(config: Any) -> list[str]:
 
 
 def _model_problems(config: Any, cfg: RhythmConfig, num_layers: int | None) -> list[str]:
+    layer_types = None
+    problems = []
     if num_layers is None:
         hf_config = load_hf_config(config)
         if getattr(hf_config, "vision_config", None) is not None:
@@ -115,11 +117,43 @@ def _model_problems(config: Any, cfg: RhythmConfig, num_layers: int | None) -> l
                 "(mRoPE) position ids are not handled by the capture; not supported"
             ]
         num_layers = text_num_layers(hf_config)
+        layer_types = text_layer_types(hf_config)
+        problems += attention_variant_problems(hf_config)
     try:
-        select_layers(num_layers, cfg.layers)
+        select_layers(num_layers, cfg.layers, layer_types)
     except RhythmConfigError as err:
-        return [str(err)]
-    return []
+        problems.append(str(err))
+    return problems
+
+
+UNSUPPORTED_ATTENTION = {
+    "attention_chunk_size": "chunked local attention (Llama 4): keys outside each query's chunk are masked",
+    "use_bidirectional_attention": "bidirectional attention: the capture reads causal rows",
+    "alibi": "ALiBi position biases: added to the logits outside the attention function",
+}
+"""Model-config keys (of the text config) naming attention variants the capture does not reproduce; a truthy value
+refuses the run at start-up. Sliding windows (``sliding_window`` / ``layer_types``), soft-capping
+(``attn_logit_softcapping``) and sinks (gpt-oss) are reproduced exactly, and layers whose ``layer_types`` entry is
+not softmax attention (e.g. ``linear_attention``) are never selected (:func:`verl_rhythm.config.select_layers`)."""
+
+
+def attention_variant_problems(hf_config: Any) -> list[str]:
+    """Problems of a transformers config whose attention the capture would not read exactly, by config key."""
+    text = getattr(hf_config, "text_config", None) or hf_config
+    problems = []
+    for key, why in UNSUPPORTED_ATTENTION.items():
+        value = getattr(text, key, None)
+        if value:
+            problems.append(
+                f"the policy model's config sets {key}={value!r} ({type(text).__name__}): {why}; the rhythm capture "
+                "does not support it (use algorithm.rhythm.strategy=none, random, uniform or entropy)"
+            )
+    if getattr(text, "position_embedding_type", None) == "alibi":
+        problems.append(
+            f"the policy model's config sets position_embedding_type='alibi' ({type(text).__name__}): "
+            f"{UNSUPPORTED_ATTENTION['alibi']}; the rhythm capture does not support it"
+        )
+    return problems
 
 
 def load_hf_config(config: Any):
@@ -145,6 +179,15 @@ def text_num_layers(hf_config: Any) -> int:
         if n is not None:
             return int(n)
     raise RhythmSetupError(f"cannot find num_hidden_layers in the model config ({type(hf_config).__name__})")
+
+
+def text_layer_types(hf_config: Any) -> list[str] | None:
+    """``layer_types`` of a transformers config (or its ``text_config``), one entry per decoder layer, or ``None``."""
+    for cfg in (hf_config, getattr(hf_config, "text_config", None)):
+        types = getattr(cfg, "layer_types", None) if cfg is not None else None
+        if types is not None:
+            return [str(x) for x in types]
+    return None
 
 
 def _plugin_policy_problems(config: Any) -> list[str]:

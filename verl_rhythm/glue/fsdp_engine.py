@@ -30,7 +30,7 @@ from verl.workers.utils.padding import build_attention_mask_from_nested
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import contract
-from verl_rhythm.glue.checks import RhythmSetupError, text_num_layers
+from verl_rhythm.glue.checks import RhythmSetupError, text_layer_types, text_num_layers
 from verl_rhythm.glue.padding import nested_from_rows
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
 from verl_rhythm.measure.capture import (
@@ -76,9 +76,12 @@ class RhythmFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             )
         t0 = time.perf_counter()
         cfg = RhythmConfig.from_dict(json.loads(spec))
-        capture = RhythmCapture(cfg, text_num_layers(self.model_config.hf_config))
+        hf_config = self.model_config.hf_config
+        capture = RhythmCapture(cfg, text_num_layers(hf_config), layer_types=text_layer_types(hf_config))
         use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
+        # host metadata, moved to the parameters' device now: nothing inside the forward waits on a copy
         capture.set_layouts(micro_batch_layouts(micro_batch, use_remove_padding=use_remove_padding))
+        capture.to(_parameter_device(self.module))
         install_attention_hook()  # idempotent; re-wraps entries replaced since (e.g. by verl's monkey patches)
         own = time.perf_counter() - t0
         with capture_active(capture):
@@ -117,11 +120,11 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool) -> list[Sequen
     seq_lens = input_ids.offsets().diff().cpu()
     resp_lens = response_mask.offsets().diff().cpu()
     masks = []
+    responses = response_mask.values().detach().cpu().bool().split(resp_lens.tolist())  # one copy to the host
     for i, (n, r) in enumerate(zip(seq_lens.tolist(), resp_lens.tolist(), strict=True)):
         if r > n:
             raise ValueError(f"sequence {i}: response_mask has {r} positions but input_ids only {n}")
-        resp = response_mask[i].detach().cpu().bool()
-        masks.append(torch.cat([torch.zeros(n - r, dtype=torch.bool), resp]))
+        masks.append(torch.cat([torch.zeros(n - r, dtype=torch.bool), responses[i]]))
     if use_remove_padding:
         position_ids = micro_batch["position_ids"]
         if position_ids.dim() != 2:
@@ -139,6 +142,13 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool) -> list[Sequen
         return layouts
     attention_mask = build_attention_mask_from_nested(input_ids, max_seq_len=int(seq_lens.max()))
     return layouts_from_attention_mask(attention_mask.cpu(), masks)
+
+
+def _parameter_device(module) -> torch.device:
+    """The device of the model's (local) parameters, where the forward's q/k will live."""
+    for p in module.parameters():
+        return getattr(p, "device", torch.device("cpu"))
+    return torch.device("cpu")
 
 
 def rhythm_model_outputs(rhythms: list[SequenceRhythm], seq_lens: list[int], seconds: float) -> dict:

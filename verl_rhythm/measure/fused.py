@@ -9,14 +9,17 @@ stock SDPA call of a *selected* layer during capture by one kernel call on
 which leaves the logits unchanged (scale passed explicitly), returns the stock output in ``out[..., :D]``, the
 expected position within the sequence in ``out[..., D]`` and, as a check of the layouts, the expected sequence index
 in ``out[..., D + 1]``. The two diagonal bands are then computed by
-:func:`verl_rhythm.measure.capture.band_stats` in O(N · H_hi) per head.
+:func:`verl_rhythm.measure.batched.band_stats` in O(N · H_hi) per head.
 
 Used only where it is exact and equal to the stock output (checked by ``tests/test_capture.py`` and
 ``tests/test_hook.py``): transformers' own ``sdpa_attention_forward``, fp32 query, no autocast, causal attention
-(``is_causal`` or a 4-D mask), no dropout. Kernels: CPU ``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA
-``aten._scaled_dot_product_efficient_attention`` (fp32 uses the memory-efficient kernel in stock SDPA too). In bf16
-the kernel's output, and so the expected position, is rounded to bf16 (about 3 significant digits), so bf16 layers
-take the chunked fp32 path instead. Any kernel error falls back to that path as well.
+without a mask (``is_causal``; one sequence per batch row from column 0) or with a 4-D additive mask already in the
+query's dtype (the kernels take no bool mask, and converting one would copy an S×S float mask: such layers take the
+batched path), no sliding window, soft-capping or sinks, no dropout. Kernels: CPU
+``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA ``aten._scaled_dot_product_efficient_attention`` (fp32
+uses the memory-efficient kernel in stock SDPA too). In bf16 the kernel's output, and so the expected position, is
+rounded to bf16 (about 3 significant digits), so bf16 layers take the batched fp32 path instead. Any kernel error
+falls back to that path as well.
 """
 
 from __future__ import annotations
@@ -50,13 +53,19 @@ def eligible(fn: Callable, capture, module, query: torch.Tensor, key: torch.Tens
         return False
     if torch.is_autocast_enabled(query.device.type):  # stock SDPA would run in the autocast dtype
         return False
+    if any(kwargs.get(name) is not None for name in ("sliding_window", "softcap", "s_aux")):
+        return False
     if getattr(module, "training", False) and getattr(module, "attention_dropout", 0.0):
         return False
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     if attention_mask is None:
         return bool(is_causal)
-    return attention_mask.dim() == 4 and tuple(attention_mask.shape[-2:]) == (query.shape[2], key.shape[2])
+    if attention_mask.dtype != query.dtype or attention_mask.dim() != 4:  # no S×S conversion copy
+        return False
+    if query.device.type == "cuda" and attention_mask.shape[-1] % 16:  # the kernel would want a padded copy
+        return False
+    return tuple(attention_mask.shape[-2:]) == (query.shape[2], key.shape[2])
 
 
 def _kernel(q, k, v, mask, is_causal: bool, scaling: float):
@@ -69,11 +78,8 @@ def _kernel(q, k, v, mask, is_causal: bool, scaling: float):
     b, h, s, _ = q.shape
     if k.shape[1] != h:  # the memory-efficient kernel wants H_kv == H
         k, v = k.repeat_interleave(h // k.shape[1], 1), v.repeat_interleave(h // k.shape[1], 1)
-    if mask is not None:  # as SDPA's own dispatch does: last dim padded to a multiple of 16, heads broadcast
-        sk = mask.shape[-1]
-        if sk % 16:
-            mask = torch.nn.functional.pad(mask, (0, 16 - sk % 16))[..., :sk]
-        mask = mask.expand(b, h, s, sk)
+    if mask is not None:  # heads broadcast (a view); eligible() admits only last dims that are multiples of 16
+        mask = mask.expand(b, h, s, mask.shape[-1])
     out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, mask, True, 0.0, is_causal, scale=scaling
     )[:2]
@@ -97,25 +103,20 @@ def attention_with_stats(fn, capture, module, query, key, value, attention_mask,
         attention_mask: ``None`` (causal) or the 4-D mask transformers built for SDPA (bool or additive).
 
     Returns:
-        ``((attn_output (B, S, H, D), None), lse (B, H, S), dist (B, H, S))`` with fp32 statistics, or ``None``.
-
-    Raises:
-        RuntimeError: a layout's rows attend outside the layout's own columns.
+        ``((attn_output (B, S, H, D), None), lse (B, H, S), dist (B, H, S), leak)`` with fp32 statistics and
+        ``leak`` a device bool, True when a layout's rows attend outside the layout's own columns (read by
+        :meth:`RhythmCapture.finalize`, after the forward: no host sync here); or ``None``.
     """
     if args or not eligible(fn, capture, module, query, key, attention_mask, kwargs):
         return None
     b, h, s, d = query.shape
-    pos, seq = capture.layout_columns(b, s, query.device)  # (B, S) fp32 each
     if attention_mask is None and not _causal_is_enough(capture.layouts):
         return None
+    pos, seq = capture.layout_columns(b, s, query.device)  # (B, S) fp32 each
     scaling = kwargs.get("scaling")
     scaling = float(d**-0.5 if scaling is None else scaling)
     pad = _PAD - d % _PAD if d % _PAD else _PAD
     mask = attention_mask
-    if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf"))
-    elif mask is not None:
-        mask = mask.to(query.dtype)
     hkv = key.shape[1]
     zeros = query.new_zeros(b, h, s, pad)
     extra = value.new_zeros(b, hkv, s, pad)
@@ -134,17 +135,11 @@ def attention_with_stats(fn, capture, module, query, key, value, attention_mask,
         logger.warning("rhythm fused attention unavailable on %s (%s); using the chunked path", query.device, err)
         _failed_devices.add(query.device.type)
         return None
-    rows = seq >= 0  # (B, S)
-    leak = (out[..., d + 1] - seq[:, None]).abs().amax(1)[rows]
-    if leak.numel() and not float(leak.max()) <= 1e-3:  # NaN counts as a mismatch too
-        raise RuntimeError(
-            f"rhythm capture: layer {getattr(module, 'layer_idx', None)}'s attention mask lets rows of a sequence "
-            "attend outside that sequence's SequenceLayout columns: the layouts do not match the model inputs "
-            "(check position_ids / attention_mask against the layouts)"
-        )
+    gap = (out[..., d + 1] - seq[:, None]).abs().amax(1)  # (B, S)
+    leak = ~(torch.where(seq >= 0, gap, 0.0) <= 1e-3).all()  # NaN counts as a mismatch too
     dist = pos[:, None] - out[..., d]
     attn_output = out[..., :d].transpose(1, 2).contiguous()
-    return (attn_output, None), lse.float(), dist.float()
+    return (attn_output, None), lse.float(), dist.float(), leak
 
 
 def _causal_is_enough(layouts) -> bool:

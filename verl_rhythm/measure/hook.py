@@ -10,7 +10,9 @@ Ulysses), so wrappers stack in either order.
 :func:`install_attention_hook` wraps the existing entries in place (no new name is registered: a new
 ``_attn_implementation`` would change how transformers builds masks) and wraps ``get_interface`` so that the eager
 default, and any entry replaced after installation, is wrapped at call time too. Outside :func:`capture_active`
-the wrappers call straight through.
+the wrappers call straight through. Inside, a selected layer's q/k, its attention mask (checked against the
+layouts after the forward) and its attention-variant keywords (:data:`VARIANT_KWARGS`) go to
+:meth:`RhythmCapture.record`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ _HANDLED: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("ve
 twice (our wrapper around another wrapper that calls our wrapped entry) is captured once, as close to the stock
 kernel as possible (where the fused path applies)."""
 _WRAPPED_FLAG = "__verl_rhythm_wrapped__"
+VARIANT_KWARGS = ("sliding_window", "softcap", "s_aux")
+"""Attention-variant keywords transformers' attention modules pass to the attention function (Mistral/Qwen2/Gemma
+``sliding_window``, Gemma 2 ``softcap``, gpt-oss ``s_aux`` sinks); handed on to :meth:`RhythmCapture.record`."""
 _wrappers: dict[Callable, Callable] = {}
 _installed = False
 
@@ -74,14 +79,15 @@ def wrap_attention_function(fn: Callable) -> Callable:
         handled = [False]
         token = _HANDLED.set(handled)
         try:
+            variant = {name: kwargs.get(name) for name in VARIANT_KWARGS}
             result = fused.attention_with_stats(fn, capture, module, query, key, value, attention_mask, *args, **kwargs)
             if result is not None:
-                output, lse, dist = result
-                capture.record(layer_idx, query, key, scaling, lse=lse, dist=dist)
+                output, lse, dist, leak = result
+                capture.record(layer_idx, query, key, scaling, lse=lse, dist=dist, leak=leak)
             else:
                 output = fn(module, query, key, value, attention_mask, *args, **kwargs)
                 if not handled[0]:  # no wrapper further in captured this call
-                    capture.record(layer_idx, query, key, scaling)
+                    capture.record(layer_idx, query, key, scaling, attention_mask=attention_mask, **variant)
         finally:
             _HANDLED.reset(token)
         if outer is not None:

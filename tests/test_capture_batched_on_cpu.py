@@ -1,0 +1,241 @@
+"""The batched path at training scale: exact, constant work per layer in the number of sequences, no host sync.
+
+- Exactness: :func:`verl_rhythm.measure.batched.layer_stats` on packed and padded layouts of random q/k equals the
+  per-sequence reference (:mod:`verl_rhythm.measure.chunked`) and float64 dense maps of the same q/k, also with a
+  sliding window, soft-capping and sinks (dense maps built with the variant, the sink column dropped as eager does).
+- Work: a ``TorchDispatchMode`` counts the aten ops of a real forward of a tiny transformers model with and without
+  the capture, for packed micro-batches of 1, 16 and 64 sequences: the ops the capture adds per selected layer are
+  the same for all three, and none of them reads device memory on the host (``_local_scalar_dense`` behind
+  ``.item()``, ``nonzero``, copies to another device).
+- The in-forward part (:meth:`RhythmCapture.record`) runs on ``meta`` tensors, which have no data: any
+  data-dependent shape or host read would raise.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import tiny_model
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from verl_rhythm.config import RhythmConfig
+from verl_rhythm.measure import batched
+from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout, layouts_from_position_ids
+from verl_rhythm.measure.chunked import layer_head_stats
+from verl_rhythm.measure.dense import head_stats_dense
+from verl_rhythm.measure.heads import rhythm_from_head_stats
+from verl_rhythm.measure.hook import capture_active, install_attention_hook
+from verl_rhythm.measure.layout import BatchLayout
+
+EPS32 = torch.finfo(torch.float32).eps
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "item", "is_nonzero", "equal", "allclose")
+
+
+def dense_reference(query, key, scaling, layout, w, lo, hi, *, window=None, softcap=None, sinks=None):
+    """float64 maps of one layout from q/k with the variant applied, then the dense statistics, and max |logit|."""
+    cols = slice(layout.start, layout.start + layout.length)
+    q = query[layout.row, :, cols].double()
+    k = key[layout.row, :, cols].double().repeat_interleave(query.shape[1] // key.shape[1], 0)
+    z = q @ k.transpose(1, 2) * scaling
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    n = layout.length
+    t = torch.arange(n)
+    allowed = t[:, None] >= t[None, :]
+    if window:
+        allowed &= t[:, None] - t[None, :] < window
+    z = z.masked_fill(~allowed, float("-inf"))
+    if sinks is not None:  # as gpt-oss eager: the sink is one more logit per row, dropped after the softmax
+        sink = sinks.double()[:, None, None].expand(-1, n, 1)
+        maps = torch.softmax(torch.cat([z, sink], -1), -1)[..., :-1]
+    else:
+        maps = torch.softmax(z, -1)
+    zmax = float(z.masked_fill(~allowed, 0).abs().max()) if n else 0.0
+    heads = [(0, h) for h in range(query.shape[1])]
+    return head_stats_dense(maps, layout.response_mask, heads, w, lo, hi), zmax
+
+
+def random_qk(b, h, hkv, s, d, seed, scale=2.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(b, h, s, d, generator=g) * scale).to(dtype)
+    k = (torch.randn(b, hkv, s, d, generator=g) * scale).to(dtype)
+    return q, k
+
+
+def packed_layouts(lengths, prompts):
+    starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
+    return [SequenceLayout(0, a, n, torch.arange(n) >= p) for a, n, p in zip(starts, lengths, prompts, strict=True)]
+
+
+def padded_layouts(lengths, prompts, s, left):
+    return [
+        SequenceLayout(b, s - n if left else 0, n, torch.arange(n) >= p)
+        for b, (n, p) in enumerate(zip(lengths, prompts, strict=True))
+    ]
+
+
+VARIANTS = {
+    "plain": {},
+    "window": {"window": 7},
+    "softcap": {"softcap": 5.0},
+    "sinks": {"sinks": torch.tensor([0.5, 3.0, -1.0, 8.0])},
+    "gemma2": {"window": 5, "softcap": 3.0},
+    "gpt_oss": {"window": 9, "sinks": torch.tensor([2.0, -2.0, 0.0, 6.0])},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("kind", ["packed", "padded_left", "padded_right"])
+@pytest.mark.parametrize("chunk", [1, 6, 64])
+def test_batched_matches_dense_and_reference(kind, variant, chunk):
+    lengths, prompts = [17, 45, 1, 30, 8], [5, 20, 0, 29, 8]
+    w, lo, hi = 4, 3, 12
+    if kind == "packed":
+        layouts = packed_layouts(lengths, prompts)
+        q, k = random_qk(1, 4, 2, sum(lengths) + 3, 8, seed=chunk)  # 3 trailing pad columns
+    else:
+        layouts = padded_layouts(lengths, prompts, 48, kind == "padded_left")
+        q, k = random_qk(len(lengths), 4, 2, 48, 8, seed=chunk)
+    opts = VARIANTS[variant]
+    lay = BatchLayout(layouts, lo, hi, min(chunk, 64))
+    dist, waad, fai_num = batched.layer_stats(
+        q, k, 0.35, lay, waad_window=w, fai_horizon_lo=lo, fai_horizon_hi=hi, chunk_size=chunk, **opts
+    )
+    for j, i in enumerate(lay.order):
+        layout, n = layouts[i], layouts[i].length
+        ref, zmax = dense_reference(q, k, 0.35, layout, w, lo, hi, **opts)
+        tol = 1e-5 + 10 * EPS32 * zmax
+        torch.testing.assert_close(waad[j, :, :n], ref.waad, atol=tol, rtol=0)
+        torch.testing.assert_close(fai_num[j, :, :n], ref.fai_num, atol=tol, rtol=0)
+        torch.testing.assert_close(dist[j, :, :n], ref.dist, atol=tol, rtol=1e-5)
+        if not opts:  # the per-sequence reference path: same numbers, to fp32 rounding
+            got = layer_head_stats(
+                q, k, 0.35, layout, 0, waad_window=w, fai_horizon_lo=lo, fai_horizon_hi=hi, chunk_size=chunk
+            )
+            for name, x in (("dist", dist), ("waad", waad), ("fai_num", fai_num)):
+                torch.testing.assert_close(x[j, :, :n], getattr(got, name), atol=tol, rtol=1e-5)
+
+
+def test_bf16_inputs_against_float64():
+    """bf16 q/k (as FlashAttention-2 gets them): fp32 logits of exact bf16 products, within fp32 rounding of fp64."""
+    layouts = packed_layouts([300, 120, 64], [100, 30, 10])
+    q, k = random_qk(1, 8, 2, 484, 64, seed=7, scale=1.5, dtype=torch.bfloat16)
+    lay = BatchLayout(layouts, 10, 100, 64)
+    dist, waad, fai_num = batched.layer_stats(q, k, 64**-0.5, lay, chunk_size=128)
+    worst = 0.0
+    for j, i in enumerate(lay.order):
+        n = layouts[i].length
+        ref, zmax = dense_reference(q, k, 64**-0.5, layouts[i], 10, 10, 100)
+        tol = 1e-5 + 10 * EPS32 * zmax
+        for got, want in ((waad, ref.waad), (fai_num, ref.fai_num)):
+            err = float((got[j, :, :n] - want).abs().max())
+            worst = max(worst, err)
+            assert err <= tol, (err, tol)
+        assert float((dist[j, :, :n] - ref.dist).abs().max()) <= tol * 10 + 1e-5 * float(ref.dist.abs().max())
+    assert worst > 0  # a real comparison, not two copies of one computation
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten ops by name, and the ones that would wait for a device (host reads, cross-device copies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.syncs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops += 1
+        name = func.__name__.split(".")[0]
+        if name in SYNC_OPS:
+            self.syncs.append(name)
+        if name in ("_to_copy", "copy_", "to"):
+            devices = {x.device for x in (*args, *kwargs.values(), out) if isinstance(x, torch.Tensor)}
+            if kwargs.get("device") is not None:
+                devices.add(torch.device(kwargs["device"]))
+            if len(devices) > 1:
+                self.syncs.append(f"{name} {sorted(map(str, devices))}")
+        return out
+
+
+def _count(model, ids, pos, capture):
+    counter = OpCounter()
+    with torch.no_grad(), counter:
+        if capture is None:
+            model(input_ids=ids, position_ids=pos, use_cache=False)
+        else:
+            with capture_active(capture):
+                model(input_ids=ids, position_ids=pos, use_cache=False)
+    return counter
+
+
+@pytest.mark.parametrize(("impl", "layout"), [("sdpa", "packed"), ("eager", "packed"), ("sdpa", "rows")])
+def test_ops_per_layer_do_not_grow_with_sequences_and_no_host_sync(impl, layout):
+    """Packed rows (verl's remove-padding) take the batched path; unmasked rows of equal length the fused one."""
+    with OpCounter() as control:  # the counter sees what would wait for a device
+        x = torch.arange(6.0)
+        x.sum().item(), torch.nonzero(x), x.to("meta")
+    assert control.syncs == ["_local_scalar_dense", "nonzero", "_to_copy ['cpu', 'meta']"]
+    install_attention_hook()
+    model = tiny_model("llama_gqa", attn_implementation=impl)
+    cfg = RhythmConfig(layers=(1, 3, 4), chunk_size=16, fai_horizon_hi=20)
+    added = {}
+    for n_seq in (1, 16, 64):
+        length = 40
+        resp = [torch.arange(length) >= 10 + (i % 7) for i in range(n_seq)]
+        if layout == "packed":  # with the pad segment verl appends to a packed row (so one sequence gets a mask too)
+            pos = torch.cat([torch.arange(length).repeat(n_seq), torch.arange(8)])[None]
+            layouts = layouts_from_position_ids(pos, resp)
+        else:
+            pos = torch.arange(length).repeat(n_seq, 1)
+            layouts = [SequenceLayout(b, 0, length, r) for b, r in enumerate(resp)]
+        ids = torch.randint(0, 128, pos.shape, generator=torch.Generator().manual_seed(n_seq))
+        capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=layout == "rows")
+        capture.to(ids.device)  # before the forward, as the engine does
+        stock = _count(model, ids, pos, None)
+        hooked = _count(model, ids, pos, capture)
+        assert capture.paths == dict.fromkeys(capture.layers, "fused" if layout == "rows" else "batched")
+        assert hooked.syncs == stock.syncs, f"{n_seq} sequences: the capture added {hooked.syncs} over {stock.syncs}"
+        added[n_seq] = (hooked.ops - stock.ops) / len(capture.layers)
+        assert len(capture.finalize()) == n_seq
+    assert added[1] > 0
+    assert added[1] == added[16] == added[64], added
+
+
+def test_record_runs_on_meta_tensors():
+    """No data: any .item(), .tolist(), nonzero, copy to the host or data-dependent shape in record() would raise."""
+    cfg = RhythmConfig(layers=(0,), chunk_size=8, fai_horizon_hi=20)
+    layouts = packed_layouts([30, 12, 25], [10, 2, 24])
+    for variant in VARIANTS.values():
+        capture = RhythmCapture(cfg, 1, layouts)
+        capture.to("meta")
+        q = torch.empty(1, 4, 70, 16, device="meta", dtype=torch.bfloat16)
+        k = torch.empty(1, 2, 70, 16, device="meta", dtype=torch.bfloat16)
+        mask = torch.empty(1, 1, 70, 70, device="meta", dtype=torch.bool)
+        kwargs = {"sliding_window": variant.get("window"), "softcap": variant.get("softcap")}
+        if "sinks" in variant:
+            kwargs["s_aux"] = variant["sinks"].to("meta")
+        capture.record(0, q, k, 0.25, attention_mask=mask, **kwargs)
+        dist, waad, fai_num = capture._stats[0]
+        assert dist.device.type == "meta" and dist.shape == (3, 4, 30) and fai_num.dtype == torch.float32
+
+
+def test_finalize_equals_the_per_sequence_grouping():
+    """The batched grouping (one host copy) gives the per-sequence aggregation's groups and token statistics."""
+    layouts = packed_layouts([50, 33, 20, 41], [10, 30, 19, 0])
+    q, k = random_qk(1, 6, 3, 150, 8, seed=11)
+    for scope in ("sequence", "micro_batch"):
+        cfg = RhythmConfig(layers=(0, 2), chunk_size=16, head_group_scope=scope)
+        capture = RhythmCapture(cfg, 3, layouts)
+        reference = RhythmCapture(cfg, 3, layouts, batched=False)
+        for layer in (0, 2):
+            for c in (capture, reference):
+                c.record(layer, q * (1 + layer), k, 0.4)
+        for got, want in zip(capture.finalize(), reference.finalize(), strict=True):
+            assert torch.equal(got.local_heads, want.local_heads) and torch.equal(got.global_heads, want.global_heads)
+            for name in ("waad", "fai", "span"):  # the batched full rows come from the attention kernel: fp32 rounding
+                torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-5, rtol=1e-5)
+        for st, lay in zip(capture.head_stats(), layouts, strict=True):
+            own = rhythm_from_head_stats(st, cfg.head_quantile)
+            assert own.waad.shape == (lay.length,)

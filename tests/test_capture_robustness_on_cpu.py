@@ -1,0 +1,111 @@
+"""The capture stays fp32 and O(N) in memory whatever the process set.
+
+- fp32 guard: torch's newer ``fp32_precision`` API (set by a process, or by ``set_float32_matmul_precision``) must
+  neither break the guard (reading the legacy ``allow_tf32`` after the new API was used raises in torch) nor lower
+  the capture's matmuls to TF32 / bf16; the process's setting is restored.
+- fused path: it never builds an S×S float mask (the kernels take no bool mask: such calls take the batched path).
+"""
+
+from __future__ import annotations
+
+import torch
+from test_capture_batched_on_cpu import OpCounter, packed_layouts, random_qk
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from verl_rhythm.config import RhythmConfig
+from verl_rhythm.measure import batched, fused
+from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout
+from verl_rhythm.measure.chunked import exact_fp32
+
+
+def _stats(cfg, layouts, q, k):
+    capture = RhythmCapture(cfg, 1, layouts)
+    capture.record(0, q, k, 0.3)
+    return capture.finalize()
+
+
+def test_guard_works_with_the_new_fp32_precision_api():
+    cuda, cpu = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+    saved = (cuda.fp32_precision, cpu.fp32_precision, torch.get_float32_matmul_precision())
+    try:
+        cuda.fp32_precision = "tf32"  # a process on the new API: the legacy allow_tf32 now raises when read
+        torch.set_float32_matmul_precision("medium")  # oneDNN: bf16 for fp32 matmuls on CPU
+        assert cpu.fp32_precision == "bf16"
+        for device in ("cuda", "cpu"):  # the cuda flags exist without a GPU
+            with exact_fp32(torch.device(device)):
+                assert (cuda if device == "cuda" else cpu).fp32_precision == "ieee"
+                if device == "cuda":  # bf16 gemms with fp32 output reduce in fp32 too
+                    assert cuda.allow_bf16_reduced_precision_reduction is False
+        assert (cuda.fp32_precision, cpu.fp32_precision) == ("tf32", "bf16")
+        cfg = RhythmConfig(layers=(0,), chunk_size=16)
+        layouts = packed_layouts([40, 25], [10, 5])
+        q, k = random_qk(1, 4, 2, 65, 16, seed=3)
+        lowered = _stats(cfg, layouts, q, k)
+    finally:
+        cuda.fp32_precision, cpu.fp32_precision = saved[0], saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+    plain = _stats(cfg, layouts, q, k)
+    for a, b in zip(lowered, plain, strict=True):
+        assert torch.equal(a.waad, b.waad) and torch.equal(a.fai, b.fai)
+
+
+def test_guard_keeps_a_legacy_setting_readable():
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    try:
+        matmul.allow_tf32 = True
+        with exact_fp32(torch.device("cuda")):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.allow_tf32 is True  # reading the legacy flag still works afterwards
+    finally:
+        matmul.fp32_precision = saved
+
+
+def _module():
+    module = torch.nn.Module()
+    module.is_causal, module.layer_idx = True, 0
+    return module
+
+
+def test_fused_path_builds_no_square_float_mask():
+    s, h, d = 256, 2, 16
+    q, k = random_qk(1, h, h, s, d, seed=1)
+    v = torch.randn(1, h, s, d)
+    layouts = [SequenceLayout(0, 0, 200, torch.arange(200) >= 50), SequenceLayout(0, 200, 56, torch.ones(56) > 0)]
+    capture = RhythmCapture(RhythmConfig(layers=(0,), chunk_size=64), 1, layouts)
+    block = torch.zeros(s, s, dtype=torch.bool)
+    block[:200, :200] = True
+    block[200:, 200:] = True
+    bool_mask = (block & torch.ones(s, s, dtype=torch.bool).tril())[None, None]
+    # a bool mask would need an S×S float copy for the kernel: not eligible, the batched path runs instead
+    assert fused.attention_with_stats(sdpa_attention_forward, capture, _module(), q, k, v, bool_mask) is None
+    float_mask = torch.zeros(1, 1, s, s).masked_fill_(~bool_mask, float("-inf"))
+
+    class Sizes(OpCounter):
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            for x in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(x, torch.Tensor) and x.is_floating_point():
+                    self.largest = max(self.largest, x.numel())
+            return out
+
+    with Sizes() as sizes:
+        result = fused.attention_with_stats(sdpa_attention_forward, capture, _module(), q, k, v, float_mask)
+    assert result is not None and sizes.largest < s * s, sizes.largest  # q/k/v copies are O(S), never S²
+    (out, _), lse, dist, leak = result
+    stock = sdpa_attention_forward(_module(), q, k, v, float_mask, scaling=d**-0.5)[0]
+    torch.testing.assert_close(out, stock, atol=1e-6, rtol=1e-6)
+    assert not bool(leak)
+
+
+def test_low_precision_gemm_falls_back_to_an_upcast_where_unavailable():
+    """The fp32-output bf16 gemm exists on CUDA only; elsewhere the upcast gives the same fp32 products."""
+    a, b = torch.randn(3, 8, 16).bfloat16(), torch.randn(3, 16, 5).bfloat16()
+    got = batched._matmul_fp32(a, b)
+    assert got.dtype == torch.float32 and "cpu" in batched._low_gemm_failed
+    torch.testing.assert_close(got, a.double().matmul(b.double()).float(), atol=1e-5, rtol=1e-6)
+    assert batched.compute_dtype(a) == torch.float32  # CPU grids are fp32

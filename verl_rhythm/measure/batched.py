@@ -1,0 +1,366 @@
+"""The batched path: one computation per selected layer for every sequence of the micro-batch at once.
+
+The same statistics as the per-sequence reference (:mod:`verl_rhythm.measure.chunked`), on a padded grid: the
+``n`` sequences of a :class:`~verl_rhythm.measure.layout.BatchLayout` (sorted by length, longest first) are gathered
+once per layer from the ``(B, S)`` columns of the attention inputs into ``(n, H, L, D)`` fp32 queries and
+``(n, H_kv, L, D)`` keys, L the longest length. Position t of every sequence then sits in grid column t, so the
+causal mask (and a sliding window) of query chunk [t0, t1) is one ``(c, w)`` mask shared by all sequences: packed
+rows become block-diagonal causal for free, and padded batches need nothing else. Sequences shorter than t0 are a
+suffix of the sorted grid and are left out of that chunk by slicing.
+
+Full rows (lse and the expected distance): on an fp32 grid with plain causal attention, one call of the device's
+flash-style attention kernel (:func:`kernel_row_stats`: every sequence starts its grid row at column 0, so
+``is_causal`` is exact without a mask); otherwise query chunks of explicit logits (:func:`row_stats`). Bands: blocks
+of 64 rows (:func:`band_stats`). Python loops run over query chunks only (``ceil(L / chunk_size)``, ``ceil(L / 64)``),
+never over sequences or heads; no host sync: every shape and loop bound comes from host metadata built before the
+forward. Attention variants, per layer:
+
+- sliding window w: keys with t - s >= w get probability 0 (transformers' ``sliding_window`` convention);
+- soft-capping c: logits ``c · tanh(z / c)`` (Gemma 2);
+- sinks (one logit per head, gpt-oss ``s_aux``): part of each row's normaliser, not a key, so a row of A sums to
+  ``1 - exp(sink - lse)`` and WAAD's "every far key weighs W" term is ``W`` times that row sum.
+
+Memory: one chunk's logits, ``n_j × H × c × w`` fp32 with w <= min(L, t1); a chunk whose logits would exceed
+:data:`MAX_TILE_ELEMENTS` is split over groups of sequences (the only case in which the number of ops depends on
+the number of sequences).
+
+Numerics: every logit is fp32 and is the fp32 sum of exact products (what FlashAttention-2 computes from bf16 q/k).
+On CUDA, bf16/fp16 q/k stay in their dtype and go through cuBLAS with fp32 output (``torch.bmm(..., out_dtype=
+torch.float32)``, tensor cores, fp32 accumulation, reduced-precision reductions off); elsewhere, or where that call
+is unavailable, they are upcast to fp32 first, which gives the same products (bf16 × bf16 is exact in fp32). fp32
+q/k are multiplied in fp32 with TF32 and oneDNN bf16 modes off (:func:`~verl_rhythm.measure.chunked.exact_fp32`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from verl_rhythm.measure.chunked import exact_fp32
+from verl_rhythm.measure.layout import BatchLayout
+
+MAX_TILE_ELEMENTS = 2**28
+"""Most fp32 logits of one chunk (1 GiB); larger chunks are split over groups of sequences."""
+_LOW = (torch.bfloat16, torch.float16)
+_low_gemm_failed: set[str] = set()
+_kernel_failed: set[str] = set()
+CUDA_LOW_PRECISION_GEMM = True
+"""bf16/fp16 q/k on CUDA: keep the grid in that dtype and compute explicit fp32 logits with an fp32-output gemm
+(``True``), or upcast the grid to fp32 so the full rows come from the fp32 attention kernel (``False``).
+``benchmarks/gpu_check.py`` times both."""
+
+
+def compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype the padded q/k are kept in: bf16/fp16 on CUDA (fp32-output gemm), fp32 otherwise."""
+    if not CUDA_LOW_PRECISION_GEMM:
+        return torch.float32
+    if query.dtype in _LOW and query.device.type == "cuda" and "cuda" not in _low_gemm_failed:
+        return query.dtype
+    return torch.float32
+
+
+def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """fp32 ``a @ b`` of ``(..., r, d)`` and ``(..., d, w)``; bf16/fp16 operands with an fp32-output gemm."""
+    if a.dtype == torch.float32:
+        return torch.matmul(a, b)
+    shape = (*a.shape[:-2], a.shape[-2], b.shape[-1])
+    try:
+        return torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=torch.float32).view(
+            shape
+        )
+    except (RuntimeError, NotImplementedError, TypeError):  # no fp32-output gemm in this build: upcast from now on
+        _low_gemm_failed.add(a.device.type)
+        return torch.matmul(a.float(), b.float())
+
+
+def padded_qk(
+    query: torch.Tensor, key: torch.Tensor, batch: BatchLayout, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the sequences' queries and keys into the padded grid, contiguous.
+
+    Args:
+        query: ``(B, H, S, D)``; key: ``(B, H_kv, S, D)``, any float dtype.
+        batch: the layouts, on ``query.device``.
+        dtype: the grid's dtype (:func:`compute_dtype`).
+
+    Returns:
+        ``(q (n, H, L, D), k (n, H_kv, L, D))``; positions past N_i repeat the sequence's last column.
+    """
+    b, h, s, d = query.shape
+    if key.dim() != 4 or key.shape[0] != b or key.shape[2] != s or key.shape[3] != d or h % key.shape[1]:
+        raise ValueError(
+            f"key {tuple(key.shape)} does not match query {tuple(query.shape)}: need (B, H_kv, S, D) with H_kv | H"
+        )
+    batch.check_shape(b, s)
+    out = []
+    for x in (query, key):
+        g = x.transpose(1, 2)[batch.rows, batch.cols]  # (n, L, heads, D): one gather
+        grid = torch.empty(g.shape[0], g.shape[2], g.shape[1], d, dtype=dtype, device=x.device)
+        out.append(grid.copy_(g.transpose(1, 2)))
+    return out[0], out[1]
+
+
+def grid_logits(
+    q: torch.Tensor, k: torch.Tensor, seqs: slice, rows: slice, keys: slice, scaling: float, softcap: float | None
+) -> torch.Tensor:
+    """fp32 logits ``(m, H, c, w)`` of grid rows ``rows`` against grid keys ``keys`` for sequences ``seqs``.
+
+    Query head h reads kv head h // (H / H_kv): the G = H / H_kv heads of a kv head are stacked as G · c rows of one
+    batched matmul. With ``softcap``, logits are ``softcap · tanh(z / softcap)``.
+    """
+    qc = q[seqs, :, rows]
+    m, h, c, d = qc.shape
+    kc = k[seqs, :, keys]
+    hkv = kc.shape[1]
+    z = _matmul_fp32(qc.reshape(m, hkv, (h // hkv) * c, d), kc.transpose(-1, -2)).view(m, h, c, -1)
+    if softcap:
+        return z.mul_(scaling / softcap).tanh_().mul_(softcap)
+    return z.mul_(scaling)
+
+
+def _offsets(t0: int, t1: int, s0: int, device) -> torch.Tensor:
+    """``(t1 - t0, t1 - s0)`` long, t - s for grid rows [t0, t1) and keys [s0, t1)."""
+    return torch.arange(t0, t1, device=device)[:, None] - torch.arange(s0, t1, device=device)[None, :]
+
+
+def _groups(m: int, per_seq: int) -> list[slice]:
+    """Split sequences [0, m) into groups whose chunk has at most :data:`MAX_TILE_ELEMENTS` logits."""
+    size = max(1, MAX_TILE_ELEMENTS // max(1, per_seq))
+    return [slice(a, min(m, a + size)) for a in range(0, m, size)]
+
+
+def row_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    batch: BatchLayout,
+    scaling: float,
+    chunk_size: int,
+    *,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row log-sum-exp and expected backward distance of every grid row, in query chunks.
+
+    Args:
+        q: ``(n, H, L, D)``; k: ``(n, H_kv, L, D)`` (from :func:`padded_qk`; fp32, or bf16/fp16 on CUDA).
+        batch: the layouts (lengths, host ints).
+        scaling: logit scale; chunk_size: query rows per chunk.
+        window: sliding window (keys with t - s >= window are masked), or ``None``.
+        softcap: logit soft-cap, or ``None``.
+        sinks: ``(H,)`` per-head sink logits, or ``None``.
+
+    Returns:
+        ``(lse, dist)``, each ``(n, H, L)`` fp32: lse_t = log(sum_{s<=t} exp z[t, s] (+ exp sink)) and
+        dist_t = sum_s A[t, s] (t - s). Entries past N_i are finite and meaningless.
+    """
+    n, h, big, _ = q.shape
+    lse = q.new_zeros(n, h, big, dtype=torch.float32)
+    dist = q.new_zeros(n, h, big, dtype=torch.float32)
+    sink = None if sinks is None else sinks.float()[None, :, None]  # (1, H, 1)
+    for t0 in range(0, big, chunk_size):
+        t1 = min(big, t0 + chunk_size)
+        s0 = max(0, t0 - window + 1) if window else 0
+        m = batch.count_from(t0)
+        delta = _offsets(t0, t1, s0, q.device)
+        masked = delta < 0 if not window else (delta < 0) | (delta >= window)
+        weight = delta.clamp_min(0).float()
+        for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
+            z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap)
+            if window:
+                z.masked_fill_(masked, float("-inf"))
+            else:  # only the diagonal block has future keys
+                z[..., t0 - s0 :].masked_fill_(masked[:, t0 - s0 :], float("-inf"))
+            row_max = z.amax(-1)  # finite: the diagonal key is always there
+            if sink is not None:
+                row_max = torch.maximum(row_max, sink)
+            p = z.sub_(row_max[..., None]).exp_()
+            total = p.sum(-1)
+            if sink is not None:
+                total = total + (sink - row_max).exp()
+            lse[seqs, :, t0:t1] = row_max + total.log()
+            dist[seqs, :, t0:t1] = p.mul_(weight).sum(-1).div_(total)
+    return lse, dist
+
+
+def kernel_row_stats(
+    q: torch.Tensor, k: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Row log-sum-exp and expected distance of every grid row from the device's flash-style attention kernel.
+
+    On the grid every sequence starts its row at column 0, so plain causal attention is exact without a mask. The
+    value carries each key's grid column in its first channel: the kernel returns lse and E_t[s], and
+    dist_t = t - E_t[s]. One fused kernel call (tiled, multi-threaded, no logits in memory) instead of the chunked
+    matmul + softmax passes of :func:`row_stats`. fp32 grids only (a bf16 output would round E_t[s] to 3 digits),
+    plain causal softmax only (no window, cap or sinks); ``None`` where the kernel is unavailable.
+
+    Args:
+        q: ``(n, H, L, D)`` fp32; k: ``(n, H_kv, L, D)`` fp32.
+        scaling: logit scale.
+
+    Returns:
+        ``(lse, dist)``, each ``(n, H, L)`` fp32, or ``None``.
+    """
+    from verl_rhythm.measure import fused
+
+    if q.dtype != torch.float32 or q.device.type in _kernel_failed or q.device.type not in ("cpu", "cuda"):
+        return None
+    n, hkv, big, d = k.shape
+    v = k.new_zeros(n, hkv, big, d)
+    v[..., 0] = torch.arange(big, device=k.device, dtype=k.dtype)
+    try:
+        out, lse = fused._kernel(q, k, v, None, True, scaling)
+    except RuntimeError:  # unsupported shape on this build: the chunked passes from now on
+        _kernel_failed.add(q.device.type)
+        return None
+    dist = torch.arange(big, device=q.device, dtype=torch.float32) - out[..., 0].float()
+    return lse.float(), dist
+
+
+def band_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    batch: BatchLayout,
+    scaling: float,
+    lse: torch.Tensor,
+    waad_window: int,
+    fai_horizon_lo: int,
+    fai_horizon_hi: int,
+    *,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """WAAD of every grid row and the FAI numerator of every grid column from the two diagonal bands of A.
+
+    Block [t0, t1) of ``batch.rows_per_block`` rows meets keys [t0 - B, t1), B = max(W - 1, H_hi) (W - 1 when no
+    sequence has a response row in the block): ``n_j × H × c × (c + B)`` logits at a time.
+
+    Args:
+        q, k, batch, scaling, window, softcap, sinks: as in :func:`row_stats`.
+        lse: ``(n, H, L)`` fp32 row log-sum-exp.
+        waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi.
+
+    Returns:
+        ``(waad, fai_num)``, each ``(n, H, L)`` fp32: waad_t = sum_s A[t, s] min(t - s, W) and
+        fai_num_s = sum over t in R with H_lo <= t - s <= H_hi of A[t, s].
+    """
+    n, h, big, _ = q.shape
+    w_len = waad_window
+    reach = max(w_len - 1, fai_horizon_hi)
+    waad = q.new_zeros(n, h, big, dtype=torch.float32)
+    fai_num = q.new_zeros(n, h, big, dtype=torch.float32)
+    resp = batch.resp
+    rows_per_block = batch.rows_per_block
+    for block, t0 in enumerate(range(0, big, rows_per_block)):
+        t1 = min(big, t0 + rows_per_block)
+        has_resp = batch.block_has_response[block]
+        s0 = max(0, t0 - (reach if has_resp else w_len - 1))
+        m = batch.count_from(t0)
+        delta = _offsets(t0, t1, s0, q.device)
+        allowed = delta >= 0 if not window else (delta >= 0) & (delta < window)
+        near_weight = torch.where(allowed & (delta < w_len), (delta - w_len).float(), 0.0)
+        far = (allowed & (delta >= fai_horizon_lo) & (delta <= fai_horizon_hi)).float()
+        for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
+            z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap)  # (m, H, c, w)
+            row_lse = lse[seqs, :, t0:t1]
+            # outside the bands (e.g. future keys) exp may overflow: clamp, then the band weights zero those entries
+            p = z.sub_(row_lse[..., None]).clamp_max_(0.0).exp_()
+            far_w = (p * near_weight).sum(-1)
+            if sinks is None:
+                waad[seqs, :, t0:t1] = far_w.add_(w_len)
+            else:  # rows sum to 1 - exp(sink - lse): the far keys weigh W times that
+                row_sum = 1.0 - (sinks.float()[None, :, None] - row_lse).exp()
+                waad[seqs, :, t0:t1] = far_w.add_(row_sum * w_len)
+            if has_resp:
+                weight = far * resp[seqs, t0:t1, None].float()[:, None]  # (m, 1, c, w)
+                fai_num[seqs, :, s0:t1] += p.mul_(weight).sum(-2)
+    return waad, fai_num
+
+
+def layer_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    batch: BatchLayout,
+    *,
+    waad_window: int = 10,
+    fai_horizon_lo: int = 10,
+    fai_horizon_hi: int = 100,
+    chunk_size: int = 256,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    dist: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dist, waad, fai_num)`` of every sequence for the H query heads of one layer, each ``(n, H, L)`` fp32.
+
+    Args:
+        query: ``(B, H, S, D)`` post-RoPE queries (any float dtype; computed in fp32).
+        key: ``(B, H_kv, S, D)`` post-RoPE keys; query head h reads kv head h // (H / H_kv).
+        scaling: the layer's logit scale.
+        batch: where the sequences lie, on ``query.device``.
+        waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi.
+        chunk_size: query rows per chunk of the full-row pass.
+        window, softcap, sinks: the layer's attention variant (see the module docstring).
+        lse, dist: optional ``(B, H, S)`` full-row statistics from the layer's own kernel (then no full-row pass).
+
+    Returns:
+        the padded per-head vectors, row i = sequence ``batch.order[i]``; entries past N_i are meaningless.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if (lse is None) != (dist is None):
+        raise ValueError("pass lse and dist together (both from the attention kernel) or neither")
+    q, k = padded_qk(query, key, batch, compute_dtype(query))
+    with exact_fp32(q.device):
+        if lse is not None:  # from the layer's own kernel, in the (B, H, S) columns: into the grid
+            lse = lse.float().transpose(1, 2)[batch.rows, batch.cols].transpose(1, 2)
+            dist = dist.float().transpose(1, 2)[batch.rows, batch.cols].transpose(1, 2)
+        elif window is None and softcap is None and sinks is None:
+            lse, dist = kernel_row_stats(q, k, scaling) or (None, None)
+        if lse is None:
+            lse, dist = row_stats(q, k, batch, scaling, chunk_size, window=window, softcap=softcap, sinks=sinks)
+        waad, fai_num = band_stats(
+            q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window=window, softcap=softcap,
+            sinks=sinks,
+        )
+    return dist, waad, fai_num
+
+
+def mask_mismatch(attention_mask: torch.Tensor | None, batch: BatchLayout, window: int | None) -> torch.Tensor | None:
+    """Whether the model's attention mask disagrees with the layouts, as a device bool (read after the forward).
+
+    Checks the first and last row of every sequence: each must see exactly the keys [max(start, t - w + 1), t] of
+    its own row (a layout cut in two, or two sequences merged, changes one of those rows). A 2-D ``(B, S)`` padding
+    mask (FlashAttention-2) must be set on exactly the layouts' columns of a row with one sequence. Reads no device
+    memory on the host: the answer stays on the device until :meth:`RhythmCapture.finalize`.
+
+    Args:
+        attention_mask: ``None`` (nothing to check), ``(B, S)``, or ``(B, 1 | H, S, S)`` bool or additive float.
+        batch: the layouts, on the mask's device.
+        window: the layer's sliding window, or ``None``.
+    """
+    if attention_mask is None or not len(batch.order):
+        return None
+    mask = attention_mask
+    allowed = (lambda x: x) if mask.dtype == torch.bool else (lambda x: x > torch.finfo(mask.dtype).min / 2)
+    first = batch.cols[:, 0]
+    last = batch.cols.gather(1, batch.last[:, None]).squeeze(1)
+    rows = batch.rows[:, 0]
+    cols = torch.arange(mask.shape[-1], device=mask.device)
+    if mask.dim() == 2:
+        if mask.shape[-1] < batch.max_end:
+            return None
+        got = allowed(mask[rows])  # (n, S)
+        want = (cols[None] >= first[:, None]) & (cols[None] <= last[:, None])
+        return (got != want)[batch.alone].any()
+    if mask.dim() != 4 or mask.shape[-1] != mask.shape[-2]:
+        return None
+    r = torch.cat([rows, rows])
+    t = torch.cat([first, last])
+    start = torch.cat([first, first])
+    got = allowed(mask[r, 0, t])  # (2n, S)
+    lo = start if not window else torch.maximum(start, t - window + 1)
+    want = (cols[None] >= lo[:, None]) & (cols[None] <= t[:, None])
+    return (got != want).any()
