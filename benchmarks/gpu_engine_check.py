@@ -84,7 +84,7 @@ def process_group(device: str):
     if device == "cpu":
         from verl_rhythm.testing.process_group import cpu_process_group
 
-        with cpu_process_group(port=29561):
+        with cpu_process_group():
             yield
         return
     import torch.distributed as dist

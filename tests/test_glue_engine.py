@@ -37,7 +37,7 @@ def make_sequences(seed=0, vocab=128):
 
 @pytest.fixture(scope="module")
 def process_group():
-    with cpu_process_group(port=29541):
+    with cpu_process_group():
         yield
 
 

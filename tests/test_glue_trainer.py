@@ -63,7 +63,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(model):
-    with cpu_process_group(port=29542):
+    with cpu_process_group():
         yield build_engine(model[0], attn_implementation="sdpa", use_remove_padding=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 
 from verl.plugin.platform import platform_manager
@@ -12,8 +13,11 @@ from verl_rhythm.backends.cpu.platform import PlatformCPU
 
 
 @contextlib.contextmanager
-def cpu_process_group(port: int = 29533) -> Iterator[None]:
+def cpu_process_group(port: int | None = None) -> Iterator[None]:
     """verl's platform set to :class:`PlatformCPU` and a one-process gloo group, both restored on exit.
+
+    Args:
+        port: the rendezvous port on 127.0.0.1; default a free one (so parallel runs never clash).
 
     Raises:
         RuntimeError: a default process group already exists in this process.
@@ -22,6 +26,10 @@ def cpu_process_group(port: int = 29533) -> Iterator[None]:
 
     if dist.is_initialized():
         raise RuntimeError("cpu_process_group: a torch.distributed process group already exists in this process")
+    if port is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     previous = platform_manager._current_platform
     platform_manager.set_platform(PlatformCPU())
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
