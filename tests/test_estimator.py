@@ -13,7 +13,6 @@ from verl import DataProto
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-from verl_rhythm.config import RhythmConfig
 from verl_rhythm.credit import compute_gamma
 from verl_rhythm.glue import core_algos as rhythm_algos
 
@@ -103,8 +102,9 @@ def test_bad_config_fails_before_any_work():
 
 def random_gamma_at(data, step: int, seed: int = 11) -> torch.Tensor:
     """The advantages verl's compute_advantage gives under the random control at training step ``step``."""
+    config = algo(strategy="random", seed=seed)
     with rhythm_algos.estimator_inputs(data.batch["response_mask"], step=step):
-        out = compute_advantage(data.slice(0, len(data)), adv_estimator="rhythm", config=algo(strategy="random", seed=seed))
+        out = compute_advantage(data.slice(0, len(data)), adv_estimator="rhythm", config=config)
     return out.batch["advantages"]
 
 
