@@ -283,6 +283,7 @@ def test_plugin_entry_point_loads_and_patches_inside_a_ray_actor(tq_cluster):
     assert before == {}, "nothing of the trainer or engine is imported by the plugin itself"
     assert after == dict.fromkeys(
         [
+            "verl.trainer.ppo.core_algos",  # imported by is_loaded() above
             "verl.trainer.ppo.v1.trainer_base",
             "verl.trainer.ppo.ray_trainer",
             "verl.workers.engine.fsdp.transformer_impl",

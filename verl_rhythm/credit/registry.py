@@ -10,7 +10,7 @@ strategy is one decorated function, anywhere that is imported before the config 
     def late(tokens):  # tokens: a Tokens (compacted rows; verl_rhythm.credit.gamma)
         return tokens.anchor & (tokens.position >= tokens.n_valid[:, None] // 2)
 
-This module imports nothing heavy; the built-in strategies (:mod:`verl_rhythm.credit.strategies`, torch) are
+This module imports nothing heavy; the built-in strategies (:mod:`verl_rhythm.credit.builtin`, torch) are
 loaded the first time the registry is read.
 """
 
@@ -30,7 +30,7 @@ KINDS = ("paper", "control", "baseline")
 """``paper``: one of the paper's three strategies (Sec. 4); ``control``: one of its controls; ``baseline``: plain
 GRPO through the same code."""
 
-_BUILTINS = "verl_rhythm.credit.strategies"
+_BUILTINS = "verl_rhythm.credit.builtin"
 
 
 @dataclasses.dataclass(frozen=True)
