@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 from pathlib import Path
 
 from verl_rhythm.config import BOTTOM_SCORES, GROUP_SCOPES, SIGN_MODES, RhythmConfig, RhythmConfigError
 from verl_rhythm.credit.registry import strategy_names
-from verl_rhythm.inputs import ArgumentParser, InputError, exit_with
+from verl_rhythm.inputs import ArgumentParser, InputError, SettingError, exit_with
 
 _RENAMED = {"seed": "rhythm-seed"}
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -151,8 +150,10 @@ def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except InputError as e:
         exit_with(parser.prog, e)
-    except ValueError as e:  # a setting's own check, e.g. "temperature=nan: ..."; name the flag
-        exit_with(parser.prog, _flagged(str(e)))
+    except SettingError as e:  # a setting's own check, e.g. temperature=nan; name its flag
+        exit_with(parser.prog, f"--{e.name.replace('_', '-')}={e.value}: {e.problem}")
+    except ValueError as e:
+        exit_with(parser.prog, e)
     try:
         summary = run_analyze(settings, Progress(quiet=args.quiet))
     except RhythmConfigError as e:  # e.g. --layers outside the model, known only once its config is read
@@ -166,12 +167,6 @@ def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"peak: {_opt(c['fai_follows_waad'], '{:.1%}')} (random {_opt(c['fai_follows_waad_random'], '{:.1%}')})"
     )
     return 0
-
-
-def _flagged(message: str) -> str:
-    """``"name=value: ..."`` from a settings check, with ``name`` turned into its flag (``--top-p=...``)."""
-    m = re.match(r"^(\w+)=", message)
-    return f"--{m.group(1).replace('_', '-')}{message[len(m.group(1)) :]}" if m else message
 
 
 def _opt(x, fmt: str) -> str:

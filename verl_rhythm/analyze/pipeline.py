@@ -42,7 +42,7 @@ from verl_rhythm.analyze.summary import (
     totals_entry,
 )
 from verl_rhythm.config import RhythmConfig, select_layers
-from verl_rhythm.inputs import InputError
+from verl_rhythm.inputs import InputError, SettingError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_THREADS = 1024
@@ -87,17 +87,17 @@ class AnalyzeSettings:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: allowed values are {', '.join(DTYPES)}")
+            raise SettingError("dtype", repr(self.dtype), f"allowed values are {', '.join(DTYPES)}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
+            raise SettingError("batch_size", self.batch_size, "must be >= 1")
         if self.heatmap_window < 2:
-            raise ValueError(f"heatmap_window={self.heatmap_window}: must be >= 2")
+            raise SettingError("heatmap_window", self.heatmap_window, "must be >= 2")
         if self.peak_radius < 1:
-            raise ValueError(f"peak_radius={self.peak_radius}: must be >= 1")
+            raise SettingError("peak_radius", self.peak_radius, "must be >= 1")
         if not 0 < self.peak_top_q <= 1:  # also False for NaN
-            raise ValueError(f"peak_top_q={self.peak_top_q}: must be in (0, 1]")
+            raise SettingError("peak_top_q", self.peak_top_q, "must be in (0, 1]")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            raise ValueError(f"threads={self.threads}: must be in [1, {MAX_THREADS}]")
+            raise SettingError("threads", self.threads, f"must be in [1, {MAX_THREADS}]")
 
 
 def load_model(settings: AnalyzeSettings, path: str | None = None, name: str | None = None, device: str | None = None):
