@@ -42,6 +42,7 @@ from verl_rhythm.analyze.summary import (
     totals_entry,
 )
 from verl_rhythm.config import RhythmConfig, select_layers
+from verl_rhythm.credit import get_strategy
 from verl_rhythm.inputs import InputError, SettingError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -269,12 +270,14 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
 
 
 def _check_finite(problems: list[Problem], measured, cfg: RhythmConfig, dtype: str, progress: Progress) -> None:
-    """Refuse a response whose WAAD or FAI (read by every strategy the report shows), or whose entropy under the
-    ``entropy`` control, is NaN or infinite; a non-finite entropy that no shown γ reads is reported as ``null``."""
+    """Refuse a response whose WAAD or FAI (read by every strategy the report shows), or whose entropy when a shown
+    strategy ranks by it (``entropy``), is NaN or infinite; a non-finite entropy that no shown γ reads is reported as
+    ``null``."""
+    needs_entropy = any(get_strategy(name).needs_entropy(cfg) for name in shown_strategies(cfg))
     for prob, m in zip(problems, measured, strict=True):
         p = m.prompt_len
         checks = [("WAAD", m.rhythm.waad[p:], True), ("FAI", m.rhythm.fai[p:], True)]
-        checks.append(("entropy", m.entropy, cfg.strategy == "entropy"))
+        checks.append(("entropy", m.entropy, needs_entropy))
         for what, x, needed in checks:
             if bool(torch.isfinite(x.float()).all()):
                 continue
