@@ -165,7 +165,7 @@ def compute_rhythm_outcome_advantage(
         index: ``(bs,)`` group ids (``uid``) of the GRPO groups.
         rhythm_waad: ``(bs, response_length)`` WAAD of each response token at its own position.
         rhythm_fai: ``(bs, response_length)`` FAI of each response token at its own position.
-        entropy: ``(bs, response_length)`` token entropy of the old-log-prob pass (``entropy`` control only).
+        entropy: ``(bs, response_length)`` token entropy of the old-log-prob pass (strategies that rank by it).
         epsilon: GRPO's std epsilon.
 
     Returns:
