@@ -13,7 +13,6 @@ from verl import DataProto
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-from verl_rhythm.config import RhythmConfig
 from verl_rhythm.credit import compute_gamma
 from verl_rhythm.glue import core_algos as rhythm_algos
 
@@ -52,12 +51,13 @@ def test_strategy_none_equals_verl_grpo_exactly(norm):
 def test_attention_free_strategies_run_from_the_four_stock_fields(strategy):
     data, _ = make_batch()
     grpo = compute_advantage(data.slice(0, 8), adv_estimator="grpo").batch["advantages"]
-    got = compute_advantage(data.slice(0, 8), adv_estimator="rhythm", config=algo(strategy=strategy))
+    with rhythm_algos.estimator_inputs(data.batch["response_mask"], step=3) as handoff:
+        got = compute_advantage(data.slice(0, 8), adv_estimator="rhythm", config=algo(strategy=strategy))
     adv = got.batch["advantages"]
     assert bool((torch.isclose(adv, grpo) | torch.isclose(adv, 1.5 * grpo)).all())
     if strategy == "uniform":
         assert torch.equal(adv, grpo * torch.where(data.batch["response_mask"] > 0, 1.5, 1.0))
-    assert rhythm_algos.last_metrics["rhythm/gamma_mean"] > 1.0
+    assert handoff.metrics["rhythm/gamma_mean"] > 1.0  # the metrics come back through the hand-off
 
 
 @pytest.mark.parametrize("strategy", ["coupled", "local", "global"])
@@ -100,17 +100,29 @@ def test_bad_config_fails_before_any_work():
         compute_advantage(data, adv_estimator="rhythm", config=algo(top_q=2.0))
 
 
-def test_random_control_differs_between_calls_and_is_reproducible_from_seed():
-    data, _ = make_batch(bs=4, t=40, group=4)
+def random_gamma_at(data, step: int, seed: int = 11) -> torch.Tensor:
+    """The advantages verl's compute_advantage gives under the random control at training step ``step``."""
+    config = algo(strategy="random", seed=seed)
+    with rhythm_algos.estimator_inputs(data.batch["response_mask"], step=step):
+        out = compute_advantage(data.slice(0, len(data)), adv_estimator="rhythm", config=config)
+    return out.batch["advantages"]
+
+
+def test_random_control_draws_from_seed_plus_step_so_a_resumed_run_repeats_the_uninterrupted_one():
+    data, _ = make_batch(bs=8, t=40, group=4)
     mask = data.batch["response_mask"]
-    cfg = RhythmConfig(strategy="random", seed=11)
-    a = rhythm_algos.rhythm_credit(cfg, mask).gamma
-    b = rhythm_algos.rhythm_credit(cfg, mask).gamma
-    assert not torch.equal(a, b)  # a fresh draw each step
-    # call i uses seed + i: rebuild two consecutive draws from the seed alone
-    ref = [compute_gamma("random", mask, generator=torch.Generator().manual_seed(11 + i)).gamma for i in range(200)]
-    ia = next(i for i, r in enumerate(ref) if torch.equal(r, a))
-    assert torch.equal(ref[ia + 1], b)
+    uninterrupted = [random_gamma_at(data, step) for step in range(1, 6)]  # steps 1..5 in one process
+    assert not torch.equal(uninterrupted[0], uninterrupted[1])  # a fresh draw each step
+    # a run resumed at step 4 (nothing called before in its life) and one that made many calls in between
+    assert torch.equal(random_gamma_at(data, 4), uninterrupted[3])
+    for _ in range(7):
+        random_gamma_at(data, 2)
+    assert torch.equal(random_gamma_at(data, 5), uninterrupted[4])
+    # the draw is exactly seed + step, rebuilt from the credit code alone
+    gamma = compute_gamma("random", mask, generator=torch.Generator().manual_seed(11 + 5)).gamma
+    grpo = compute_advantage(data.slice(0, len(data)), adv_estimator="grpo").batch["advantages"]
+    assert torch.equal(uninterrupted[4], grpo * gamma)
+    assert not torch.equal(random_gamma_at(data, 5, seed=12), uninterrupted[4])
 
 
 ENTRY = textwrap.dedent(

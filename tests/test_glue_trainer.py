@@ -225,6 +225,26 @@ def test_entropy_control_uses_verl_entropy_and_needs_no_capture(tq_cluster, engi
     assert "rhythm/gamma_mean" in metrics and "rhythm/capture_s" not in metrics
 
 
+def test_random_control_draws_from_seed_plus_the_trainers_global_step(tq_cluster, engine):
+    """The trainer hands ``global_steps`` (restored from the checkpoint on resume) to the estimator: γ at step 6 is
+    the draw of ``seed + 6``, whatever ran in this process before."""
+    tq = tq_cluster
+    trainer = make_trainer(engine, strategy="random", seed=40)
+    trainer.global_steps = 6
+    batch, rows = put_rollouts(tq, seed=7)
+    metrics = {}
+    batch = trainer._compute_old_log_prob(batch, metrics=metrics)
+    batch = trainer._compute_advantage(batch, metrics=metrics)
+    got = fetch_padded(tq, batch, ["advantages", "response_mask", "rm_scores"])
+    mask = got["response_mask"]
+    index = np.array([r["uid"] for r in rows], dtype=object)
+    grpo, _ = core_algos.compute_grpo_outcome_advantage(got["rm_scores"], mask, index)
+    gamma = compute_gamma("random", mask, generator=torch.Generator().manual_seed(40 + 6)).gamma
+    torch.testing.assert_close(got["advantages"], grpo * gamma, atol=1e-6, rtol=1e-6)
+    assert bool(((gamma > 1) & (grpo != 0)).any())
+    assert metrics["rhythm/amplified_share"] > 0  # the metrics came back through the hand-off
+
+
 def test_a_grpo_run_through_the_wrapped_trainer_is_unchanged(tq_cluster, engine):
     """Same rollouts, stock vs wrapped methods: identical TransferQueue contents and metrics, no capture."""
     tq = tq_cluster
@@ -283,6 +303,7 @@ def test_plugin_entry_point_loads_and_patches_inside_a_ray_actor(tq_cluster):
     assert before == {}, "nothing of the trainer or engine is imported by the plugin itself"
     assert after == dict.fromkeys(
         [
+            "verl.trainer.ppo.core_algos",  # imported by is_loaded() above
             "verl.trainer.ppo.v1.trainer_base",
             "verl.trainer.ppo.ray_trainer",
             "verl.workers.engine.fsdp.transformer_impl",

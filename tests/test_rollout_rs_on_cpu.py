@@ -54,19 +54,19 @@ def stock_advantage_step(data: DataProto, stats: dict, rollout_rs: str, strategy
     corr = OmegaConf.create({"rollout_rs": rollout_rs, "rollout_rs_threshold": "0.5_2.0", "bypass_mode": False})
     data, _ = compute_rollout_correction_and_add_to_batch(data, corr)
     algo = OmegaConf.create({"adv_estimator": "rhythm", "gamma": 1.0, "lam": 1.0, "rhythm": {"strategy": strategy}})
-    with rhythm_algos.estimator_inputs(captured, **stats):
+    with rhythm_algos.estimator_inputs(captured, **stats) as handoff:
         out = compute_advantage_for_multi_trajectories(
             data, batch_keys=[f"p{i // GROUP}_0_{i}" for i in range(BS)], adv_estimator="rhythm", num_repeat=GROUP,
             config=algo,
         )  # fmt: skip
-    return captured, out
+    return captured, out, handoff.metrics
 
 
 @pytest.mark.parametrize("rollout_rs", ["token_k1", "seq_mean_k1"])
 @pytest.mark.parametrize("strategy", ["coupled", "global", "uniform"])
 def test_rejected_tokens_get_no_advantage_and_survivors_the_captured_gamma(rollout_rs, strategy):
     data, stats = step_batch()
-    captured, out = stock_advantage_step(data, stats, rollout_rs, strategy)
+    captured, out, metrics = stock_advantage_step(data, stats, rollout_rs, strategy)
     kept = out.batch["response_mask"]
     assert bool((kept <= captured).all()) and bool((kept < captured).any())  # rejection did drop tokens
     grpo, _ = core_algos.compute_grpo_outcome_advantage(
@@ -76,7 +76,7 @@ def test_rejected_tokens_get_no_advantage_and_survivors_the_captured_gamma(rollo
     adv = out.batch["advantages"]
     assert torch.equal(adv, apply_gamma(grpo, gamma))
     assert bool((adv[kept == 0] == 0).all())
-    assert rhythm_algos.last_metrics["rhythm/gamma_mean"] >= 1.0
+    assert metrics["rhythm/gamma_mean"] >= 1.0
 
 
 def test_a_mask_with_a_token_the_capture_never_saw_is_refused():

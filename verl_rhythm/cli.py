@@ -9,44 +9,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
 import sys
 from pathlib import Path
 
-from verl_rhythm.config import (
-    BOTTOM_SCORES,
-    GROUP_SCOPES,
-    SIGN_MODES,
-    STRATEGIES,
-    RhythmConfig,
-    RhythmConfigError,
-)
-from verl_rhythm.inputs import ArgumentParser, InputError, exit_with
+from verl_rhythm.config import BOTTOM_SCORES, GROUP_SCOPES, SIGN_MODES, RhythmConfig, RhythmConfigError
+from verl_rhythm.credit.registry import strategy_names
+from verl_rhythm.inputs import ArgumentParser, InputError, SettingError, exit_with
 
 _RENAMED = {"seed": "rhythm-seed"}
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-_CHOICES = {"strategy": STRATEGIES, "sign": SIGN_MODES, "bottom_score": BOTTOM_SCORES, "head_group_scope": GROUP_SCOPES}
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of the choice keys; strategies as registered when the parser is built."""
+    return {
+        "strategy": strategy_names(),
+        "sign": SIGN_MODES,
+        "bottom_score": BOTTOM_SCORES,
+        "head_group_scope": GROUP_SCOPES,
+    }
 
 
 def _flag(field_name: str) -> str:
     return "--" + _RENAMED.get(field_name, field_name.replace("_", "-"))
-
-
-def _field_help() -> dict[str, str]:
-    """``name: text`` from the ``Attributes:`` section of :class:`RhythmConfig`'s docstring."""
-    doc = inspect.getdoc(RhythmConfig) or ""
-    section = doc.split("Attributes:", 1)[-1]
-    out: dict[str, str] = {}
-    name = None
-    for line in section.splitlines():
-        m = re.match(r"^\s{4}(\w+): (.*)$", line)
-        if m:
-            name = m.group(1)
-            out[name] = m.group(2).strip()
-        elif name and line.startswith(" " * 8):
-            out[name] += " " + line.strip()
-    return {k: re.sub(r"``([^`]*)``", r"\1", v) for k, v in out.items()}
 
 
 def _layers(text: str):
@@ -97,13 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=analyze, subparser=p)
     rhythm = p.add_argument_group("strategy settings (algorithm.rhythm.*; defaults as in training)")
-    helps = _field_help()
+    choices = _choices()
     for f in dataclasses.fields(RhythmConfig):
         kind = {"int": int, "float": float, "str": str}.get(type(f.default).__name__, _layers)
-        text = helps.get(f.name, "")
-        if f.name in _CHOICES:
-            text = re.sub(r"; one of :data:`\w+`\.?", ".", text)
-            metavar = "{" + ",".join(_CHOICES[f.name]) + "}"
+        text = f.metadata["help"]
+        if f.name in choices:
+            metavar = "{" + ",".join(choices[f.name]) + "}"
         else:
             metavar = {int: "N", float: "X", str: "S"}.get(kind, "L1,L2,...")
         default = "null" if f.default is None else f.default
@@ -119,9 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_error(parser: argparse.ArgumentParser, err: RhythmConfigError):
-    """Exit with the error, prefixed by the flag of the ``algorithm.rhythm`` key it names (the first one)."""
-    keys = re.findall(r"algorithm\.rhythm\.(\w+)", str(err))
-    exit_with(parser.prog, f"{_flag(keys[0]) if keys else 'strategy settings'}: {err}")
+    """Exit with the error, prefixed by the flag of the ``algorithm.rhythm`` key it carries."""
+    exit_with(parser.prog, f"{_flag(err.key) if err.key else 'strategy settings'}: {err}")
 
 
 def _rhythm_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RhythmConfig:
@@ -167,8 +150,10 @@ def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except InputError as e:
         exit_with(parser.prog, e)
-    except ValueError as e:  # a setting's own check, e.g. "temperature=nan: ..."; name the flag
-        exit_with(parser.prog, _flagged(str(e)))
+    except SettingError as e:  # a setting's own check, e.g. temperature=nan; name its flag
+        exit_with(parser.prog, f"--{e.name.replace('_', '-')}={e.value}: {e.problem}")
+    except ValueError as e:
+        exit_with(parser.prog, e)
     try:
         summary = run_analyze(settings, Progress(quiet=args.quiet))
     except RhythmConfigError as e:  # e.g. --layers outside the model, known only once its config is read
@@ -182,12 +167,6 @@ def analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"peak: {_opt(c['fai_follows_waad'], '{:.1%}')} (random {_opt(c['fai_follows_waad_random'], '{:.1%}')})"
     )
     return 0
-
-
-def _flagged(message: str) -> str:
-    """``"name=value: ..."`` from a settings check, with ``name`` turned into its flag (``--top-p=...``)."""
-    m = re.match(r"^(\w+)=", message)
-    return f"--{m.group(1).replace('_', '-')}{message[len(m.group(1)) :]}" if m else message
 
 
 def _opt(x, fmt: str) -> str:

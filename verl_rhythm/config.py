@@ -1,24 +1,19 @@
 """``algorithm.rhythm.*``: every knob of the method, its paper default and its allowed range.
 
-This module imports neither torch nor verl, so the launcher, the TaskRunner and the workers can all validate a
-config cheaply. :meth:`RhythmConfig.from_dict` is the single entry point: it accepts a plain mapping or an
-OmegaConf ``DictConfig`` (anything with ``items()``), rejects unknown keys and out-of-range values with an error
-that names the key, and fills in the defaults of ``../shared/notes/method.md`` (arXiv 2510.13554 v2).
+This module imports neither torch nor verl at import time, so the launcher, the TaskRunner and the workers can all
+validate a config cheaply; the allowed strategies come from the registry (:mod:`verl_rhythm.credit.registry`),
+read when a config is first validated. :meth:`RhythmConfig.from_dict` is the single entry point: it accepts a plain
+mapping or an OmegaConf ``DictConfig`` (anything with ``items()``), rejects unknown keys and out-of-range values
+with an error that names the key, and fills in the defaults of ``../shared/notes/method.md`` (arXiv 2510.13554 v2).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
-
-STRATEGIES = ("coupled", "local", "global", "none", "random", "entropy", "bottom", "uniform")
-"""``coupled``/``local``/``global``: the paper's three strategies (Sec. 4); the rest are its controls and ``none``
-(plain GRPO through the same code path)."""
-
-ATTENTION_STRATEGIES = ("coupled", "local", "global", "bottom")
-"""Strategies that need the attention statistics (WAAD and/or FAI) captured in the old-log-prob pass."""
 
 SIGN_MODES = ("both", "positive", "negative")
 BOTTOM_SCORES = ("local", "global")
@@ -34,56 +29,80 @@ POSITION_MAX = 1 << 20
 """Largest W, H_lo, H_hi and chunk_size: a distance beyond any context, still exact in fp32 (the capture adds W to
 fp32 sums)."""
 SEED_MAX = (1 << 63) - 1
-"""Largest seed: ``torch.Generator.manual_seed`` takes seeds below 2**64, and call i of the estimator uses
+"""Largest seed: ``torch.Generator.manual_seed`` takes seeds below 2**64, and training step i draws from
 ``seed + i``."""
 
 
+def __getattr__(name: str):
+    """``STRATEGIES`` and ``ATTENTION_STRATEGIES``: views of the strategy registry, read when first asked for."""
+    if name in ("STRATEGIES", "ATTENTION_STRATEGIES"):
+        from verl_rhythm.credit.registry import strategies
+
+        known = strategies()
+        if name == "STRATEGIES":
+            return tuple(known)
+        return tuple(n for n, s in known.items() if s.needs_attention(RhythmConfig()))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class RhythmConfigError(ValueError):
-    """A bad ``algorithm.rhythm.*`` key or value. The message always names the full key."""
+    """A bad ``algorithm.rhythm.*`` key or value. The message always names the full key.
+
+    Attributes:
+        key: the ``algorithm.rhythm`` key at fault (``"top_q"``), or ``None`` for the mapping as a whole.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        if key is None:  # raised with the message only: the first key it names
+            found = re.search(r"algorithm\.rhythm\.(\w+)", message)
+            key = found.group(1) if found else None
+        self.key = key
+
+
+def _knob(default: Any, help: str) -> Any:
+    """A :class:`RhythmConfig` field with its default and its one-line ``help`` (metadata)."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)
 class RhythmConfig:
-    """Validated rhythm settings. Field names are the ``algorithm.rhythm.<field>`` keys.
-
-    Attributes:
-        strategy: which tokens get amplified; one of :data:`STRATEGIES`.
-        sign: which advantages γ scales: ``both`` (v2 default), ``positive`` (A > 0, v1) or ``negative`` (A < 0).
-        top_q: the share q of a response's valid tokens selected by TopQ (k = ceil(q * n_valid)).
-        gamma_amp: the amplification γ_amp given to a selected token (γ = 1 elsewhere).
-        alpha: coupled rule: share of a dominated anchor's bonus moved to its introductory token.
-        intro_window: coupled rule: k, the look-back window [t-k, t-1] for a dominated anchor's preplan token.
-        waad_window: W of WAAD (Eq. 9): distances are clipped at W.
-        fai_horizon_lo: H_lo of FAI (Eq. 10): the nearest future row counted.
-        fai_horizon_hi: H_hi of FAI (Eq. 10): the farthest future row counted.
-        head_quantile: share of the selected heads in each group (bottom share by span = local, top = global).
-        head_group_scope: ``sequence`` (spans and groups per sequence, default) or ``micro_batch`` (one grouping
-            from spans averaged over the sequences of a capture micro-batch).
-        layers: decoder layer indices to read; ``None`` = five evenly spaced layers of the middle third.
-        bottom_score: the ``bottom`` control ranks the bottom q of this strategy's score (``local``: ΔWAAD,
-            ``global``: FAI).
-        seed: seed of the ``random`` control (call i of the estimator uses ``seed + i``).
-        chunk_size: query rows per chunk in the capture (memory: chunk_size × N fp32 logits per head).
+    """Validated rhythm settings. Field names are the ``algorithm.rhythm.<field>`` keys; each field's ``help``
+    metadata says what it does (the ``Attributes`` below and the ``verl-rhythm analyze`` flags are built from it).
     """
 
-    strategy: str = "coupled"
-    sign: str = "both"
-    top_q: float = 0.4
-    gamma_amp: float = 1.5
-    alpha: float = 0.5
-    intro_window: int = 3
-    waad_window: int = 10
-    fai_horizon_lo: int = 10
-    fai_horizon_hi: int = 100
-    head_quantile: float = 0.3
-    head_group_scope: str = "sequence"
-    layers: tuple[int, ...] | None = None
-    bottom_score: str = "global"
-    seed: int = 0
-    chunk_size: int = 256
+    strategy: str = _knob("coupled", "which tokens get amplified; a registered strategy (verl_rhythm.credit.registry)")
+    sign: str = _knob("both", "which advantages γ scales: both (v2 default), positive (A > 0, v1) or negative (A < 0)")
+    top_q: float = _knob(0.4, "the share q of a response's valid tokens selected by TopQ (k = ceil(q * n_valid))")
+    gamma_amp: float = _knob(1.5, "the amplification γ_amp given to a selected token (γ = 1 elsewhere)")
+    alpha: float = _knob(0.5, "coupled rule: share of a dominated anchor's bonus moved to its introductory token")
+    intro_window: int = _knob(
+        3, "coupled rule: k, the look-back window [t-k, t-1] for a dominated anchor's preplan token"
+    )
+    waad_window: int = _knob(10, "W of WAAD (Eq. 9): distances are clipped at W")
+    fai_horizon_lo: int = _knob(10, "H_lo of FAI (Eq. 10): the nearest future row counted")
+    fai_horizon_hi: int = _knob(100, "H_hi of FAI (Eq. 10): the farthest future row counted")
+    head_quantile: float = _knob(
+        0.3, "share of the selected heads in each group (bottom share by span = local, top = global)"
+    )
+    head_group_scope: str = _knob(
+        "sequence",
+        "sequence (spans and groups per sequence, default) or micro_batch (one grouping from spans averaged over "
+        "the sequences of a capture micro-batch)",
+    )
+    layers: tuple[int, ...] | None = _knob(
+        None, "decoder layer indices to read; null = five evenly spaced layers of the middle third"
+    )
+    bottom_score: str = _knob(
+        "global", "the bottom control ranks the bottom q of this strategy's score (local: ΔWAAD, global: FAI)"
+    )
+    seed: int = _knob(0, "seed of random draws (the random control): training step i draws from seed + i")
+    chunk_size: int = _knob(256, "query rows per chunk in the capture (memory: chunk_size × N fp32 logits per head)")
 
     def __post_init__(self):
-        _choice("strategy", self.strategy, STRATEGIES)
+        from verl_rhythm.credit.registry import strategy_names
+
+        _choice("strategy", self.strategy, strategy_names())
         _choice("sign", self.sign, SIGN_MODES)
         _choice("bottom_score", self.bottom_score, BOTTOM_SCORES)
         _choice("head_group_scope", self.head_group_scope, GROUP_SCOPES)
@@ -104,7 +123,8 @@ class RhythmConfig:
         if self.fai_horizon_hi < self.fai_horizon_lo:
             raise RhythmConfigError(
                 f"algorithm.rhythm.fai_horizon_hi={self.fai_horizon_hi} must be >= "
-                f"algorithm.rhythm.fai_horizon_lo={self.fai_horizon_lo}"
+                f"algorithm.rhythm.fai_horizon_lo={self.fai_horizon_lo}",
+                key="fai_horizon_hi",
             )
         _number("head_quantile", self.head_quantile, float, lo=0.0, hi=0.5, lo_open=True, allowed="(0, 0.5]")
         _number("seed", self.seed, int, lo=0, hi=SEED_MAX, allowed="integer in [0, 2**63 - 1]")
@@ -126,12 +146,24 @@ class RhythmConfig:
     @property
     def needs_attention(self) -> bool:
         """Whether this strategy reads WAAD/FAI, i.e. whether the old-log-prob pass must capture attention."""
-        return self.strategy in ATTENTION_STRATEGIES
+        return self.strategy_spec.needs_attention(self)
 
     @property
     def needs_entropy(self) -> bool:
         """Whether this strategy reads the per-token entropy of the old-log-prob pass."""
-        return self.strategy == "entropy"
+        return self.strategy_spec.needs_entropy(self)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The statistics this strategy ranks by (``waad``, ``fai``, ``entropy``), from its registration."""
+        return self.strategy_spec.needs_for(self)
+
+    @property
+    def strategy_spec(self):
+        """The registered :class:`verl_rhythm.credit.registry.Strategy` of :attr:`strategy`."""
+        from verl_rhythm.credit.registry import get_strategy
+
+        return get_strategy(self.strategy)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> RhythmConfig:
@@ -144,13 +176,15 @@ class RhythmConfig:
             return cls()
         if not hasattr(values, "items"):
             raise RhythmConfigError(
-                f"algorithm.rhythm must be a mapping of keys to values, got {type(values).__name__}"
+                f"algorithm.rhythm must be a mapping of keys to values, got {type(values).__name__}", key=None
             )
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
             if key not in known:
-                raise RhythmConfigError(f"unknown key algorithm.rhythm.{key}; known keys: {', '.join(sorted(known))}")
+                raise RhythmConfigError(
+                    f"unknown key algorithm.rhythm.{key}; known keys: {', '.join(sorted(known))}", key=str(key)
+                )
             if key == "layers" and value is not None:
                 value = tuple(value) if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") else value
             kwargs[key] = value
@@ -174,6 +208,12 @@ class RhythmConfig:
         out = dataclasses.asdict(self)
         out["layers"] = None if self.layers is None else list(self.layers)
         return out
+
+
+if RhythmConfig.__doc__:  # None under python -OO
+    RhythmConfig.__doc__ += "\n    Attributes:\n" + "".join(
+        f"        {f.name}: {f.metadata['help']}.\n" for f in dataclasses.fields(RhythmConfig)
+    )
 
 
 SOFTMAX_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -240,7 +280,9 @@ def _is_int(x: Any) -> bool:
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: allowed values are {', '.join(allowed)}")
+        raise RhythmConfigError(
+            f"algorithm.rhythm.{key}={_show(value)}: allowed values are {', '.join(allowed)}", key=key
+        )
 
 
 def _ints(lo, hi) -> str:
@@ -255,9 +297,9 @@ def _number(key, value, kind, lo=None, hi=None, lo_open=False, allowed=""):
         except OverflowError:  # an int beyond the float range
             ok_type = False
     if not ok_type:
-        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: expected {allowed}")
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: expected {allowed}", key=key)
     if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
-        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: allowed range is {allowed}")
+        raise RhythmConfigError(f"algorithm.rhythm.{key}={_show(value)}: allowed range is {allowed}", key=key)
 
 
 def _show(value: Any) -> str:

@@ -22,6 +22,20 @@ class InputError(ValueError):
         super().__init__(one_line(message))
 
 
+class SettingError(ValueError):
+    """A setting out of range, by the name of the setting (a dataclass field), its value and the problem.
+
+    Attributes:
+        name: the setting (``"temperature"``); a command line turns it into its flag.
+        value: the value as the message shows it.
+        problem: what is wrong, e.g. ``"must be >= 1"``.
+    """
+
+    def __init__(self, name: str, value: Any, problem: str):
+        super().__init__(f"{name}={value}: {problem}")
+        self.name, self.value, self.problem = name, value, problem
+
+
 def one_line(message: Any) -> str:
     """``message`` as a single line: newlines and runs of spaces become one space, at most 1000 characters."""
     text = " ".join(str(message).split())

@@ -3,7 +3,7 @@ each strategy would give them, before any GPU hour is spent.
 
 One code path with training: generation, then one forward through the trainer's capture
 (:mod:`verl_rhythm.measure.capture` + :mod:`verl_rhythm.measure.hook`) and the estimator's credit function
-(:func:`verl_rhythm.glue.core_algos.rhythm_credit`). Entry point: :func:`run_analyze`.
+(:func:`verl_rhythm.credit.rhythm_credit`). Entry point: :func:`run_analyze`.
 """
 
 from verl_rhythm.analyze.pipeline import AnalyzeSettings, run_analyze

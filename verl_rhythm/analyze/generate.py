@@ -15,6 +15,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from verl_rhythm.analyze.progress import Progress
 from verl_rhythm.config import SEED_MAX
+from verl_rhythm.inputs import SettingError
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,13 @@ class Sampling:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
+            raise SettingError("max_new_tokens", self.max_new_tokens, "must be >= 1")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature={self.temperature}: must be a finite number > 0")
+            raise SettingError("temperature", self.temperature, "must be a finite number > 0")
         if not 0 < self.top_p <= 1:  # also False for NaN
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+            raise SettingError("top_p", self.top_p, "must be in (0, 1]")
         if not 0 <= self.seed <= SEED_MAX:
-            raise ValueError(f"seed={self.seed}: must be in [0, 2**63 - 1]")
+            raise SettingError("seed", self.seed, "must be in [0, 2**63 - 1]")
 
 
 class _StepReporter(StoppingCriteria):

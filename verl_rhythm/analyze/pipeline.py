@@ -42,7 +42,8 @@ from verl_rhythm.analyze.summary import (
     totals_entry,
 )
 from verl_rhythm.config import RhythmConfig, select_layers
-from verl_rhythm.inputs import InputError
+from verl_rhythm.credit import get_strategy
+from verl_rhythm.inputs import InputError, SettingError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_THREADS = 1024
@@ -87,17 +88,17 @@ class AnalyzeSettings:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: allowed values are {', '.join(DTYPES)}")
+            raise SettingError("dtype", repr(self.dtype), f"allowed values are {', '.join(DTYPES)}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
+            raise SettingError("batch_size", self.batch_size, "must be >= 1")
         if self.heatmap_window < 2:
-            raise ValueError(f"heatmap_window={self.heatmap_window}: must be >= 2")
+            raise SettingError("heatmap_window", self.heatmap_window, "must be >= 2")
         if self.peak_radius < 1:
-            raise ValueError(f"peak_radius={self.peak_radius}: must be >= 1")
+            raise SettingError("peak_radius", self.peak_radius, "must be >= 1")
         if not 0 < self.peak_top_q <= 1:  # also False for NaN
-            raise ValueError(f"peak_top_q={self.peak_top_q}: must be in (0, 1]")
+            raise SettingError("peak_top_q", self.peak_top_q, "must be in (0, 1]")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            raise ValueError(f"threads={self.threads}: must be in [1, {MAX_THREADS}]")
+            raise SettingError("threads", self.threads, f"must be in [1, {MAX_THREADS}]")
 
 
 def load_model(settings: AnalyzeSettings, path: str | None = None, name: str | None = None, device: str | None = None):
@@ -269,12 +270,14 @@ def _run(settings: AnalyzeSettings, progress: Progress) -> dict:
 
 
 def _check_finite(problems: list[Problem], measured, cfg: RhythmConfig, dtype: str, progress: Progress) -> None:
-    """Refuse a response whose WAAD or FAI (read by every strategy the report shows), or whose entropy under the
-    ``entropy`` control, is NaN or infinite; a non-finite entropy that no shown γ reads is reported as ``null``."""
+    """Refuse a response whose WAAD or FAI (read by every strategy the report shows), or whose entropy when a shown
+    strategy ranks by it (``entropy``), is NaN or infinite; a non-finite entropy that no shown γ reads is reported as
+    ``null``."""
+    needs_entropy = any(get_strategy(name).needs_entropy(cfg) for name in shown_strategies(cfg))
     for prob, m in zip(problems, measured, strict=True):
         p = m.prompt_len
         checks = [("WAAD", m.rhythm.waad[p:], True), ("FAI", m.rhythm.fai[p:], True)]
-        checks.append(("entropy", m.entropy, cfg.strategy == "entropy"))
+        checks.append(("entropy", m.entropy, needs_entropy))
         for what, x, needed in checks:
             if bool(torch.isfinite(x.float()).all()):
                 continue

@@ -1,8 +1,9 @@
 """γ of each strategy and the token roles, from the trainer's own credit code.
 
-Every number here comes from :func:`verl_rhythm.glue.core_algos.rhythm_credit`, the function the ``rhythm``
-advantage estimator calls: the statistics are laid out exactly as verl's response tensors ``(bs, response_length)``
-(each token at its own position, right-padded) and the strategy knobs come from the same :class:`RhythmConfig`.
+Every number here comes from :func:`verl_rhythm.credit.rhythm_credit`, the function the ``rhythm`` advantage
+estimator calls (without importing verl): the statistics are laid out exactly as verl's response tensors
+``(bs, response_length)`` (each token at its own position, right-padded) and the strategy knobs come from the same
+:class:`RhythmConfig`. Which strategies are shown comes from the registry (:mod:`verl_rhythm.credit.registry`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from verl_rhythm.config import RhythmConfig
+from verl_rhythm.credit import rhythm_credit, strategies
 
-SHOWN_STRATEGIES = ("coupled", "local", "global")
-"""The paper's three strategies, always shown; the configured strategy is added when it is another one."""
+ROLES_FROM = "coupled"
+"""The strategy whose credit shows the roles (preplan, anchor, dominated, introductory): it computes them all."""
+
+
+def paper_strategies() -> tuple[str, ...]:
+    """The registered strategies of kind ``paper`` (the paper's three), always shown in the report."""
+    return tuple(name for name, s in strategies().items() if s.kind == "paper")
 
 
 @dataclass
@@ -43,7 +50,8 @@ class ResponseCredit:
 
 def shown_strategies(cfg: RhythmConfig) -> list[str]:
     """The strategies whose γ the report shows: the paper's three, plus ``cfg.strategy`` if it is another."""
-    return list(SHOWN_STRATEGIES) + ([cfg.strategy] if cfg.strategy not in SHOWN_STRATEGIES else [])
+    shown = list(paper_strategies())
+    return shown + ([cfg.strategy] if cfg.strategy not in shown else [])
 
 
 def response_batch(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,8 +86,6 @@ def credit_for_responses(
     Returns:
         one :class:`ResponseCredit` per response.
     """
-    from verl_rhythm.glue.core_algos import rhythm_credit  # imports verl: only when credit is computed
-
     w, mask = response_batch(waad)
     f, _ = response_batch(fai)
     e, _ = response_batch(entropy)
@@ -87,7 +93,11 @@ def credit_for_responses(
         name: rhythm_credit(dataclasses.replace(cfg, strategy=name), mask, waad=w, fai=f, entropy=e)
         for name in shown_strategies(cfg)
     }
-    roles = credits["coupled"]
+    roles = (
+        credits[ROLES_FROM]
+        if ROLES_FROM in credits
+        else rhythm_credit(dataclasses.replace(cfg, strategy=ROLES_FROM), mask, waad=w, fai=f, entropy=e)
+    )
     mine = credits[cfg.strategy]
     out = []
     for i in range(len(waad)):

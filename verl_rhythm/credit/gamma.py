@@ -38,6 +38,81 @@ class Credit:
     delta: torch.Tensor
 
 
+@dataclass
+class Tokens:
+    """What a strategy's ``select`` sees: one batch on *compacted* rows (each row's valid tokens first, in order).
+
+    Attributes:
+        valid: ``(B, T)`` bool, a prefix of each row.
+        n_valid: ``(B,)`` int64, valid tokens per row.
+        waad: ``(B, T)`` fp32 compacted WAAD (0 beyond ``valid``), or ``None`` when not given (or, for a strategy
+            that does not need it, not finite).
+        fai: ``(B, T)`` fp32 compacted FAI, or ``None`` likewise.
+        entropy: ``(B, T)`` fp32 compacted token entropy, or ``None`` likewise.
+        delta: ``(B, T)`` fp32 ΔWAAD (0 without WAAD).
+        preplan: ``(B, T)`` bool, TopQ(ΔWAAD, q) (all False without WAAD).
+        anchor: ``(B, T)`` bool, TopQ(FAI, q) (all False without FAI).
+        settings: the knobs (``top_q``, ``gamma_amp``, ``alpha``, ``intro_window``, ``bottom_score``).
+        generator: the torch generator to draw random scores from (``None``: torch's default one).
+    """
+
+    valid: torch.Tensor
+    n_valid: torch.Tensor
+    waad: torch.Tensor | None
+    fai: torch.Tensor | None
+    entropy: torch.Tensor | None
+    delta: torch.Tensor
+    preplan: torch.Tensor
+    anchor: torch.Tensor
+    settings: Settings
+    generator: torch.Generator | None = None
+
+    @property
+    def position(self) -> torch.Tensor:
+        """``(1, T)`` int64 position of each compacted token in its response (0 = first response token)."""
+        return torch.arange(self.valid.shape[-1], device=self.valid.device)[None, :]
+
+    def none(self) -> torch.Tensor:
+        """``(B, T)`` bool, all False."""
+        return torch.zeros_like(self.valid)
+
+    def top(self, score: torch.Tensor) -> torch.Tensor:
+        """TopQ(score, q) on the valid tokens: ``(B, T)`` bool."""
+        return top_q_mask(score, self.valid, self.settings.top_q)
+
+    def rand(self) -> torch.Tensor:
+        """``(B, T)`` fp32 uniform scores from :attr:`generator` (drawn on the CPU, so any device draws the same)."""
+        return torch.rand(self.valid.shape, generator=self.generator).to(self.valid.device)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The strategy knobs of ``algorithm.rhythm`` (see :class:`verl_rhythm.config.RhythmConfig`)."""
+
+    top_q: float = 0.4
+    gamma_amp: float = 1.5
+    alpha: float = 0.5
+    intro_window: int = 3
+    bottom_score: str = "global"
+
+
+@dataclass
+class Selection:
+    """What a strategy that shapes γ itself returns (compacted rows, ``(B, T)`` each).
+
+    Attributes:
+        selected: bool, the tokens it ranked into its top q.
+        gamma: fp32 γ, or ``None`` for 1 + (γ_amp - 1) on ``selected``.
+        dominated: bool, or ``None`` (no dominated anchors).
+        intro: int64 introductory-token counts, or ``None``.
+    """
+
+    selected: torch.Tensor
+    gamma: torch.Tensor | None = None
+    dominated: torch.Tensor | None = None
+    intro: torch.Tensor | None = None
+
+
 def compute_gamma(
     strategy: str,
     response_mask: torch.Tensor,
@@ -52,10 +127,11 @@ def compute_gamma(
     bottom_score: str = "global",
     generator: torch.Generator | None = None,
 ) -> Credit:
-    """γ for a batch of responses under one strategy or control.
+    """γ for a batch of responses under one registered strategy (:mod:`verl_rhythm.credit.registry`).
 
     Args:
-        strategy: ``coupled``, ``local``, ``global``, ``none``, ``random``, ``entropy``, ``bottom`` or ``uniform``.
+        strategy: a registered name: ``coupled``, ``local``, ``global``, ``none``, ``random``, ``entropy``,
+            ``bottom``, ``uniform`` or one registered with :func:`~verl_rhythm.credit.registry.register_strategy`.
         response_mask: ``(B, T)`` bool/int, valid response tokens.
         waad: ``(B, T)`` WAAD of each response token (needed by ``local``, ``coupled``, ``bottom``+``local``).
         fai: ``(B, T)`` FAI of each response token (needed by ``global``, ``coupled``, ``bottom``+``global``).
@@ -65,7 +141,7 @@ def compute_gamma(
         alpha: coupled: share of a dominated anchor's bonus moved to its introductory token.
         intro_window: coupled: k, the look-back window [t-k, t-1].
         bottom_score: ``bottom``: rank the bottom q of this score (``local``: ΔWAAD, ``global``: FAI).
-        generator: ``random``: the torch generator to draw scores from (reproducible from its seed).
+        generator: the torch generator random scores are drawn from (``random``; reproducible from its seed).
 
     Returns:
         a :class:`Credit`.
@@ -75,76 +151,60 @@ def compute_gamma(
             statistic the strategy ranks by. A statistic it does not rank by (WAAD under ``global``, say) only fills
             the ``preplan``/``anchor``/``delta`` roles, and is dropped (roles all False/0) when it is not finite.
     """
+    from verl_rhythm.credit.registry import get_strategy
+
+    settings = Settings(
+        top_q=top_q, gamma_amp=gamma_amp, alpha=alpha, intro_window=intro_window, bottom_score=bottom_score
+    )
+    spec = get_strategy(strategy)
+    needs = spec.needs_for(settings)
     mask = _check_mask(response_mask)
     b, t = mask.shape
     n_valid = mask.sum(-1)
     order = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices  # valid tokens first, in order
     cmask = torch.arange(t, device=mask.device)[None, :] < n_valid[:, None]
 
-    def compact(x: torch.Tensor | None, name: str) -> torch.Tensor:
+    def compact(x: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        """Compacted, 0 beyond the valid tokens; a needed statistic must be there and finite, another is dropped
+        (``None``) when it is not finite."""
         if x is None:
-            raise ValueError(f"algorithm.rhythm.strategy={strategy!r} needs the per-token '{name}' tensor and got None")
+            if name in needs:
+                raise ValueError(
+                    f"algorithm.rhythm.strategy={strategy!r} needs the per-token '{name}' tensor and got None"
+                )
+            return None
         if x.shape != mask.shape:
             raise ValueError(f"'{name}' must have the response_mask shape {tuple(mask.shape)}, got {tuple(x.shape)}")
         xc = x.float().gather(1, order)
         if not bool(torch.isfinite(xc[cmask]).all()):
-            raise ValueError(f"'{name}' has NaN or inf on valid response tokens")
+            if name in needs:
+                raise ValueError(f"'{name}' has NaN or inf on valid response tokens")
+            return None
         return torch.where(cmask, xc, torch.zeros_like(xc))
 
-    def spare(x: torch.Tensor | None, name: str) -> torch.Tensor | None:
-        """A statistic the strategy does not rank by: kept for the roles it shows, dropped when not finite."""
-        if x is None:
-            return None
-        if x.shape != mask.shape:
-            raise ValueError(f"'{name}' must have the response_mask shape {tuple(mask.shape)}, got {tuple(x.shape)}")
-        return x if bool(torch.isfinite(x.float()[mask]).all()) else None
-
-    uses_waad = strategy in ("local", "coupled") or (strategy == "bottom" and bottom_score == "local")
-    uses_fai = strategy in ("global", "coupled") or (strategy == "bottom" and bottom_score == "global")
-    waad = waad if uses_waad else spare(waad, "waad")
-    fai = fai if uses_fai else spare(fai, "fai")
-
+    stats = {name: compact(x, name) for name, x in (("waad", waad), ("fai", fai), ("entropy", entropy))}
     zeros_b = torch.zeros(b, t, dtype=torch.bool, device=mask.device)
-    preplan, anchor, dominated = zeros_b, zeros_b, zeros_b
-    intro = torch.zeros(b, t, dtype=torch.long, device=mask.device)
+    preplan, anchor = zeros_b, zeros_b
     delta = torch.zeros(b, t, dtype=torch.float32, device=mask.device)
-    bonus = gamma_amp - 1.0
-
-    if waad is not None or uses_waad:
-        w = compact(waad, "waad")
-        delta = waad_delta(w, n_valid)
+    if stats["waad"] is not None:
+        delta = waad_delta(stats["waad"], n_valid)
         preplan = top_q_mask(delta, cmask, top_q)
-    if fai is not None or uses_fai:
-        anchor = top_q_mask(compact(fai, "fai"), cmask, top_q)
+    if stats["fai"] is not None:
+        anchor = top_q_mask(stats["fai"], cmask, top_q)
+    tokens = Tokens(
+        cmask, n_valid, stats["waad"], stats["fai"], stats["entropy"], delta, preplan, anchor, settings, generator
+    )
 
-    if strategy == "none":
-        selected = zeros_b
-    elif strategy == "uniform":
-        selected = cmask
-    elif strategy == "local":
-        selected = preplan
-    elif strategy in ("global", "coupled"):
-        selected = anchor
-    elif strategy == "entropy":
-        selected = top_q_mask(compact(entropy, "entropy"), cmask, top_q)
-    elif strategy == "random":
-        selected = top_q_mask(torch.rand(b, t, generator=generator).to(mask.device), cmask, top_q)
-    elif strategy == "bottom":
-        score = delta if bottom_score == "local" else compact(fai, "fai")
-        selected = top_q_mask(-score, cmask, top_q)
+    picked = spec.select(tokens)
+    if not isinstance(picked, Selection):
+        picked = Selection(selected=picked)
+    selected = picked.selected.to(device=mask.device, dtype=torch.bool) & cmask
+    if picked.gamma is None:
+        gamma_c = 1.0 + (gamma_amp - 1.0) * selected.float()
     else:
-        raise ValueError(f"algorithm.rhythm.strategy={strategy!r}: unknown strategy")
-
-    if strategy == "coupled":
-        dominated, intro = coupled_sets(compact(waad, "waad"), delta, preplan, anchor, cmask, intro_window)
-        gamma_c = (
-            1.0
-            + bonus * (anchor & ~dominated).float()
-            + (1.0 - alpha) * bonus * dominated.float()
-            + alpha * bonus * intro.float()
-        )
-    else:
-        gamma_c = 1.0 + bonus * selected.float()
+        gamma_c = picked.gamma.float()
+    dominated = zeros_b if picked.dominated is None else picked.dominated.bool()
+    intro = torch.zeros(b, t, dtype=torch.long, device=mask.device) if picked.intro is None else picked.intro.long()
     rankable = (n_valid >= 2)[:, None] & cmask
     gamma_c = torch.where(rankable, gamma_c, torch.ones_like(gamma_c))
 

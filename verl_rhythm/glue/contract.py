@@ -15,6 +15,8 @@ import importlib
 import inspect
 import logging
 
+from verl_rhythm.wrapping import stock
+
 logger = logging.getLogger(__name__)
 
 VERL_VERSIONS = ("0.9.1",)
@@ -125,7 +127,7 @@ def source_hash(qualified: str) -> str:
     obj = importlib.import_module(module_name)
     for part in attr_path.split("."):
         obj = getattr(obj, part)
-        obj = getattr(obj, "__verl_rhythm_stock__", obj)
+        obj = stock(obj)
     obj = inspect.unwrap(obj) if not isinstance(obj, type) else obj
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
 

@@ -4,15 +4,17 @@ verl 0.9.1, ``verl/trainer/ppo/ray_trainer.py:compute_advantage`` calls a regist
 with exactly ``token_level_rewards, response_mask, config, index`` (+ ``reward_baselines``) and it reads nothing else
 of the batch. The attention statistics therefore arrive as extra keyword arguments (``rhythm_waad``,
 ``rhythm_fai``, ``entropy``), either passed directly or, inside verl's own advantage code, handed over by the
-trainer plumbing (:mod:`verl_rhythm.glue.trainer_base`) through :func:`estimator_inputs`; strategies that need none
-of them (``none``, ``random``, ``uniform``) work from the four stock fields.
+trainer plumbing (:mod:`verl_rhythm.glue.trainer_base`) through :func:`estimator_inputs`, the same hand-off that
+carries the training step in and the ``rhythm/*`` metrics back (nothing is kept in module state). Which statistics a
+strategy needs is its registration (:mod:`verl_rhythm.credit.registry`); strategies that need none (``none``,
+``random``, ``uniform``) work from the four stock fields.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import itertools
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,9 +23,9 @@ import torch
 from verl.trainer.ppo import core_algos
 
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.credit import Credit, apply_gamma, compute_gamma
-
-ESTIMATOR_NAME = "rhythm"
+from verl_rhythm.credit import apply_gamma, credit_metrics, rhythm_credit
+from verl_rhythm.glue.checks import ESTIMATOR_NAME
+from verl_rhythm.glue.tq_fields import STATISTIC_FIELDS
 
 CAPTURE_MISSING = (
     "algorithm.rhythm.strategy={strategy!r} needs the per-token attention statistics '{field}' from the actor's "
@@ -33,53 +35,75 @@ CAPTURE_MISSING = (
     "FSDP engine, and (3) algorithm.rollout_correction.bypass_mode is false (bypass mode skips the log-prob pass). "
     "To train without attention, set algorithm.rhythm.strategy=none (plain GRPO)."
 )
-
-_call_counter = itertools.count()
-last_metrics: dict[str, float] = {}
-"""Metrics of the most recent estimator call (``rhythm/...`` keys); the trainer plumbing copies them into the
-step's metrics dict. A module attribute because verl gives an estimator no way to return metrics."""
-
-_PENDING_INPUTS: contextvars.ContextVar[dict[str, torch.Tensor] | None] = contextvars.ContextVar(
-    "verl_rhythm_estimator_inputs", default=None
+ENTROPY_MISSING = (
+    "algorithm.rhythm.strategy={strategy!r} needs the per-token entropy of the old-log-prob pass and got none (the "
+    "trainer plumbing requests it with calculate_entropy=True)"
 )
 
 
-@contextlib.contextmanager
-def estimator_inputs(response_mask: torch.Tensor, **fields: torch.Tensor | None) -> Iterator[None]:
-    """Hand per-token tensors to the estimator calls made inside this block (verl passes only four fields).
+@dataclasses.dataclass
+class Handoff:
+    """What the trainer plumbing and the estimator exchange around one verl advantage call.
 
-    The trainer plumbing fetches the statistics from TransferQueue in the same row order and padding as verl's
-    ``_compute_advantage`` and wraps verl's own advantage call in this block. The estimator uses a field only when
-    the caller did not pass it, and only after checking that the mask it was called with is ``response_mask`` or a
-    subset of it (rejection sampling drops tokens in between), so rows that do not line up fail loudly instead of
-    scaling the wrong tokens.
+    Attributes:
+        response_mask: ``(bs, response_length)``, the mask the statistics are laid out on.
+        fields: estimator keyword → ``(bs, response_length)`` statistic (``rhythm_waad``, ``rhythm_fai``,
+            ``entropy``).
+        step: the training step (verl's ``global_steps``); random draws use ``seed + step``.
+        metrics: filled by the estimator: the ``rhythm/*`` metrics of its last call in this block.
+    """
+
+    response_mask: torch.Tensor
+    fields: dict[str, torch.Tensor]
+    step: int = 0
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+_HANDOFF: contextvars.ContextVar[Handoff | None] = contextvars.ContextVar("verl_rhythm_handoff", default=None)
+
+
+@contextlib.contextmanager
+def estimator_inputs(response_mask: torch.Tensor, *, step: int = 0, **fields: torch.Tensor | None) -> Iterator[Handoff]:
+    """Hand per-token tensors and the step to the estimator calls made inside this block, and take its metrics back.
+
+    verl passes an estimator only four fields and takes back only the advantages. The trainer plumbing fetches the
+    statistics from TransferQueue in the same row order and padding as verl's ``_compute_advantage`` and wraps verl's
+    own advantage call in this block; the estimator writes its ``rhythm/*`` metrics into the yielded
+    :class:`Handoff`. The estimator uses a field only when the caller did not pass it, and only after checking that
+    the mask it was called with is ``response_mask`` or a subset of it (rejection sampling drops tokens in between),
+    so rows that do not line up fail loudly instead of scaling the wrong tokens.
 
     Args:
         response_mask: ``(bs, response_length)``, the mask the statistics are laid out on.
+        step: the training step; >= 0.
         **fields: ``rhythm_waad``, ``rhythm_fai``, ``entropy``: ``(bs, response_length)`` or ``None``.
+
+    Yields:
+        the :class:`Handoff`; its ``metrics`` are filled once the estimator ran.
     """
-    unknown = set(fields) - {"rhythm_waad", "rhythm_fai", "entropy"}
+    unknown = set(fields) - set(STATISTIC_FIELDS.values())
     if unknown:
         raise TypeError(f"estimator_inputs got unknown fields {sorted(unknown)}")
-    token = _PENDING_INPUTS.set({"response_mask": response_mask, **{k: v for k, v in fields.items() if v is not None}})
+    handoff = Handoff(response_mask, {k: v for k, v in fields.items() if v is not None}, step=int(step))
+    token = _HANDOFF.set(handoff)
     try:
-        yield
+        yield handoff
     finally:
-        _PENDING_INPUTS.reset(token)
+        _HANDOFF.reset(token)
 
 
-def _pending_inputs(response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The statistics of the enclosing :func:`estimator_inputs` block, checked against ``response_mask``.
+def _handoff(response_mask: torch.Tensor) -> Handoff | None:
+    """The enclosing :func:`estimator_inputs` block's hand-off, checked against ``response_mask``.
 
     ``response_mask`` may drop tokens of the captured mask, never add any: verl's rejection sampling
     (``algorithm.rollout_correction.rollout_rs``, ``verl/trainer/ppo/rollout_corr_helper.py:
     compute_rollout_correction_and_add_to_batch``) zeroes rejected tokens between the capture and this call.
     Anything else (another shape, a token the capture never saw) means the rows do not line up.
     """
-    pending = _PENDING_INPUTS.get()
-    if pending is None:
-        return {}
-    expected = pending["response_mask"]
+    handoff = _HANDOFF.get()
+    if handoff is None:
+        return None
+    expected = handoff.response_mask
     if expected.shape != response_mask.shape:
         raise RuntimeError(
             "the rhythm statistics handed over by the trainer are laid out on a response_mask of shape "
@@ -95,7 +119,24 @@ def _pending_inputs(response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
             f"{row}) that the mask of the captured statistics does not: a mask may only drop tokens (rejection "
             "sampling), so the rows do not line up; see verl_rhythm/glue/contract.py"
         )
-    return pending
+    return handoff
+
+
+def check_statistics(cfg: RhythmConfig, given: dict[str, torch.Tensor | None]) -> None:
+    """Stop when a statistic the configured strategy needs (its registration says which) did not arrive.
+
+    Args:
+        cfg: the run's rhythm settings.
+        given: estimator keyword (``rhythm_waad``, ``rhythm_fai``, ``entropy``) → tensor or ``None``.
+
+    Raises:
+        ValueError: naming the strategy, the missing field and what to check.
+    """
+    for stat in cfg.needs:
+        field = STATISTIC_FIELDS[stat]
+        if given.get(field) is None:
+            template = ENTROPY_MISSING if stat == "entropy" else CAPTURE_MISSING
+            raise ValueError(template.format(strategy=cfg.strategy, field=field))
 
 
 @core_algos.register_adv_est(ESTIMATOR_NAME)
@@ -124,7 +165,7 @@ def compute_rhythm_outcome_advantage(
         index: ``(bs,)`` group ids (``uid``) of the GRPO groups.
         rhythm_waad: ``(bs, response_length)`` WAAD of each response token at its own position.
         rhythm_fai: ``(bs, response_length)`` FAI of each response token at its own position.
-        entropy: ``(bs, response_length)`` token entropy of the old-log-prob pass (``entropy`` control only).
+        entropy: ``(bs, response_length)`` token entropy of the old-log-prob pass (strategies that rank by it).
         epsilon: GRPO's std epsilon.
 
     Returns:
@@ -134,12 +175,16 @@ def compute_rhythm_outcome_advantage(
         ValueError: ``index`` missing, or a statistic the strategy needs is missing (the capture did not run).
     """
     cfg = RhythmConfig.from_algorithm_config(config)
-    pending = _pending_inputs(response_mask)
-    rhythm_waad = pending.get("rhythm_waad") if rhythm_waad is None else rhythm_waad
-    rhythm_fai = pending.get("rhythm_fai") if rhythm_fai is None else rhythm_fai
-    entropy = pending.get("entropy") if entropy is None else entropy
+    handoff = _handoff(response_mask)
+    pending = {} if handoff is None else handoff.fields
+    given = {
+        "rhythm_waad": pending.get("rhythm_waad") if rhythm_waad is None else rhythm_waad,
+        "rhythm_fai": pending.get("rhythm_fai") if rhythm_fai is None else rhythm_fai,
+        "entropy": pending.get("entropy") if entropy is None else entropy,
+    }
     if index is None:
         raise ValueError("the rhythm estimator needs the GRPO group ids ('uid', passed as index) and got none")
+    check_statistics(cfg, given)
     norm_by_std = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
     advantages, _ = core_algos.compute_grpo_outcome_advantage(
         token_level_rewards=token_level_rewards,
@@ -150,12 +195,14 @@ def compute_rhythm_outcome_advantage(
     )
     # γ is a property of the generated response: it is computed on the captured mask, and tokens that rejection
     # sampling dropped since then keep the zero advantage verl's GRPO gave them (it multiplies by response_mask)
-    captured = pending.get("response_mask", response_mask).to(response_mask.device)
-    credit = rhythm_credit(cfg, captured, waad=rhythm_waad, fai=rhythm_fai, entropy=entropy)
+    captured = response_mask if handoff is None else handoff.response_mask.to(response_mask.device)
+    stats = {stat: given[field] for stat, field in STATISTIC_FIELDS.items()}
+    credit = rhythm_credit(cfg, captured, **stats, step=0 if handoff is None else handoff.step)
     scaled = apply_gamma(advantages, credit.gamma.to(advantages.device), cfg.sign)
-    last_metrics.clear()
-    last_metrics.update(credit_metrics(credit, response_mask, cfg))
-    last_metrics["rhythm/varied_group_share"] = varied_group_share(token_level_rewards.sum(-1), index)
+    if handoff is not None:
+        handoff.metrics.clear()
+        handoff.metrics.update(credit_metrics(credit, response_mask))
+        handoff.metrics["rhythm/varied_group_share"] = varied_group_share(token_level_rewards.sum(-1), index)
     return scaled, scaled
 
 
@@ -171,68 +218,3 @@ def varied_group_share(scores: torch.Tensor, index: np.ndarray) -> float:
     for gid, score in zip(index.tolist() if hasattr(index, "tolist") else index, scores.tolist(), strict=True):
         groups.setdefault(gid, set()).add(score)
     return sum(len(v) > 1 for v in groups.values()) / max(len(groups), 1)
-
-
-def rhythm_credit(
-    cfg: RhythmConfig,
-    response_mask: torch.Tensor,
-    waad: torch.Tensor | None = None,
-    fai: torch.Tensor | None = None,
-    entropy: torch.Tensor | None = None,
-) -> Credit:
-    """γ for a batch under ``cfg``, with the missing-capture check and the ``random`` control's seeding.
-
-    The ``random`` control draws from ``torch.Generator().manual_seed(cfg.seed + i)`` on the i-th call in this
-    process, so a run is reproducible from its seed and the picked tokens differ from step to step.
-    """
-    needs = {
-        "coupled": ("rhythm_waad", "rhythm_fai"),
-        "local": ("rhythm_waad",),
-        "global": ("rhythm_fai",),
-        "bottom": ("rhythm_waad",) if cfg.bottom_score == "local" else ("rhythm_fai",),
-        "entropy": ("entropy",),
-    }.get(cfg.strategy, ())
-    given = {"rhythm_waad": waad, "rhythm_fai": fai, "entropy": entropy}
-    for field in needs:
-        if given[field] is None:
-            if field == "entropy":
-                raise ValueError(
-                    "algorithm.rhythm.strategy='entropy' needs the per-token entropy of the old-log-prob pass "
-                    "and got none (the trainer plumbing requests it with calculate_entropy=True)"
-                )
-            raise ValueError(CAPTURE_MISSING.format(strategy=cfg.strategy, field=field))
-    generator = None
-    if cfg.strategy == "random":
-        generator = torch.Generator().manual_seed(cfg.seed + next(_call_counter))
-    device = response_mask.device
-    return compute_gamma(
-        cfg.strategy,
-        response_mask,
-        waad=None if waad is None else waad.to(device),
-        fai=None if fai is None else fai.to(device),
-        entropy=None if entropy is None else entropy.to(device),
-        top_q=cfg.top_q,
-        gamma_amp=cfg.gamma_amp,
-        alpha=cfg.alpha,
-        intro_window=cfg.intro_window,
-        bottom_score=cfg.bottom_score,
-        generator=generator,
-    )
-
-
-def credit_metrics(credit: Credit, response_mask: torch.Tensor, cfg: RhythmConfig) -> dict[str, float]:
-    """``rhythm/*`` scalars of one batch: share of amplified tokens, mean γ, |D| and |I(D)| per response, over the
-    tokens of ``response_mask`` (the trained ones)."""
-    mask = response_mask.bool().to(credit.gamma.device)
-    n_tok = max(int(mask.sum()), 1)
-    n_seq = max(int(mask.any(-1).sum()), 1)
-    g = credit.gamma.float()
-    return {
-        "rhythm/amplified_share": float(((g > 1.0) & mask).sum()) / n_tok,
-        "rhythm/gamma_mean": float((g * mask).sum()) / n_tok,
-        "rhythm/gamma_max": float(g[mask].max()) if mask.any() else 1.0,
-        "rhythm/anchor_share": float((credit.anchor & mask).sum()) / n_tok,
-        "rhythm/preplan_share": float((credit.preplan & mask).sum()) / n_tok,
-        "rhythm/dominated_per_response": float((credit.dominated & mask).sum()) / n_seq,
-        "rhythm/intro_per_response": float(((credit.intro > 0) & mask).sum()) / n_seq,
-    }

@@ -64,24 +64,28 @@ def is_loaded() -> bool:
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
     from verl_rhythm.glue import core_algos
+    from verl_rhythm.glue.checks import ESTIMATOR_NAME
 
-    return ADV_ESTIMATOR_REGISTRY.get(core_algos.ESTIMATOR_NAME) is core_algos.compute_rhythm_outcome_advantage
+    return ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is core_algos.compute_rhythm_outcome_advantage
 
 
 def is_patched() -> dict[str, bool]:
     """For each verl module of :data:`PATCHES` already imported in this process, whether its patch is in place."""
     import sys
 
+    from verl_rhythm.wrapping import is_wrapped
+
     out = {}
     if "verl.trainer.ppo.core_algos" in sys.modules:
         out["verl.trainer.ppo.core_algos"] = is_loaded()
     trainer = sys.modules.get("verl.trainer.ppo.v1.trainer_base")
     if trainer is not None:
-        method = trainer.PPOTrainer._compute_advantage
-        out["verl.trainer.ppo.v1.trainer_base"] = hasattr(method, "__verl_rhythm_stock__")
+        from verl_rhythm.glue.trainer_base import WRAPPED
+
+        out["verl.trainer.ppo.v1.trainer_base"] = all(is_wrapped(getattr(trainer.PPOTrainer, n)) for n in WRAPPED)
     ray_trainer = sys.modules.get("verl.trainer.ppo.ray_trainer")
     if ray_trainer is not None:
-        out["verl.trainer.ppo.ray_trainer"] = hasattr(ray_trainer.RayPPOTrainer.__init__, "__verl_rhythm_stock__")
+        out["verl.trainer.ppo.ray_trainer"] = is_wrapped(ray_trainer.RayPPOTrainer.__init__)
     if "verl.workers.engine.fsdp.transformer_impl" in sys.modules:
         from verl_rhythm.glue.fsdp_engine import REGISTRY_KEYS, is_registered
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import functools
 
 from verl_rhythm.glue.checks import RhythmSetupError, is_rhythm_run
-
-_MARK = "__verl_rhythm_stock__"
+from verl_rhythm.wrapping import is_wrapped, mark
 
 
 def install(module) -> None:
     """Wrap ``module.RayPPOTrainer.__init__`` with the refusal; idempotent."""
     cls = module.RayPPOTrainer
     original = cls.__init__
-    if hasattr(original, _MARK):
+    if is_wrapped(original):
         return
 
     @functools.wraps(original)
@@ -30,5 +29,4 @@ def install(module) -> None:
             )
         return original(self, config, *args, **kwargs)
 
-    setattr(__init__, _MARK, original)
-    cls.__init__ = __init__
+    cls.__init__ = mark(__init__, original)

@@ -31,3 +31,7 @@ ENTROPY = "entropy"
 """verl's own response-layout entropy of the old-log-prob pass (``_compute_old_log_prob`` writes it)."""
 
 ENGINE_OUTPUTS = (WAAD_FULL, FAI_FULL, SEQ_STATS)
+
+STATISTIC_FIELDS = {"waad": WAAD, "fai": FAI, "entropy": ENTROPY}
+"""Registry statistic (:data:`verl_rhythm.credit.registry.STATISTICS`) → its response-layout field in the batch,
+which is also the rhythm estimator's keyword argument."""

@@ -11,8 +11,9 @@ is not ``rhythm`` goes straight to it, so stock runs are unchanged:
   written back to TransferQueue as ``rhythm_waad`` / ``rhythm_fai``. Missing outputs stop the run here.
 - ``_compute_advantage``: the response mask and the response-layout statistics (and verl's ``entropy`` for the
   entropy control) are fetched with the same row order and padding as the stock method uses, handed to the estimator
-  through :func:`verl_rhythm.glue.core_algos.estimator_inputs` (γ is computed on this captured mask even when the
-  stock step's rejection sampling drops tokens), and the ``rhythm/*`` metrics join the step's metrics.
+  through :func:`verl_rhythm.glue.core_algos.estimator_inputs` with the training step (γ is computed on this captured
+  mask even when the stock step's rejection sampling drops tokens), and the ``rhythm/*`` metrics the estimator wrote
+  into that same hand-off join the step's metrics.
 
 ``PPOTrainerSeparateAsync._compute_old_log_prob`` calls ``super()``, so every v1 mode goes through these wrappers.
 """
@@ -36,17 +37,16 @@ from verl_rhythm.glue.padding import response_from_nested_unshifted
 from verl_rhythm.glue.tq_fields import (
     CAPTURE_KEY,
     ENGINE_OUTPUTS,
-    ENTROPY,
     FAI,
     FAI_FULL,
     SEQ_STATS,
     SEQ_STATS_COLUMNS,
+    STATISTIC_FIELDS,
     WAAD,
     WAAD_FULL,
 )
-
-WRAPPED = ("init", "_compute_old_log_prob", "_compute_advantage")
-_MARK = "__verl_rhythm_stock__"
+from verl_rhythm.wrapping import is_wrapped, mark
+from verl_rhythm.wrapping import stock as _stock
 
 
 class RhythmCaptureMissing(RuntimeError):
@@ -57,20 +57,15 @@ def install(module) -> None:
     """Wrap :data:`WRAPPED` on ``module.PPOTrainer``; idempotent (the stock methods stay reachable for tests)."""
     contract.warn_if_changed("verl.trainer.ppo.v1.trainer_base")
     cls = module.PPOTrainer
-    for name, wrapper in (
-        ("init", _init),
-        ("_compute_old_log_prob", _compute_old_log_prob),
-        ("_compute_advantage", _compute_advantage),
-    ):
+    for name, wrapper in WRAPPED.items():
         original = cls.__dict__[name]
-        if not hasattr(original, _MARK):
+        if not is_wrapped(original):
             setattr(cls, name, _wrap(original, wrapper))
 
 
 def stock(cls, name: str):
     """The unwrapped verl method ``name`` of ``cls`` (what a non-rhythm config runs)."""
-    method = getattr(cls, name)
-    return getattr(method, _MARK, method)
+    return _stock(getattr(cls, name))
 
 
 def _wrap(original, wrapper):
@@ -78,8 +73,7 @@ def _wrap(original, wrapper):
     def method(self, *args, **kwargs):
         return wrapper(original, self, *args, **kwargs)
 
-    setattr(method, _MARK, original)
-    return method
+    return mark(method, original)
 
 
 def _rhythm_config(trainer) -> RhythmConfig | None:
@@ -166,8 +160,7 @@ def _compute_advantage(original, self, batch, metrics: dict):
     cfg = _rhythm_config(self)
     if cfg is None:
         return original(self, batch, metrics)
-    fields = ([WAAD, FAI] if cfg.needs_attention else []) + ([ENTROPY] if cfg.needs_entropy else [])
-    rhythm_algos.last_metrics.clear()
+    fields = fetch_fields(cfg)
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask", *fields])
     missing = [f for f in fields if f not in data.keys()]
     if missing:
@@ -178,17 +171,25 @@ def _compute_advantage(original, self, batch, metrics: dict):
     padded = data.to_padded_tensor()  # the same padding as the stock step's DataProto(batch=...)
     response_mask = padded["response_mask"]  # as captured: rejection sampling may drop tokens inside the stock step
     inputs = {f: padded[f] for f in fields}
-    with rhythm_algos.estimator_inputs(response_mask, **inputs):
+    step = int(getattr(self, "global_steps", 0) or 0)
+    with rhythm_algos.estimator_inputs(response_mask, step=step, **inputs) as handoff:
         out = original(self, batch, metrics)
-    if not rhythm_algos.last_metrics:
+    if not handoff.metrics:
         raise RuntimeError(
             "algorithm.adv_estimator=rhythm but verl's _compute_advantage never called the rhythm estimator; "
             "see verl_rhythm/glue/contract.py for the verl internals this plugin relies on"
         )
-    metrics.update(rhythm_algos.last_metrics)
+    metrics.update(handoff.metrics)
     if cfg.needs_attention:
         metrics.update(statistic_means(inputs[WAAD], inputs[FAI], response_mask))
     return out
+
+
+def fetch_fields(cfg: RhythmConfig) -> list[str]:
+    """The response-layout fields the advantage step fetches for ``cfg``'s strategy: both capture outputs when it
+    reads attention (the capture writes both; the report metrics use both), and the entropy when it needs it."""
+    fields = [WAAD, FAI] if cfg.needs_attention else []
+    return fields + [STATISTIC_FIELDS[s] for s in cfg.needs if STATISTIC_FIELDS[s] not in fields]
 
 
 def statistic_means(waad: torch.Tensor, fai: torch.Tensor, response_mask: torch.Tensor) -> dict[str, Any]:
@@ -199,3 +200,7 @@ def statistic_means(waad: torch.Tensor, fai: torch.Tensor, response_mask: torch.
         "rhythm/waad_mean": float((waad.float() * mask).sum()) / n,
         "rhythm/fai_mean": float((fai.float() * mask).sum()) / n,
     }
+
+
+WRAPPED = {"init": _init, "_compute_old_log_prob": _compute_old_log_prob, "_compute_advantage": _compute_advantage}
+"""verl ``PPOTrainer`` method → its wrapper (the single list of what this module wraps)."""

@@ -21,10 +21,9 @@ import logging
 
 from verl_rhythm.backends.cpu.platform import PLATFORM_NAME, is_selected
 from verl_rhythm.post_import import when_imported
+from verl_rhythm.wrapping import is_wrapped, mark
 
 logger = logging.getLogger(__name__)
-
-_MARK = "__verl_rhythm_stock__"
 
 
 class CPUBackendConfigError(ValueError):
@@ -33,11 +32,11 @@ class CPUBackendConfigError(ValueError):
 
 def _wrap(owner, name: str, make):
     stock = getattr(owner, name)
-    if hasattr(stock, _MARK):
+    if is_wrapped(stock):
         return
     wrapper = make(stock)
     functools.update_wrapper(wrapper, stock)
-    setattr(wrapper, _MARK, stock)
+    mark(wrapper, stock)
     setattr(owner, name, wrapper)
 
 
