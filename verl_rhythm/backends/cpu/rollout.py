@@ -60,7 +60,8 @@ class HFRolloutServer:
         max_model_len: ``rollout.max_model_len`` or ``None``; capped by the model's ``max_position_embeddings``.
         max_batch_size: most requests in one ``generate`` call (``rollout.max_num_seqs``).
         trust_remote_code: passed to transformers.
-        seed: base seed; call i of ``generate`` on replica r samples from ``seed + r * 1_000_003 + i``.
+        seed: base seed; the i-th batch after the weight update tagged with step s samples, on replica r, from
+            ``seed + r * 1_000_003 + s * 10_007 + i``: a function of the training step, not of the process's history.
         replica_rank: this replica's rank.
     """
 
@@ -171,7 +172,7 @@ class HFRolloutServer:
                 batch = [r for r in self._pending if r[1] == params][: self.max_batch_size]
                 for r in batch:
                     self._pending.remove(r)
-                seed = self.seed + self.replica_rank * 1_000_003 + self._calls
+                seed = self.seed + self.replica_rank * 1_000_003 + (self.global_steps or 0) * 10_007 + self._calls
                 self._calls += 1
                 try:
                     async with self._model_lock:
@@ -222,11 +223,16 @@ class HFRolloutServer:
             if missed:
                 raise KeyError(f"hf rollout: the weight update left parameters unchanged: {missed[:5]}")
             if global_steps is not None:
-                self.global_steps = global_steps
+                self._set_step(global_steps)
         return len(named_tensors)
 
     async def set_global_steps(self, global_steps: int) -> None:
-        self.global_steps = global_steps
+        self._set_step(global_steps)
+
+    def _set_step(self, global_steps: int) -> None:
+        if global_steps != self.global_steps:
+            self.global_steps = global_steps
+            self._calls = 0
 
     # ------------------------------------------------------------------ verl's control calls (no-ops on CPU)
     async def wake_up(self, tags: list[str] | None = None) -> None:
