@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from verl_rhythm.backends.cpu import patches, sampling
 from verl_rhythm.backends.cpu.platform import PLATFORM_NAME, PlatformCPU
 from verl_rhythm.backends.cpu.rollout import HFRolloutServer
+from verl_rhythm.quickstart import main_ppo_command
 from verl_rhythm.testing.tiny import save_tiny_model
 
 
@@ -253,18 +254,7 @@ def test_the_recipe_passes_the_checks(cpu_recipe, monkeypatch):
 )
 def test_main_ppo_refuses_before_any_worker_starts(tmp_path, override, match):
     """verl's own launcher: the check runs inside verl's validate_config, before ray.init."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "--config-path",
-        "pkg://verl_rhythm.recipes",
-        "--config-name",
-        "rhythm_cpu",
-        "actor_rollout_ref.model.path=/nonexistent",
-        override,
-        f"hydra.run.dir={tmp_path}",
-    ]
+    cmd = main_ppo_command("/nonexistent", tmp_path, tmp_path, [override])
     env = {**os.environ, "VERL_PLATFORM": "cpu"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode != 0

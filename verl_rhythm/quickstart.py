@@ -69,7 +69,10 @@ def prepare(out: Path, model: str | None) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def command(model_dir: Path, data: Path, out: Path, args, overrides: list[str]) -> list[str]:
+def main_ppo_command(model_dir: Path | str, data: Path | str, out: Path | str, overrides: list[str] = ()) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` with the CPU recipe on ``model_dir`` and ``data/{train,test}.parquet``,
+    checkpoints, Hydra's folder and verl's ``file`` + ``console`` loggers under ``out``; then ``overrides``."""
+    data, out = Path(data), Path(out)
     return [
         sys.executable,
         "-m",
@@ -81,14 +84,20 @@ def command(model_dir: Path, data: Path, out: Path, args, overrides: list[str]) 
         f"actor_rollout_ref.model.path={model_dir}",
         f"data.train_files={data / 'train.parquet'}",
         f"data.val_files={data / 'test.parquet'}",
-        f"trainer.total_training_steps={args.steps}",
-        f"trainer.save_freq={args.save_freq}",
         f"trainer.default_local_dir={out / 'checkpoints'}",
-        f"algorithm.rhythm.strategy={args.strategy}",
         "trainer.logger=[console,file]",
         f"hydra.run.dir={out / 'hydra'}",
         *overrides,
     ]
+
+
+def command(model_dir: Path, data: Path, out: Path, args, overrides: list[str]) -> list[str]:
+    steps = [
+        f"trainer.total_training_steps={args.steps}",
+        f"trainer.save_freq={args.save_freq}",
+        f"algorithm.rhythm.strategy={args.strategy}",
+    ]
+    return main_ppo_command(model_dir, data, out, [*steps, *overrides])
 
 
 def step_line(step: int, total: int, m: dict) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from verl_rhythm.quickstart import main_ppo_command
 from verl_rhythm.testing.dump_update import DUMP_DIR_ENV
 
 
@@ -55,22 +55,7 @@ def run_main_ppo(
     dump_dir = out / "dumps"
     for old in dump_dir.glob("*.pt") if dump_dir.exists() else []:
         old.unlink()
-    cmd = [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "--config-path",
-        "pkg://verl_rhythm.recipes",
-        "--config-name",
-        "rhythm_cpu",
-        f"actor_rollout_ref.model.path={model_dir}",
-        f"data.train_files={Path(data_dir) / 'train.parquet'}",
-        f"data.val_files={Path(data_dir) / 'test.parquet'}",
-        f"trainer.default_local_dir={out / 'checkpoints'}",
-        "trainer.logger=[console,file]",
-        f"hydra.run.dir={out / 'hydra'}",
-        *overrides,
-    ]
+    cmd = main_ppo_command(model_dir, data_dir, out, list(overrides))
     env = {
         **os.environ,
         "VERL_PLATFORM": "cpu",
