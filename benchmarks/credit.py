@@ -1,4 +1,4 @@
-"""Time γ for a batch of responses on CPU (issue: well under one second for 512 × 1,024).
+"""Time γ for a batch of responses on CPU (target: well under one second for 512 × 1,024).
 
 Usage: python benchmarks/credit.py [--batch 512] [--length 1024] [--repeats 5] [--threads 2]
 

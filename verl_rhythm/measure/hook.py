@@ -128,6 +128,22 @@ def install_attention_hook() -> None:
     _installed = True
 
 
+def uninstall_attention_hook() -> None:
+    """Undo :func:`install_attention_hook`: every wrapped entry and ``AttentionInterface.get_interface`` go back to
+    the very objects they were; idempotent. Entries registered since are left as they are."""
+    global _installed
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    for mapping in (AttentionInterface._global_mapping, ALL_ATTENTION_FUNCTIONS._local_mapping):
+        for name, fn in list(mapping.items()):
+            if getattr(fn, _WRAPPED_FLAG, False):
+                mapping[name] = fn.__wrapped__
+    if _installed:
+        AttentionInterface.get_interface = AttentionInterface.get_interface.__wrapped__
+        _installed = False
+    _wrappers.clear()
+
+
 def is_installed() -> bool:
     """Whether :func:`install_attention_hook` has run in this process."""
     return _installed
