@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from test_analyze_e2e import tiny_checkpoint
+from test_analyze_e2e_on_cpu import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 from models import VARIANT_ARCHS, variant_config, variant_model
-from test_capture import assert_matches_dense, forward
+from test_capture_on_cpu import assert_matches_dense, forward
 
 from verl_rhythm.config import RhythmConfig, RhythmConfigError, select_layers
 from verl_rhythm.glue.checks import attention_variant_problems, text_layer_types

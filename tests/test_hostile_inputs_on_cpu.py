@@ -2,7 +2,7 @@
 
 Every case asserts the exit status (2, as argparse), that the error is one line naming the culprit (flag, file and
 line, prompt or row) without a traceback, and that no partial or stale output remains. ``verl-rhythm analyze`` runs
-on the tiny random Llama and character tokenizer of ``test_analyze_e2e`` saved to a tmp folder, so each full run
+on the tiny random Llama and character tokenizer of ``test_analyze_e2e_on_cpu`` saved to a tmp folder, so each full run
 takes seconds; the checks that must come before loading or generating replace the loader or the generator with one
 that fails the test if it is reached.
 """
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_analyze_e2e import tiny_checkpoint, tiny_tokenizer
+from test_analyze_e2e_on_cpu import tiny_checkpoint, tiny_tokenizer
 
 from verl_rhythm.analyze import pipeline
 from verl_rhythm.analyze.output import finite_json

@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_analyze_e2e import run_cli, tiny_checkpoint
-from test_estimator import make_batch
+from test_analyze_e2e_on_cpu import run_cli, tiny_checkpoint
+from test_estimator_on_cpu import make_batch
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from verl_rhythm.cli import build_parser

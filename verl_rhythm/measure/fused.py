@@ -11,8 +11,8 @@ expected position within the sequence in ``out[..., D]`` and, as a check of the 
 in ``out[..., D + 1]``. The two diagonal bands are then computed by
 :func:`verl_rhythm.measure.batched.band_stats` in O(N · H_hi) per head.
 
-Used only where it is exact and equal to the stock output (checked by ``tests/test_capture.py`` and
-``tests/test_hook.py``): transformers' own ``sdpa_attention_forward``, fp32 query, no autocast, causal attention
+Used only where it is exact and equal to the stock output (checked by ``tests/test_capture_on_cpu.py`` and
+``tests/test_hook_on_cpu.py``): transformers' own ``sdpa_attention_forward``, fp32 query, no autocast, causal attention
 without a mask (``is_causal``; one sequence per batch row from column 0) or with a 4-D additive mask already in the
 query's dtype (the kernels take no bool mask, and converting one would copy an S×S float mask: such layers take the
 batched path), no sliding window, soft-capping or sinks, no dropout. Kernels: CPU

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_analyze_e2e import EOS, tiny_tokenizer
+from test_analyze_e2e_on_cpu import EOS, tiny_tokenizer
 
 from verl_rhythm.analyze.generate import token_pieces
 from verl_rhythm.analyze.prompts import bundled_problems, chat_prompt, problems_from_file, problems_from_strings

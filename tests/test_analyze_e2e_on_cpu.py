@@ -14,7 +14,7 @@ import string
 import pytest
 import torch
 from models import tiny_model
-from test_analyze_coupling import peaks_brute
+from test_analyze_coupling_on_cpu import peaks_brute
 
 from verl_rhythm.cli import main
 from verl_rhythm.credit import compute_gamma

@@ -5,7 +5,7 @@ Per test, a batch is put into TransferQueue the way ``AgentLoopWorkerTQ._agent_l
 ``PPOTrainerSync`` built from the composed ``ppo_trainer`` config. Their ``actor_rollout_wg.compute_log_prob`` is
 verl's own ``ActorRolloutRefWorker.compute_log_prob`` (``tqbridge``: TransferQueue → TensorDict with ``extra_info``
 as non-tensor data → ``TrainingWorker.infer_batch`` → engine → every tensor output back to TransferQueue), called
-in this process on a worker object whose actor is the real FSDP engine (``test_glue_engine.py``). Bypassed: Ray's
+in this process on a worker object whose actor is the real FSDP engine (``test_glue_engine_on_cpu.py``). Bypassed: Ray's
 worker-group dispatch (one data-parallel rank, so no split/concat) and the workers' ``__init__``.
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_capture import assert_matches_dense, forward
+from test_capture_on_cpu import assert_matches_dense, forward
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure.capture import (

@@ -1,6 +1,6 @@
 """``report.html`` in a real browser: headless Chromium (Debian's ``chromium``) renders the highlighted tokens.
 
-The page comes from a tiny end-to-end run (random Llama, character tokenizer; see ``test_analyze_e2e.py``). The
+The page comes from a tiny end-to-end run (random Llama, character tokenizer; see ``test_analyze_e2e_on_cpu.py``). The
 screenshot is compared with one of the same page whose token spans lost their role classes: the highlight colours
 must cover many more pixels in the real page, so the legend chips alone cannot pass the test.
 """
@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_analyze_e2e import run_cli, tiny_checkpoint
+from test_analyze_e2e_on_cpu import run_cli, tiny_checkpoint
 
 from verl_rhythm.analyze.report import ROLE_COLORS
 
