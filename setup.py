@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """verl-rhythm: attention-guided credit assignment for verl 0.9.x (arXiv 2510.13554)."""
 
 from pathlib import Path

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Cost of the rhythm capture on the embedded SmolLM2-135M: time and extra peak memory, as ratios of one run.
 
 For each N (one sequence of N tokens, the spec's 5 middle-third layers, default W/H_lo/H_hi):

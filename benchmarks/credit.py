@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Time γ for a batch of responses on CPU (target: well under one second for 512 × 1,024).
 
 Usage: python benchmarks/credit.py [--batch 512] [--length 1024] [--repeats 5] [--threads 2]

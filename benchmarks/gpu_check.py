@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Rhythm capture on a GPU: exactness against dense references, and its overhead at long N. No verl, no hub.
 
 Needs only torch and transformers (run from the repository root; ``verl_rhythm.measure`` imports neither verl nor

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # Rhythm capture on a GPU machine (torch + transformers only; no verl, no internet): exactness on CUDA in fp32 and
 # bf16 against dense references, the capture's overhead at N = 2048 and 8192, and the training regime (packed bf16
 # micro-batches of 16 x 1024 and 2 x 8192 tokens at Qwen3-8B shapes, flash_attention_2 when installed, else SDPA;

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """verl's real FSDP engine with the rhythm capture, on a GPU (or, to prove the path, on CPU), vs the dense reference.
 
 For each attention implementation (``sdpa``, ``flash_attention_2``, ``eager``) and each packing mode, the actor's

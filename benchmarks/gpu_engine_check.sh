@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # The rhythm capture in verl's real FSDP engine on a GPU, checked against the dense reference; see
 # benchmarks/gpu_engine_check.py. Run from the repository root on a machine with one NVIDIA GPU.
 #

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """What the installed plugins cost a process that imports verl and never trains.
 
 Runs ``import verl`` in fresh interpreters, alternating three settings of ``VERL_USE_EXTERNAL_PLUGINS``:

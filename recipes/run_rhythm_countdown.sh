@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # Countdown (TinyZero protocol: 4 numbers, 20k train / 512 test), Qwen3-4B-Base, 1K response; one node x 8 GPUs.
 #
 # Data (once; offline and deterministic):

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # verl-rhythm quick start: GRPO + rhythm credit on GSM8K, Qwen3-4B-Base, 1K response; one node x 8 GPUs.
 #
 # Data (once, from a verl v0.9.1 checkout; needs the hub):

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # The paper's math setting (arXiv 2510.13554, Sec. 5): DAPO-Math-17K train; AIME24/AIME25/AMC23/MATH500/
 # OlympiadBench eval; batch 512, mini-batch 32, lr 1e-6, temperature 1.0, no KL / entropy loss; one node x 8 GPUs.
 #

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # The math setting on a single GPU (80 GB class; Qwen3-4B-Base, 1K by default): 64 prompts per step, mini-batch 16,
 # FSDP parameter and optimiser offload. A development scale, not the paper's batch. Same environment variables and
 # arguments as run_rhythm_math.sh (MODEL_SIZE=8b needs a 141 GB GPU or more offload).

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # Rerun the paper's comparison (arXiv 2510.13554, Table 1): one run per strategy, everything else equal.
 #
 #   bash recipes/run_rhythm_table.sh                          (math, Qwen3-8B-Base, 1K: GRPO 39.4 ... coupled 43.2)

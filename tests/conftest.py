@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Shared pytest setup: the tests folder on sys.path (for ``models``), markers, torch threads."""
 
 import os

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Tiny random-config causal LMs built in-process (no hub), shared by the tests and benchmarks.
 
 Each model is small enough for the CPU yet keeps the features the capture must handle: Qwen2 (q/k/v biases),

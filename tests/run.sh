@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 # Set up a CPU development environment from scratch and run the whole test suite.
 # Usage (from the repository root): bash tests/run.sh [pytest args...]
 # Creates .venv (if absent) with CPU torch 2.13.0 pinned by tests/constraints-cpu.txt, verl 0.9.1 and the v1 trainer's

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The Table-2 statistics of ``verl-rhythm analyze`` against brute-force versions of their written definitions."""
 
 import itertools

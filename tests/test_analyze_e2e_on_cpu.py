@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``verl-rhythm analyze`` end to end on a tiny random Llama (GQA) and a character tokenizer built in-process.
 
 Every artefact is written, and the numbers of ``summary.json`` are checked against independent computations on

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The README's demo command, ``verl-rhythm analyze`` with no option, on the embedded SmolLM2-135M-Instruct.
 
 Slow (about two minutes on 2 CPU cores; CI runs it): it goes through ``python -m verl_rhythm`` in a subprocess,

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``verl-rhythm analyze`` never imports verl: a full run in a fresh interpreter leaves no ``verl`` module loaded."""
 
 from __future__ import annotations

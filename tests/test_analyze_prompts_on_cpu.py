@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Prompt sources of ``verl-rhythm analyze``: bundled problems, prompt files, the chat template, token pieces."""
 
 import json

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The batched path at training scale: exact, constant work per layer in the number of sequences, no host sync.
 
 - Exactness: :func:`verl_rhythm.measure.batched.layer_stats` on packed and padded layouts of random q/k equals the

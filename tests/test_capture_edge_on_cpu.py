@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Edge cases of the chunked capture against the dense reference on explicit maps from the same q/k.
 
 Reference maps here are softmax(q kᵀ · scaling + causal mask) computed in float64 from the (upcast) q/k, then

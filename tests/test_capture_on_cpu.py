@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The capture equals the dense reference on eager ``output_attentions`` maps of real transformers models.
 
 Ground truth: :func:`verl_rhythm.measure.dense.head_stats_dense` on the maps transformers' eager attention returns.

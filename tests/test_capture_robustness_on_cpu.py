@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The capture stays fp32 and O(N) in memory whatever the process set.
 
 - fp32 guard: torch's newer ``fp32_precision`` API (set by a process, or by ``set_float32_matmul_precision``) must

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The capture on the embedded SmolLM2-135M (Llama, 30 layers, 9 heads / 3 kv heads) equals the dense reference.
 
 Real text through the real tokenizer; default spec settings (W=10, H_lo=10, H_hi=100, the five middle-third layers

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Attention variants on tiny random models of their families: the capture equals the dense eager maps, or the run is
 refused at start-up by name.
 

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Every ``algorithm.rhythm.*`` value the validation accepts keeps γ and the advantages finite, in fp32 and bf16.
 
 Values are drawn from far outside the allowed ranges as well (inf, NaN, 1e39, huge integers, negative seeds): each

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``RhythmConfigError`` carries the key at fault, and the CLI's flags and help come from the dataclass fields."""
 
 from __future__ import annotations

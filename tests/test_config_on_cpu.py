@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``algorithm.rhythm.*`` validation: defaults from the spec, errors that name the key and the allowed range."""
 
 import pytest

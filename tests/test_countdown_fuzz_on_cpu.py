@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The Countdown reward on hostile responses: any string gets a score of the allowed set, quickly, without raising.
 
 A policy can emit anything, and the reward runs inside the training step: a ``RecursionError`` or a quadratic scan

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Countdown: the reward on real responses, the generator (deterministic, every puzzle solvable), and the data
 read back by verl 0.9.1's own dataset class and reward-function loader."""
 

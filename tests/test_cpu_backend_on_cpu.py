@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The CPU backend's parts, each against real code: verl's platform registry, transformers' ``generate`` on a tiny
 random Llama (checked against a plain forward pass), the rollout server's batching and weight updates (called
 directly, without Ray), and the start-up checks on verl's own composed config."""

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Credit core: hand-computed cases for each strategy and control, and properties over random batches."""
 
 import math

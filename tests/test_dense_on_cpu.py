@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Dense reference: hand-computed WAAD, FAI, span and grouping; linearity against literal Eq. 9 / Eq. 10."""
 
 import pytest

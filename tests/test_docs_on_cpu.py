@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """docs/rhythm.md stays true to the code: the configuration table is RhythmConfig (keys and defaults), every recipe,
 launch script and ``python -m`` module it names exists, and the README's table of contents links it."""
 
@@ -70,3 +72,15 @@ def test_every_doc_page_carries_last_updated_in_one_format():
         assert re.fullmatch(r"\d{2}/\d{2}/\d{4}\.", stamps[0]), (
             f"{page.name}: 'Last updated: {stamps[0]}' (MM/DD/YYYY.)"
         )
+
+
+def test_every_source_file_carries_the_license_header():
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "*.py", "*.sh", ".ci/run"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert files
+    missing = [f for f in files if "SPDX-License-Identifier: Apache-2.0" not in (ROOT / f).read_text()[:300]]
+    assert not missing, f"no Apache-2.0 header: {missing}"
+    assert "Apache License" in (ROOT / "LICENSE").read_text()

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The docs' tables of strategies and knobs are the registry and ``RhythmConfig``: names, order, needs, defaults."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The ``rhythm`` estimator inside verl 0.9.1's real advantage code, and its entry-point registration."""
 
 import os

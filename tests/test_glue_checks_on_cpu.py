@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Fail-fast start-up checks of a rhythm run, on configs composed from verl 0.9.1's own ``ppo_trainer.yaml``.
 
 Each unsupported setting must stop the run before any worker starts, with an error naming the key. The checks run

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The rhythm capture inside verl 0.9.1's real FSDP engine, against the dense reference.
 
 The engine is verl's own ``FSDPEngineWithLMHead`` (our subclass adds one branch to ``forward_step``), initialised for

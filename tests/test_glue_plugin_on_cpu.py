@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Loading: the post-import hooks, the pinned verl internals, and ``main_ppo`` composing a one-flag rhythm run."""
 
 import inspect

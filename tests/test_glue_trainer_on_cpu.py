@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """verl 0.9.1's real v1 trainer steps, a real TransferQueue on a local Ray, the real worker and engine code.
 
 Per test, a batch is put into TransferQueue the way ``AgentLoopWorkerTQ._agent_loop_postprocess`` puts rollouts; then

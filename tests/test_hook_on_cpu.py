@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The attention hook: idempotent install on transformers' real registry, pass-through outside a capture.
 
 Real transformers models (tiny random Llama GQA) and the real ``ALL_ATTENTION_FUNCTIONS``; nothing is mocked.

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``uninstall_attention_hook`` puts transformers' attention registry back exactly as it was."""
 
 import torch

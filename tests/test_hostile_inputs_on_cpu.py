@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Hostile inputs to the command-line tools, tried the way a new user would.
 
 Every case asserts the exit status (2, as argparse), that the error is one line naming the culprit (flag, file and

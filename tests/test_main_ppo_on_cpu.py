@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """verl's ``python -m verl.trainer.main_ppo`` end to end on the CPU backend, with a tiny random Llama (GQA).
 
 Each run is a real training run in a subprocess: Ray, TransferQueue, the v1 synchronous trainer, the agent loop, the

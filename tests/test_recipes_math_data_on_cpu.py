@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Math data for the recipes: DAPO-Math-17K and the five eval sets from local files (no hub in tests), scored by
 verl 0.9.1's own scorers through the recipes' reward function."""
 

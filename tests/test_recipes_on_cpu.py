@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The recipes compose against the installed verl 0.9.1 through its own CLI, validate, and switch strategy by one key.
 
 Every case is ``python -m verl.trainer.main_ppo --config-path ... --config-name ... --cfg job [overrides]``: one

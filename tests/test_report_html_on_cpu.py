@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``report.html`` in a real browser: headless Chromium (Debian's ``chromium``) renders the highlighted tokens.
 
 The page comes from a tiny end-to-end run (random Llama, character tokenizer; see ``test_analyze_e2e_on_cpu.py``). The

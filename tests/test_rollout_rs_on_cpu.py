@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Rejection sampling (``algorithm.rollout_correction.rollout_rs``) with the rhythm estimator.
 
 verl 0.9.1's v1 ``PPOTrainer._compute_advantage`` (``verl/trainer/ppo/v1/trainer_base.py``) runs

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """A strategy declared once, in this file alone, reaches every place that depends on the set of strategies.
 
 The ``late`` strategy below (anchors in the second half of the response) is registered by a fixture and removed

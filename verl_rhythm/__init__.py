@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """verl-rhythm: attention-guided credit assignment (preplan-and-anchor rhythm, arXiv 2510.13554) for verl.
 
 Rooms: :mod:`verl_rhythm.measure` (attention statistics), :mod:`verl_rhythm.credit` (statistics → γ),

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``python -m verl_rhythm ...``: the same commands as the ``verl-rhythm`` console script."""
 
 import sys

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The ``verl-rhythm`` command (also ``python -m verl_rhythm``).
 
 ``verl-rhythm analyze`` writes the attention-rhythm report; see ``docs/analyze.md``. Every ``algorithm.rhythm.*``

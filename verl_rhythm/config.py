@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``algorithm.rhythm.*``: every knob of the method, its paper default and its allowed range.
 
 This module imports neither torch nor verl at import time, so the launcher, the TaskRunner and the workers can all

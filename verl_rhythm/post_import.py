@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Run a callback right after a module is first imported (a post-import hook), in whichever process imports it.
 
 The ``verl.plugins`` entry point runs in every process that imports verl (launcher, TaskRunner, workers, rollout

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Train GRPO + rhythm on a CPU with verl's own ``main_ppo``, on the embedded SmolLM2-135M-Instruct.
 
 ``python -m verl_rhythm.quickstart`` prepares everything offline (the embedded model converted once to an HF folder,

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The one mark every wrapper of a verl function carries: the stock function it wraps, reachable and recognisable.
 
 Used by the glue (:mod:`verl_rhythm.glue.trainer_base`, :mod:`verl_rhythm.glue.ray_trainer`), the CPU backend

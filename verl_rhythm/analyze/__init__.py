@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``verl-rhythm analyze``: which tokens a model's own attention marks as preplan and anchor tokens, and what γ
 each strategy would give them, before any GPU hour is spent.
 

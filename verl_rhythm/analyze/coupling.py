@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Table-2-style coupling statistics (arXiv 2510.13554, Sec. 3): WAAD peaks, FAI peaks, entropy.
 
 The paper reports, over 70 GSM8K questions on Qwen3-4B-Base, that token entropy at WAAD peaks is 52 % above the

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Rollouts for the analysis: batched ``model.generate`` (greedy by default) with progress lines.
 
 Each response ends at its first end-of-sequence token, which stays part of the response (as in a verl rollout's

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The measurement pass: one forward over prompt + response with the trainer's own capture.
 
 This is the code path of training (spec Sec. 1): :class:`verl_rhythm.measure.capture.RhythmCapture` records the

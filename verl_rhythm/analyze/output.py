@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The report folder written whole: every artefact goes to a staging folder that replaces ``--out`` at the end.
 
 A rerun into the same ``--out`` therefore leaves no file of the previous run (a ``trace_02.png`` from a run with more

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``verl-rhythm analyze`` end to end: load → generate → capture → credit → statistics → artefacts.
 
 Writes into the output folder: ``report.html`` (self-contained), ``summary.json`` (every number of the page),

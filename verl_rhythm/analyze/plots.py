@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The report's PNG figures (matplotlib, Agg backend): WAAD/FAI traces, head-span distribution, local heatmap.
 
 Each function reads the JSON-ready dicts of :mod:`verl_rhythm.analyze.summary`, so every plotted number is in

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Checks of ``verl-rhythm analyze``'s inputs that run before the model is loaded or a token generated.
 
 Each raises :class:`verl_rhythm.inputs.InputError` with one line naming the flag (and the file), so a wrong

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Plain progress lines on stderr (``[verl-rhythm 12.3s] ...``), so long CPU runs show where they are."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Where the analysed prompts come from: the bundled problems, the command line, or a file; and the chat template.
 
 The bundled problems (``verl_rhythm/data/problems.json``) are GSM8K-style word problems written for this tool.

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``report.html``: one self-contained page (inline CSS, PNGs as data URIs) built from the summary dict alone.
 
 Every number on the page is read from the summary dict, i.e. from ``summary.json``; the page only rounds them.

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """γ of each strategy and the token roles, from the trainer's own credit code.
 
 Every number here comes from :func:`verl_rhythm.credit.rhythm_credit`, the function the ``rhythm`` advantage

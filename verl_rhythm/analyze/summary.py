@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``summary.json``: every number of the report, as plain JSON.
 
 Floats are written with Python's shortest round-trip repr of the fp32 values, so reading a vector back into an

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Credit room: per-token statistics → preplan/anchor sets → per-token γ. Pure torch, no verl import.
 
 - :mod:`.registry`: the strategy registry (:func:`register_strategy`); :mod:`.strategies`: the built-in ones.

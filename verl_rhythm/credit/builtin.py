@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The built-in strategies (spec Sec. 4 and its controls), each declared once with the statistics it needs.
 
 Each ``select`` gets a :class:`~verl_rhythm.credit.gamma.Tokens` (compacted rows) and returns the ``(B, T)`` bool

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Per-token statistics → preplan/anchor sets → per-token γ (spec Sec. 4). Pure torch; no verl import.
 
 Every function works on a batch in verl's response layout: ``(B, T)`` tensors where ``response_mask`` marks the

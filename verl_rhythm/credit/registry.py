@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The strategy registry: one declaration per strategy says which statistics it needs and how it selects tokens.
 
 Everything that depends on the set of strategies reads it from here: config validation

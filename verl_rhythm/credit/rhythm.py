@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """γ under an ``algorithm.rhythm`` config: the function the estimator and ``verl-rhythm analyze`` both call."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Data for the paper's tasks, in verl's RL parquet format (``data_source``, ``prompt``, ``reward_model``...).
 
 - :mod:`.countdown`: a deterministic Countdown generator (TinyZero protocol, every puzzle solvable) and its reward

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Short arithmetic: the CPU recipe's task, easy enough for a 135M model's GRPO groups to disagree.
 
 A GRPO group teaches only when its rewards differ. On Countdown the embedded SmolLM2-135M-Instruct almost never

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Countdown (TinyZero protocol): a deterministic, always-solvable puzzle generator, its prompt and its reward.
 
 A puzzle gives ``num_numbers`` integers and a target; an answer is an arithmetic expression (``+ - * /`` and

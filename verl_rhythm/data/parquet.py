@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Write rows in verl's RL parquet format (read back by ``verl/utils/dataset/rl_dataset.py:RLHFDataset``)."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The paper's math data in verl's RL parquet format: DAPO-Math-17K (train) and five evaluation sets.
 
 verl 0.9.1 ships no plain DAPO-Math-17K preparation (its DAPO recipe, now in the separate verl-recipe repository,

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The recipes' ``reward.custom_reward_function``: one scorer for every data source they train or validate on.
 
 A recipe sets::

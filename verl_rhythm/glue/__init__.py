@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """verl glue room: thin modules, each named after the verl 0.9.1 seam it plugs into.
 
 - :mod:`.plugin`: the ``verl.plugins`` entry point (``verl/__init__.py``); defers the patches below with

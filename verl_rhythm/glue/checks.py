@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Start-up checks of a rhythm run, before the first rollout: every unsupported setting fails here, by key.
 
 Called by the trainer glue (:mod:`verl_rhythm.glue.trainer_base`: ``PPOTrainer.init``, before any worker exists)

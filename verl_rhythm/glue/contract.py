@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The verl internals the glue and the CPU backend rely on, pinned to verl 0.9.1 by a hash of their source.
 
 Both wrap (never copy) verl methods, but they rely on what those do: which fields the trainer fetches, that

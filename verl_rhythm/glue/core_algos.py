@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Seam: ``verl.trainer.ppo.core_algos.register_adv_est`` — the ``rhythm`` advantage estimator.
 
 verl 0.9.1, ``verl/trainer/ppo/ray_trainer.py:compute_advantage`` calls a registered (non-GAE, non-GRPO) estimator

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Seam: ``verl/workers/engine/fsdp/transformer_impl.py:FSDPEngineWithLMHead.forward_step`` (verl 0.9.1).
 
 :class:`RhythmFSDPEngineWithLMHead` is the stock engine plus one branch in ``forward_step``: when the micro-batch

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Seam: ``verl/workers/utils/padding.py`` (verl 0.9.1) — nested full-sequence tensors ↔ the response layout.
 
 verl's :func:`verl.workers.utils.padding.response_from_nested` takes ``values[end - r - 1 : end - 1]`` of each

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Seam: verl's ``verl.plugins`` entry-point group (``verl/__init__.py``, verl 0.9.1).
 
 ``import verl`` imports this module in every process (launcher, TaskRunner actor, workers, rollout and reward

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Seam: ``verl/trainer/ppo/ray_trainer.py:RayPPOTrainer`` (verl 0.9.1), the legacy v0 trainer.
 
 The v0 trainer (``trainer.use_v1=false``, ``main_ppo_v0``) calls an estimator with four fixed fields from a

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The names the glue adds to verl's batches: one non-tensor switch, the engine's outputs, the response-layout fields.
 
 No verl or torch import, so both sides (trainer in the TaskRunner, engine in the workers) share them cheaply.

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Seam: ``verl/trainer/ppo/v1/trainer_base.py:PPOTrainer`` (verl 0.9.1), the v1 trainer every mode derives from.
 
 Three methods are wrapped (never copied); each calls the stock method, and a run whose ``algorithm.adv_estimator``

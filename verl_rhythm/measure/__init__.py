@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Measure room: per-token attention statistics (head span, WAAD, FAI) from attention, without N×N maps.
 
 - :mod:`.heads`: the per-head statistic container and the shared aggregation (spans, groups, WAAD/FAI).

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The batched path: one computation per selected layer for every sequence of the micro-batch at once.
 
 The same statistics as the per-sequence reference (:mod:`verl_rhythm.measure.chunked`), on a padded grid: the

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """:class:`RhythmCapture`: collects the per-head statistics of the selected layers during one forward pass.
 
 Each selected layer's call (routed here by :mod:`verl_rhythm.measure.hook`) takes one of three paths:

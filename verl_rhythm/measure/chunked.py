@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The per-sequence reference path: exact rhythm statistics of one sequence from post-RoPE q/k, in query chunks.
 
 Readable and sequence by sequence; the batched path (:mod:`verl_rhythm.measure.batched`) computes the same numbers

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Dense reference: rhythm statistics straight from full attention maps (spec Sec. 1-3).
 
 This is the ground truth every faster path is tested against (like FlashAttention's ``attention_ref``). It

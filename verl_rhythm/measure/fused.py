@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The full-row statistics out of the layer's own attention call (no second QKᵀ).
 
 A flash-style kernel already computes each row's log-sum-exp, and attention with a value column holding the key

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Per-head statistics → head spans, local/global groups, per-token WAAD and FAI (spec Sec. 2-3).
 
 Every attention path (the dense reference in :mod:`.dense`, the chunked q/k capture in :mod:`.capture`) reduces one

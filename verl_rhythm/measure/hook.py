@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Route transformers' attention calls through :class:`~verl_rhythm.measure.capture.RhythmCapture`.
 
 Seam: ``transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS`` (transformers 5.x). Every decoder attention module

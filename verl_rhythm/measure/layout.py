@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Where the sequences of one forward lie in the attention inputs, and everything derived from that, built on the host.
 
 - :class:`SequenceLayout`: one sequence (batch row, first column, length, response positions).

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Test harness: save the batch every actor update receives, to check end to end what the policy was trained on.
 
 Load it in every verl process with ``VERL_USE_EXTERNAL_MODULES=verl_rhythm.testing.dump_update`` and set

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """verl's real FSDP engine outside a Ray worker: build it, feed it v1-format batches, read the rhythm outputs.
 
 For the CPU tests (with :func:`verl_rhythm.testing.process_group.cpu_process_group`) and the GPU check script

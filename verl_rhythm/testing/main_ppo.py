@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Test harness: run verl's ``main_ppo`` on the CPU backend in a subprocess and read back what it did.
 
 :func:`run_main_ppo` starts ``python -m verl.trainer.main_ppo`` with the ``rhythm_cpu`` recipe, ``VERL_PLATFORM=cpu``,

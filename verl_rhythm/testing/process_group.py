@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """A one-process gloo group with verl's platform set to the CPU platform: verl's engine outside a Ray worker."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """A tiny random Llama (GQA) with a character-level ChatML tokenizer, saved as an HF folder: a model every verl code
 path can load (tokenizer, chat template, generation config) that trains in seconds on a CPU. Built in-process, no hub.
 """

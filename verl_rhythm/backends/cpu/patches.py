@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The three places where verl 0.9.1 hard-codes an accelerator, each wrapped (never copied) for the CPU platform.
 
 Each wrapper passes straight through unless the CPU platform is selected (``VERL_PLATFORM=cpu``); each wrapped

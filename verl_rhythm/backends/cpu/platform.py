@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """A ``cpu`` platform for verl 0.9.1 (``verl/plugin/platform/platform_manager.py:PlatformRegistry``).
 
 verl falls back to its NVIDIA platform when no accelerator is found, and then ``get_device_id()`` calls

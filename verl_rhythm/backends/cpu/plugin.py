@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """``verl.plugins`` entry point of the CPU backend: registrations only, each deferred to the verl module it belongs to.
 
 ``import verl`` imports this module in every process. It registers the ``cpu`` platform at once (verl's platform

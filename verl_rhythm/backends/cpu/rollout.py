@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """The ``hf`` rollout for verl 0.9.1: transformers' ``generate`` behind verl's async rollout interface.
 
 Three pieces, one per verl seam:

@@ -1,3 +1,5 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
 """Batched sampling with transformers' ``generate``: token ids and their log-probs for many prompts at once.
 
 The rollout server (:mod:`verl_rhythm.backends.cpu.rollout`) gathers the requests verl's agent loop sends
