@@ -16,6 +16,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from verl_rhythm.analyze.progress import Progress
+from verl_rhythm.backends.cpu.sampling import left_pad
 from verl_rhythm.config import SEED_MAX
 from verl_rhythm.inputs import SettingError
 
@@ -113,12 +114,8 @@ def generate(
     responses: list[list[int]] = []
     for b0 in range(0, len(prompts), batch_size):
         batch = prompts[b0 : b0 + batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
+        ids, mask = left_pad(batch, pad)
+        width = ids.shape[1]
         label = f"generate prompts {b0 + 1}-{b0 + len(batch)}/{len(prompts)}"
         reporter = _StepReporter(progress, label, width, sampling.max_new_tokens)
         if sampling.do_sample:

@@ -83,6 +83,18 @@ class Completion:
     """``True`` when it ended on a stop token, ``False`` when it hit ``max_tokens``."""
 
 
+def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists into ``(input_ids, attention_mask)``, both ``(B, max_len)`` long, as ``generate``
+    expects for a batch of prompts (the padding is masked out)."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, width - len(p) :] = 1
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def generate_batch(
     model,
@@ -113,12 +125,8 @@ def generate_batch(
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("hf rollout: every prompt needs at least one token")
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        attention_mask[i, width - len(p) :] = 1
+    input_ids, attention_mask = left_pad(prompts, pad_token_id)
+    width = input_ids.shape[1]
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     kwargs = dict(
