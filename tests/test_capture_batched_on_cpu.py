@@ -89,7 +89,8 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("kind", ["packed", "padded_left", "padded_right"])
 @pytest.mark.parametrize("chunk", [1, 6, 64])
-def test_batched_matches_dense_and_reference(kind, variant, chunk):
+@pytest.mark.parametrize("tiled", [False, True], ids=["band_blocks", "band_tiles"])
+def test_batched_matches_dense_and_reference(kind, variant, chunk, tiled):
     lengths, prompts = [17, 45, 1, 30, 8], [5, 20, 0, 29, 8]
     w, lo, hi = 4, 3, 12
     if kind == "packed":
@@ -101,7 +102,16 @@ def test_batched_matches_dense_and_reference(kind, variant, chunk):
     opts = VARIANTS[variant]
     lay = BatchLayout(layouts, lo, hi, min(chunk, 64))
     dist, waad, fai_num = batched.layer_stats(
-        q, k, 0.35, lay, waad_window=w, fai_horizon_lo=lo, fai_horizon_hi=hi, chunk_size=chunk, **opts
+        q,
+        k,
+        0.35,
+        lay,
+        waad_window=w,
+        fai_horizon_lo=lo,
+        fai_horizon_hi=hi,
+        chunk_size=chunk,
+        tiled_bands=tiled,
+        **opts,
     )
     for j, i in enumerate(lay.order):
         layout, n = layouts[i], layouts[i].length
@@ -172,9 +182,13 @@ def _count(model, ids, pos, capture):
     return counter
 
 
-@pytest.mark.parametrize(("impl", "layout"), [("sdpa", "packed"), ("eager", "packed"), ("sdpa", "rows")])
-def test_ops_per_layer_do_not_grow_with_sequences_and_no_host_sync(impl, layout):
-    """Packed rows (verl's remove-padding) take the batched path; unmasked rows of equal length the fused one."""
+@pytest.mark.parametrize(
+    ("impl", "layout", "fused"),
+    [("sdpa", "packed", False), ("eager", "packed", False), ("sdpa", "rows", True), ("sdpa", "packed", True)],
+)
+def test_ops_per_layer_do_not_grow_with_sequences_and_no_host_sync(impl, layout, fused):
+    """Packed rows (verl's remove-padding) take the batched path, or in fp32 SDPA on CPU the fused one (with
+    transformers' bool mask); unmasked rows of equal length the fused one."""
     with OpCounter() as control:  # the counter sees what would wait for a device
         x = torch.arange(6.0)
         x.sum().item(), torch.nonzero(x), x.to("meta")
@@ -193,16 +207,38 @@ def test_ops_per_layer_do_not_grow_with_sequences_and_no_host_sync(impl, layout)
             pos = torch.arange(length).repeat(n_seq, 1)
             layouts = [SequenceLayout(b, 0, length, r) for b, r in enumerate(resp)]
         ids = torch.randint(0, 128, pos.shape, generator=torch.Generator().manual_seed(n_seq))
-        capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=layout == "rows")
+        capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=fused)
         capture.to(ids.device)  # before the forward, as the engine does
         stock = _count(model, ids, pos, None)
         hooked = _count(model, ids, pos, capture)
-        assert capture.paths == dict.fromkeys(capture.layers, "fused" if layout == "rows" else "batched")
+        assert capture.paths == dict.fromkeys(capture.layers, "fused" if fused else "batched")
         assert hooked.syncs == stock.syncs, f"{n_seq} sequences: the capture added {hooked.syncs} over {stock.syncs}"
         added[n_seq] = (hooked.ops - stock.ops) / len(capture.layers)
         assert len(capture.finalize()) == n_seq
     assert added[1] > 0
     assert added[1] == added[16] == added[64], added
+
+
+def test_tiled_band_ops_do_not_grow_with_length():
+    """The tiled band schedule (CUDA's) adds the same ops for 100 and 1,000 rows; the block loop (CPU's) grows with
+    the number of 64-row blocks. Same sums either way (to fp32 rounding)."""
+    ops = {}
+    for length in (100, 1000):
+        layouts = packed_layouts([length, length // 2], [length // 4, 0])
+        q, k = random_qk(1, 4, 2, length + length // 2, 16, seed=length)
+        lay = BatchLayout(layouts, 10, 100, 64)
+        grid_q, grid_k = batched.padded_qk(q, k, lay)
+        lse, _ = batched.row_stats(grid_q, grid_k, lay, 0.25, 256)
+        out = {}
+        for tiled in (False, True):
+            with OpCounter() as counter:
+                out[tiled] = batched.band_stats(grid_q, grid_k, lay, 0.25, lse, 10, 10, 100, tiled=tiled)
+            ops[length, tiled] = counter.ops
+        for j, n in enumerate(lay.lengths):
+            for a, b in zip(out[False], out[True], strict=True):
+                torch.testing.assert_close(a[j, :, :n], b[j, :, :n], atol=1e-5, rtol=1e-6)
+    assert ops[100, True] == ops[1000, True], ops
+    assert ops[1000, False] > 4 * ops[100, False], ops
 
 
 def test_record_runs_on_meta_tensors():

@@ -54,8 +54,9 @@ def capture_and_maps(arch, path, cfg, layouts, **inputs):
     sdpa = tiny_model(arch, attn_implementation="sdpa")
     capture = RhythmCapture(cfg, sdpa.config.num_hidden_layers, layouts)
     logits = forward(sdpa, capture, **inputs).logits
-    masked = "attention_mask" in inputs or "position_ids" in inputs
-    assert capture.paths == dict.fromkeys(capture.layers, "batched" if masked else "fused")
+    # fp32 SDPA on CPU: causal rows, and padded or packed batches (transformers' bool mask, which stock SDPA
+    # converts to an additive one itself) all take the fused path
+    assert capture.paths == dict.fromkeys(capture.layers, "fused")
     stock = forward(sdpa, **inputs).logits
     # the replaced attention call returns the stock output (same kernel, zero-padded head dim): logits agree
     valid = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones(logits.shape[:2], dtype=bool)

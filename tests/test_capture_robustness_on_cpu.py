@@ -5,7 +5,8 @@
 - fp32 guard: torch's newer ``fp32_precision`` API (set by a process, or by ``set_float32_matmul_precision``) must
   neither break the guard (reading the legacy ``allow_tf32`` after the new API was used raises in torch) nor lower
   the capture's matmuls to TF32 / bf16; the process's setting is restored.
-- fused path: it never builds an S×S float mask (the kernels take no bool mask: such calls take the batched path).
+- fused path: it never allocates more than the stock SDPA call it replaces: no S×S tensor for an additive mask, and
+  for a bool mask (which stock SDPA on CPU converts to an S×S float mask itself) nothing larger than that mask.
 """
 
 from __future__ import annotations
@@ -69,8 +70,22 @@ def _module():
     return module
 
 
-def test_fused_path_builds_no_square_float_mask():
-    s, h, d = 256, 2, 16
+class LargestFloat(OpCounter):
+    """Records the largest floating-point tensor any aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        for x in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                self.largest = max(self.largest, x.numel())
+        return out
+
+
+def _packed_call(s=256, h=2, d=16):
     q, k = random_qk(1, h, h, s, d, seed=1)
     v = torch.randn(1, h, s, d)
     layouts = [SequenceLayout(0, 0, 200, torch.arange(200) >= 50), SequenceLayout(0, 200, 56, torch.ones(56) > 0)]
@@ -79,29 +94,46 @@ def test_fused_path_builds_no_square_float_mask():
     block[:200, :200] = True
     block[200:, 200:] = True
     bool_mask = (block & torch.ones(s, s, dtype=torch.bool).tril())[None, None]
-    # a bool mask would need an S×S float copy for the kernel: not eligible, the batched path runs instead
-    assert fused.attention_with_stats(sdpa_attention_forward, capture, _module(), q, k, v, bool_mask) is None
+    return capture, q, k, v, bool_mask
+
+
+def test_fused_path_with_an_additive_mask_builds_no_square_tensor():
+    capture, q, k, v, bool_mask = _packed_call()
+    s, d = q.shape[2], q.shape[3]
     float_mask = torch.zeros(1, 1, s, s).masked_fill_(~bool_mask, float("-inf"))
-
-    class Sizes(OpCounter):
-        def __init__(self):
-            super().__init__()
-            self.largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = super().__torch_dispatch__(func, types, args, kwargs)
-            for x in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(x, torch.Tensor) and x.is_floating_point():
-                    self.largest = max(self.largest, x.numel())
-            return out
-
-    with Sizes() as sizes:
+    with LargestFloat() as sizes:
         result = fused.attention_with_stats(sdpa_attention_forward, capture, _module(), q, k, v, float_mask)
     assert result is not None and sizes.largest < s * s, sizes.largest  # q/k/v copies are O(S), never S²
     (out, _), lse, dist, leak = result
     stock = sdpa_attention_forward(_module(), q, k, v, float_mask, scaling=d**-0.5)[0]
     torch.testing.assert_close(out, stock, atol=1e-6, rtol=1e-6)
     assert not bool(leak)
+
+
+def test_fused_path_with_a_bool_mask_allocates_no_more_than_stock_sdpa():
+    """A packed row under SDPA (transformers' bool block-causal mask, verl's remove-padding layout) takes the fused
+    path on CPU: stock SDPA converts the bool mask to an S×S float mask itself, the fused call converts it once
+    instead, and allocates nothing larger."""
+    capture, q, k, v, bool_mask = _packed_call()
+    d = q.shape[3]
+    with LargestFloat() as stock_sizes:
+        stock = sdpa_attention_forward(_module(), q, k, v, bool_mask, scaling=d**-0.5)[0]
+    with LargestFloat() as sizes:
+        result = fused.attention_with_stats(sdpa_attention_forward, capture, _module(), q, k, v, bool_mask)
+    assert result is not None
+    assert stock_sizes.largest >= bool_mask.numel()  # the stock call builds the S×S float mask
+    assert sizes.largest <= stock_sizes.largest, (sizes.largest, stock_sizes.largest)
+    (out, _), lse, dist, leak = result
+    torch.testing.assert_close(out, stock, atol=1e-6, rtol=1e-6)
+    assert not bool(leak)
+    # and its statistics are the batched path's (full rows from the kernel instead of a second pass)
+    capture.record(0, q, k, d**-0.5, lse=lse, dist=dist, leak=leak)
+    got = capture.finalize()
+    ref = RhythmCapture(capture.cfg, 1, capture.layouts, fused=False)
+    ref.record(0, q, k, d**-0.5, attention_mask=bool_mask)
+    for a, b in zip(got, ref.finalize(), strict=True):
+        torch.testing.assert_close(a.waad, b.waad, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.fai, b.fai, atol=1e-5, rtol=0)
 
 
 def test_low_precision_gemm_falls_back_to_an_upcast_where_unavailable():

@@ -5,10 +5,10 @@
 Real text through the real tokenizer; default spec settings (W=10, H_lo=10, H_hi=100, the five middle-third layers
 [10, 12, 15, 18, 20]); a packed row of two unequal sequences, the same two left- and right-padded, and the longer one
 alone (no mask). The chunked reference and the batched path (on the eager forward that also returns the maps) match
-eager's maps to 1e-5. On the SDPA forward, masked batches take the batched path and the lone sequence the fused one,
-which takes each row's log-sum-exp from the SDPA kernel, whose fp32 logits round differently from eager's matmul by
-about eps32 · |z|: it is held to FUSED_ATOL = 5e-5 on WAAD/FAI (measured 2.4e-5), the size of the reference's own
-fp32 rounding at these logits.
+eager's maps to 1e-5. On the SDPA forward every batch takes the fused path (the masked ones with transformers' bool
+mask, which stock SDPA converts to an additive mask itself), which takes each row's log-sum-exp from the SDPA kernel,
+whose fp32 logits round differently from eager's matmul by about eps32 · |z|: it is held to FUSED_ATOL = 5e-5 on
+WAAD/FAI (measured 2.4e-5), the size of the reference's own fp32 rounding at these logits.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_smollm2_chunked_and_fused_match_dense(smollm2):
             logits = forward(model, fused, **inputs).logits
         finally:
             model.set_attn_implementation("eager")
-        assert fused.paths == dict.fromkeys(fused.layers, "fused" if name == "single" else "batched"), name
+        assert fused.paths == dict.fromkeys(fused.layers, "fused"), name
         valid = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones(logits.shape[:2]) > 0
         torch.testing.assert_close(logits[valid], stock[valid], atol=1e-5, rtol=1e-5)
         assert_matches_dense(fused, maps, cfg, columns, atol=FUSED_ATOL)

@@ -12,9 +12,10 @@ suffix of the sorted grid and are left out of that chunk by slicing.
 
 Full rows (lse and the expected distance): on an fp32 grid with plain causal attention, one call of the device's
 flash-style attention kernel (:func:`kernel_row_stats`: every sequence starts its grid row at column 0, so
-``is_causal`` is exact without a mask); otherwise query chunks of explicit logits (:func:`row_stats`). Bands: blocks
-of 64 rows (:func:`band_stats`). Python loops run over query chunks only (``ceil(L / chunk_size)``, ``ceil(L / 64)``),
-never over sequences or heads; no host sync: every shape and loop bound comes from host metadata built before the
+``is_causal`` is exact without a mask); otherwise query chunks of explicit logits (:func:`row_stats`). Bands: every
+64-row block of a tile at once, on a strided window view of the keys (:func:`band_stats`). Python loops run over query
+chunks and band tiles only (``ceil(L / chunk_size)``; tokens · heads / :data:`BAND_TILE_ELEMENTS`), never over
+sequences, heads or band blocks; no host sync: every shape and loop bound comes from host metadata built before the
 forward. Attention variants, per layer:
 
 - sliding window w: keys with t - s >= w get probability 0 (transformers' ``sliding_window`` convention);
@@ -41,7 +42,9 @@ from verl_rhythm.measure.chunked import exact_fp32
 from verl_rhythm.measure.layout import BatchLayout
 
 MAX_TILE_ELEMENTS = 2**28
-"""Most fp32 logits of one chunk (1 GiB); larger chunks are split over groups of sequences."""
+"""Most fp32 logits of one full-row chunk (1 GiB); larger chunks are split over groups of sequences."""
+BAND_TILE_ELEMENTS = 2**25
+"""Most fp32 band logits of one tile of the tiled band schedule (128 MiB; about three such tensors are alive)."""
 _LOW = (torch.bfloat16, torch.float16)
 _low_gemm_failed: set[str] = set()
 _kernel_failed: set[str] = set()
@@ -184,9 +187,7 @@ def row_stats(
     return lse, dist
 
 
-def kernel_row_stats(
-    q: torch.Tensor, k: torch.Tensor, scaling: float
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+def kernel_row_stats(q: torch.Tensor, k: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Row log-sum-exp and expected distance of every grid row from the device's flash-style attention kernel.
 
     On the grid every sequence starts its row at column 0, so plain causal attention is exact without a mask. The
@@ -218,6 +219,35 @@ def kernel_row_stats(
     return lse.float(), dist
 
 
+def _band_weights(
+    c: int, back: int, n_blocks: int, waad_window: int, lo: int, hi: int, window: int | None, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """WAAD and FAI weights of a block's ``(c, back + c)`` logits, the same in every block but the first few.
+
+    Needs back >= W - 1, so the WAAD strip lies inside the window.
+
+    Row i of block j is grid row t = j·c + i; window key w is grid key s = j·c - back + w, so t - s = i + back - w.
+
+    Returns:
+        ``near`` ``(n_blocks, c, W)``: t - s - W for the W keys t - W < s <= t of each row (the diagonal strip
+        :func:`band_stats` reads); ``far`` ``(n_blocks, c, back + c)``: 1 on the FAI band H_lo <= t - s <= H_hi.
+        Both are zero outside a sliding window and on keys before the grid's first column (s < 0, the padding).
+    """
+    delta = torch.arange(c, device=device)[:, None] + back - torch.arange(back + c, device=device)[None, :]
+    allowed = delta >= 0 if not window else (delta >= 0) & (delta < window)
+    far = (allowed & (delta >= lo) & (delta <= hi)).float()
+    first_key = torch.arange(n_blocks, device=device)[:, None] * c - back
+    exists = (first_key + torch.arange(back + c, device=device)[None, :] >= 0).float()[:, None, :]  # (nb, 1, w)
+    # the WAAD strip: row i's keys at offsets W - 1 .. 0, i.e. window keys i + back - W + 1 + u for u < W
+    u = torch.arange(waad_window, device=device)
+    strip_delta = waad_window - 1 - u  # (W,)
+    strip_ok = strip_delta < window if window else torch.ones_like(strip_delta, dtype=torch.bool)
+    strip_keys = torch.arange(c, device=device)[:, None] + back - waad_window + 1 + u[None, :]  # (c, W) window key
+    strip_exists = (first_key[:, :, None] + strip_keys[None] >= 0).float()  # (nb, c, W)
+    near = (strip_delta - waad_window).float() * strip_ok * strip_exists
+    return near, far * exists
+
+
 def band_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -231,20 +261,38 @@ def band_stats(
     window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    tiled: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WAAD of every grid row and the FAI numerator of every grid column from the two diagonal bands of A.
 
-    Block [t0, t1) of ``batch.rows_per_block`` rows meets keys [t0 - B, t1), B = max(W - 1, H_hi) (W - 1 when no
-    sequence has a response row in the block): ``n_j × H × c × (c + B)`` logits at a time.
+    Two schedules of the same sums over blocks of ``batch.rows_per_block`` rows: on CPU a loop over the blocks
+    (each block's logits stay in cache, ``ceil(L / 64)`` iterations); on CUDA, where every op is a kernel launch,
+    tiles of many blocks in one batched matmul each (:func:`_band_stats_tiled`: ops grow with tokens · heads over
+    :data:`BAND_TILE_ELEMENTS`, not with the sequence length). At 2 × 8,192 tokens (SmolLM2 shapes) that is 6,178
+    aten ops per layer for the block loop and 111 for the tiles; on this project's CPU (2 cores) the tiles take
+    about twice the block loop's time (0.17 s vs 0.08 s), so CPU keeps the loop.
 
     Args:
         q, k, batch, scaling, window, softcap, sinks: as in :func:`row_stats`.
         lse: ``(n, H, L)`` fp32 row log-sum-exp.
         waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi.
+        tiled: force a schedule (``None``: tiles on CUDA, the block loop elsewhere).
 
     Returns:
         ``(waad, fai_num)``, each ``(n, H, L)`` fp32: waad_t = sum_s A[t, s] min(t - s, W) and
-        fai_num_s = sum over t in R with H_lo <= t - s <= H_hi of A[t, s].
+        fai_num_s = sum over t in R with H_lo <= t - s <= H_hi of A[t, s]. Entries past N_i are meaningless.
+    """
+    if tiled is None:
+        tiled = q.device.type == "cuda"
+    fn = _band_stats_tiled if tiled else _band_stats_blocks
+    return fn(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window, softcap, sinks)
+
+
+def _band_stats_blocks(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window, softcap, sinks):
+    """The CPU schedule of :func:`band_stats` (same arguments and results): a loop over the blocks.
+
+    Block [t0, t1) of ``batch.rows_per_block`` rows meets keys [t0 - B, t1), B = max(W - 1, H_hi) (W - 1 when no
+    sequence has a response row in the block): ``n_j × H × c × (c + B)`` logits at a time.
     """
     n, h, big, _ = q.shape
     w_len = waad_window
@@ -279,6 +327,65 @@ def band_stats(
     return waad, fai_num
 
 
+def _band_stats_tiled(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window, softcap, sinks):
+    """The CUDA schedule of :func:`band_stats` (same arguments and results): tiles of many blocks.
+
+    The grid's rows are cut into blocks of c = ``batch.rows_per_block``; block j meets the ``back + c`` keys
+    [j·c - back, (j + 1)·c), back = c · ceil(max(W - 1, H_hi) / c), a whole number of blocks, so every block has the
+    same offsets t - s and the same band weights. All blocks of a tile go through one batched matmul on a strided
+    window view of the keys; a tile holds at most :data:`BAND_TILE_ELEMENTS` logits, so the ops grow with
+    tokens · heads / that cap, not with the number or length of the sequences. A block's FAI contributions land on
+    its ``back / c + 1`` key blocks: that many shifted adds.
+    """
+    n, h, big, d = q.shape
+    hkv = k.shape[1]
+    g = h // hkv
+    c = batch.rows_per_block
+    back = c * -(-max(waad_window - 1, fai_horizon_hi) // c)
+    span, segments = back + c, back // c + 1
+    nb = -(-big // c)
+    pad = nb * c - big
+    near, far = _band_weights(c, back, nb, waad_window, fai_horizon_lo, fai_horizon_hi, window, q.device)
+    # heads as (kv head, G): query head h = kv · G + g reads kv head h // G
+    qb = torch.nn.functional.pad(q, (0, 0, 0, pad)).view(n, hkv, g, nb, c, d)
+    qb = qb.permute(0, 1, 3, 2, 4, 5).reshape(n, hkv, nb, g * c, d)  # (n, H_kv, nb, G·c, D)
+    kw = torch.nn.functional.pad(k, (0, 0, back, pad)).unfold(2, span, c)  # (n, H_kv, nb, D, span): a view
+    lse_b = torch.nn.functional.pad(lse, (0, pad)).view(n, hkv, g, nb, c).permute(0, 1, 3, 2, 4)  # (n, H_kv, nb, G, c)
+    resp = torch.nn.functional.pad(batch.resp.float(), (0, pad)).view(n, nb, c)
+    sink = None if sinks is None else sinks.float().view(hkv, g)[None, :, None, :, None]
+    waad = q.new_zeros(n, hkv, nb, g, c, dtype=torch.float32)
+    fai_ext = q.new_zeros(n, hkv, nb + segments - 1, g, c, dtype=torch.float32)  # key blocks -(segments-1) .. nb-1
+    per_block = h * c * span
+    size = max(1, BAND_TILE_ELEMENTS // (per_block * max(1, n)))
+    for j0 in range(0, nb, size):
+        j1 = min(nb, j0 + size)
+        m = batch.count_from(j0 * c)  # sequences still running at the tile's first row
+        z = _matmul_fp32(qb[:m, :, j0:j1], kw[:m, :, j0:j1]).view(m, hkv, j1 - j0, g, c, span)
+        if softcap:
+            z.mul_(scaling / softcap).tanh_().mul_(softcap)
+        else:
+            z.mul_(scaling)
+        row_lse = lse_b[:m, :, j0:j1]
+        # outside the bands (e.g. future keys) exp may overflow: clamp, then the band weights zero those entries
+        p = z.sub_(row_lse[..., None]).clamp_max_(0.0).exp_()
+        # the WAAD band is the W keys t - W < s <= t: window keys i + back - W + 1 .. i + back of row i, a diagonal
+        # strip of the contiguous block, read as a strided (c, W) view
+        first = p.storage_offset() + back - waad_window + 1
+        strip = p.as_strided((*p.shape[:-2], c, waad_window), (*p.stride()[:-2], span + 1, 1), first)
+        near_sum = (strip * near[j0:j1, None]).sum(-1)  # (m, H_kv, jb, G, c)
+        if sink is None:
+            waad[:m, :, j0:j1] = near_sum.add_(waad_window)
+        else:  # rows sum to 1 - exp(sink - lse): the far keys weigh W times that
+            waad[:m, :, j0:j1] = near_sum.add_((1.0 - (sink - row_lse).exp()) * waad_window)
+        if any(batch.block_has_response[j0:j1]):
+            weight = far[j0:j1] * resp[:m, j0:j1, :, None]  # (m, jb, c, span): response rows only
+            contrib = p.mul_(weight[:, None, :, None]).sum(-2).view(m, hkv, j1 - j0, g, segments, c)
+            for seg in range(segments):  # window segment seg of block j is key block j - (segments - 1) + seg
+                fai_ext[:m, :, j0 + seg : j1 + seg] += contrib[:, :, :, :, seg]
+    fai_num = fai_ext[:, :, segments - 1 :]
+    return tuple(x.permute(0, 1, 3, 2, 4).reshape(n, h, nb * c)[..., :big] for x in (waad, fai_num))
+
+
 def layer_stats(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -294,6 +401,7 @@ def layer_stats(
     sinks: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     dist: torch.Tensor | None = None,
+    tiled_bands: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dist, waad, fai_num)`` of every sequence for the H query heads of one layer, each ``(n, H, L)`` fp32.
 
@@ -306,6 +414,7 @@ def layer_stats(
         chunk_size: query rows per chunk of the full-row pass.
         window, softcap, sinks: the layer's attention variant (see the module docstring).
         lse, dist: optional ``(B, H, S)`` full-row statistics from the layer's own kernel (then no full-row pass).
+        tiled_bands: the band schedule (:func:`band_stats`; ``None``: by device).
 
     Returns:
         the padded per-head vectors, row i = sequence ``batch.order[i]``; entries past N_i are meaningless.
@@ -324,8 +433,18 @@ def layer_stats(
         if lse is None:
             lse, dist = row_stats(q, k, batch, scaling, chunk_size, window=window, softcap=softcap, sinks=sinks)
         waad, fai_num = band_stats(
-            q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window=window, softcap=softcap,
+            q,
+            k,
+            batch,
+            scaling,
+            lse,
+            waad_window,
+            fai_horizon_lo,
+            fai_horizon_hi,
+            window=window,
+            softcap=softcap,
             sinks=sinks,
+            tiled=tiled_bands,
         )
     return dist, waad, fai_num
 

@@ -5,8 +5,8 @@
 Each selected layer's call (routed here by :mod:`verl_rhythm.measure.hook`) takes one of three paths:
 
 - ``batched`` (default): one computation for every sequence of the micro-batch (:mod:`.batched`), no host sync;
-- ``fused``: the same, but the full-row statistics come from the layer's own SDPA call (:mod:`.fused`, fp32 and
-  no mask copy only), so only the two bands are computed here;
+- ``fused``: the same, but the full-row statistics come from the layer's own SDPA call (:mod:`.fused`: fp32, and
+  no memory beyond what the stock call allocates), so only the two bands are computed here;
 - ``chunked``: the per-sequence reference (:mod:`.chunked`), with ``batched=False``; plain causal attention only.
 
 Layout metadata (:class:`~verl_rhythm.measure.layout.BatchLayout`) is built on the host by :meth:`set_layouts` and
@@ -109,6 +109,7 @@ class RhythmCapture:
         self.layouts = list(layouts)
         cfg = self.cfg
         self.batch = BatchLayout(self.layouts, cfg.fai_horizon_lo, cfg.fai_horizon_hi, min(cfg.chunk_size, BAND_ROWS))
+        self._columns = {}  # the fused path's per-column positions belong to the old layouts
         self.reset()
         self.seconds = 0.0
         if device is not None:

@@ -15,13 +15,13 @@ in ``out[..., D + 1]``. The two diagonal bands are then computed by
 
 Used only where it is exact and equal to the stock output (checked by ``tests/test_capture_on_cpu.py`` and
 ``tests/test_hook_on_cpu.py``): transformers' own ``sdpa_attention_forward``, fp32 query, no autocast, causal attention
-without a mask (``is_causal``; one sequence per batch row from column 0) or with a 4-D additive mask already in the
-query's dtype (the kernels take no bool mask, and converting one would copy an S×S float mask: such layers take the
-batched path), no sliding window, soft-capping or sinks, no dropout. Kernels: CPU
-``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA ``aten._scaled_dot_product_efficient_attention`` (fp32
-uses the memory-efficient kernel in stock SDPA too). In bf16 the kernel's output, and so the expected position, is
-rounded to bf16 (about 3 significant digits), so bf16 layers take the batched fp32 path instead. Any kernel error
-falls back to that path as well.
+without a mask (``is_causal``; one sequence per batch row from column 0) or with a 4-D mask that costs no more memory
+than the stock call: an additive mask already in the query's dtype, or, on CPU, a bool mask, which stock SDPA turns
+into an additive S×S mask itself (elsewhere bool masks take the batched path); no sliding window, soft-capping or
+sinks, no dropout. Kernels: CPU ``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA
+``aten._scaled_dot_product_efficient_attention`` (fp32 uses the memory-efficient kernel in stock SDPA too). In bf16
+the kernel's output, and so the expected position, is rounded to bf16 (about 3 significant digits), so bf16 layers
+take the batched fp32 path instead. Any kernel error falls back to that path as well.
 """
 
 from __future__ import annotations
@@ -63,11 +63,31 @@ def eligible(fn: Callable, capture, module, query: torch.Tensor, key: torch.Tens
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     if attention_mask is None:
         return bool(is_causal)
-    if attention_mask.dtype != query.dtype or attention_mask.dim() != 4:  # no S×S conversion copy
+    if attention_mask.dim() != 4:
+        return False
+    if attention_mask.dtype != query.dtype and not _converts_like_stock(attention_mask, query):
         return False
     if query.device.type == "cuda" and attention_mask.shape[-1] % 16:  # the kernel would want a padded copy
         return False
     return tuple(attention_mask.shape[-2:]) == (query.shape[2], key.shape[2])
+
+
+def _converts_like_stock(attention_mask: torch.Tensor, query: torch.Tensor) -> bool:
+    """Whether stock SDPA would itself turn this mask into an S×S float mask of the query's dtype.
+
+    On CPU ``torch.nn.functional.scaled_dot_product_attention`` converts a bool mask to an additive one before its
+    flash kernel (``convert_boolean_attn_mask`` in ATen's ``attention.cpp``; at S = 4,096 the stock call's peak is
+    the 64 MiB float mask): replacing that call by one conversion and the kernel costs no memory the stock call
+    does not. Elsewhere a bool mask takes the batched path.
+    """
+    return attention_mask.dtype == torch.bool and query.device.type == "cpu"
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The kernels' additive form of a bool mask (0 where allowed, -inf elsewhere), as stock SDPA builds it."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.full(mask.shape, float("-inf"), dtype=dtype, device=mask.device).masked_fill_(mask, 0.0)
 
 
 def _kernel(q, k, v, mask, is_causal: bool, scaling: float):
@@ -118,7 +138,7 @@ def attention_with_stats(fn, capture, module, query, key, value, attention_mask,
     scaling = kwargs.get("scaling")
     scaling = float(d**-0.5 if scaling is None else scaling)
     pad = _PAD - d % _PAD if d % _PAD else _PAD
-    mask = attention_mask
+    mask = _additive(attention_mask, query.dtype)
     hkv = key.shape[1]
     zeros = query.new_zeros(b, h, s, pad)
     extra = value.new_zeros(b, hkv, s, pad)
