@@ -26,8 +26,10 @@ Memory: the extra peak of one selected layer's capture step (the replaced SDPA c
 without capture, and the largest |Δ| between the fused and batched statistics.
 
 Training regime (``--regime``): packed micro-batches of many sequences, as verl's old-log-prob pass sees them, e.g.
-``16x1024`` (16 sequences of 1,024 tokens) and ``2x8192``, in fp32 and bf16 (``--dtypes``). The capture takes the
-batched path (``fused=False``: FlashAttention-2 and bf16 layers never take the fused one). For each row: the forward
+``16x1024`` (16 sequences of 1,024 tokens) and ``2x8192``, in fp32 and bf16 (``--dtypes``). Each capture path of
+``--paths`` runs interleaved with the stock forward: ``batched`` (``fused=False``: what FlashAttention-2, bf16 and
+eager layers take) and, in fp32, ``fused`` (full rows from the layer's own SDPA call, as verl's fp32 SDPA forward on
+CPU takes it). For each row: the forward
 with and without the capture (minimum over ``--repeats`` interleaved runs, and the ratio; the ratio of process CPU
 times; and, robust to the load of a shared host, the capture's own share of the captured run's wall time, timed
 inside :meth:`RhythmCapture.record` / ``finalize`` (synchronous on CPU), as x 1 / (1 - share)), the aten ops of each
@@ -42,7 +44,7 @@ Usage::
 
     python benchmarks/capture.py                      # N = 1024 2048 4096 8192, CPU, 2 threads
     python benchmarks/capture.py --sizes 256 512 --repeats 1 --paths fused   # quick
-    python benchmarks/capture.py --regime 16x1024 2x8192 --dtypes fp32 bf16 --repeats 2
+    python benchmarks/capture.py --regime 16x1024 2x8192 --dtypes fp32 bf16 --repeats 2   # ~25 min on 2 cores
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ def fix_malloc() -> None:
         _libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     except OSError:
         _libc = None
+
+
+def timing_malloc(on: bool) -> None:
+    """For timed runs, let glibc serve blocks up to 32 MiB from its heap (about its steady state): with the 64 KiB
+    threshold of :func:`fix_malloc` every large tensor is a fresh mmap and page-faults, which slows the forward of a
+    large micro-batch by up to 70 % and the capture with it. ``on=False`` goes back to :func:`fix_malloc`'s setting."""
+    if _libc is not None:
+        _libc.mallopt(-3, 32 * 2**20 if on else 64 * 1024)  # M_MMAP_THRESHOLD
 
 
 def _status(field: str) -> int:
@@ -133,11 +143,13 @@ def capture_step_fn(kind, cfg, num_layers, layer, module, q, k, v, layouts):
     """One selected layer's attention call: stock SDPA, or SDPA replaced/followed by the capture."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    capture = None if kind == "stock" else RhythmCapture(cfg, num_layers, layouts, fused=kind == "fused").to(q.device)
+
     def run():
         with torch.no_grad():
             if kind == "stock":
                 return sdpa_attention_forward(module, q, k, v, None, scaling=module.scaling)
-            capture = RhythmCapture(cfg, num_layers, layouts, fused=kind == "fused")
+            capture.reset()
             res = fused_mod.attention_with_stats(
                 sdpa_attention_forward, capture, module, q, k, v, None, scaling=module.scaling
             )
@@ -152,7 +164,7 @@ def capture_step_fn(kind, cfg, num_layers, layer, module, q, k, v, layouts):
     return run
 
 
-def grab_qkv(model, ids, layer):
+def grab_qkv(model, inputs: dict, layer):
     """The post-RoPE q/k/v the model hands to attention in ``layer`` (for the isolated capture-step measurement)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -167,7 +179,7 @@ def grab_qkv(model, ids, layer):
     ALL_ATTENTION_FUNCTIONS["sdpa"] = spy
     try:
         with torch.no_grad():
-            model(input_ids=ids[:, :], use_cache=False, logits_to_keep=1)
+            model(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         ALL_ATTENTION_FUNCTIONS["sdpa"] = stock
     return got
@@ -217,7 +229,7 @@ def bench_size(model, n, args, device, cfg, rows):
     for name, fn in runs.items():
         row[f"peak_fwd_{name}"] = peak_bytes(fn, device)[0]
     layer = fused_cap.layers[len(fused_cap.layers) // 2]
-    qkv = grab_qkv(model, ids, layer)
+    qkv = grab_qkv(model, {"input_ids": ids}, layer)
     step, step_t = {}, {}
     kinds = ("stock", *[p for p in ("fused", "batched") if p in args.paths])
     fns = {k: capture_step_fn(k, cfg, L, layer, qkv["module"], qkv["q"], qkv["k"], qkv["v"], layouts) for k in kinds}
@@ -332,66 +344,104 @@ def regime_batch(n_seq: int, length: int, vocab: int, device, layout: str):
     return inputs, layouts
 
 
-def bench_regime(model, spec: str, dtype: str, args, device, cfg) -> dict:
-    """One training-regime row: forward with and without the capture on a micro-batch ``spec`` = ``"16x1024"``."""
+def bench_regime(model, spec: str, dtype: str, args, device, cfg) -> list[dict]:
+    """Training-regime rows of one micro-batch ``spec`` = ``"16x1024"``: the stock forward and each capture path.
+
+    The capture paths, interleaved with the stock forward in one run: ``batched`` (``fused=False``: what
+    FlashAttention-2, bf16 and eager layers take) and, where the layer's own SDPA call can return the full-row
+    statistics (fp32), ``fused``. One stock forward warms up; the first round also counts aten ops and host syncs
+    (a ``TorchDispatchMode``) and measures peak memory.
+    """
     n_seq, length = (int(x) for x in spec.lower().split("x"))
     inputs, layouts = regime_batch(n_seq, length, model.config.vocab_size, device, args.layout)
-    capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=False)
-    capture.to(device)
+    paths = [p for p in ("batched", "fused") if p in args.paths and (p == "batched" or dtype == "fp32")]
+    captures = {
+        path: RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=path == "fused") for path in paths
+    }
+    for capture in captures.values():
+        capture.to(device)
 
-    def forward(with_capture, counter=None):
+    def forward(path, counter=None):
         def run():
             with torch.no_grad(), counter if counter is not None else contextlib.nullcontext():
-                if not with_capture:
+                if path == "stock":
                     return model(**inputs, use_cache=False, logits_to_keep=1).logits
+                capture = captures[path]
                 capture.reset()
                 with capture_active(capture):
                     model(**inputs, use_cache=False, logits_to_keep=1)
-            return capture.finalize() if with_capture else None  # after the forward: outside the counter
+            return captures[path].finalize() if path != "stock" else None  # after the forward: outside the counter
 
         return run
 
-    runs = {"stock": forward(False), "capture": forward(True)}
-    row = {"micro_batch": spec, "dtype": dtype, "layout": args.layout, "tokens": n_seq * length}
-    for fn in runs.values():  # warm-up
-        fn()
-    counters = {name: OpCounter() for name in runs}
-    for name in runs:  # one counted run of each forward, which also gives its peak memory
-        row[f"peak_{name}"] = peak_bytes(forward(name == "capture", counters[name]), device)[0]
-    finalize_counter = OpCounter()
-    with finalize_counter:
-        capture.finalize()
-    times, cpu, share = {name: [] for name in runs}, {name: [] for name in runs}, []
-    for r in range(args.repeats):
-        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
-            c0 = time.process_time()
-            times[name].append(timed(runs[name], device)[0])
-            cpu[name].append(time.process_time() - c0)
-            if name == "capture":  # the capture's own share of this very run: immune to load drift between runs
-                share.append(capture.seconds / times[name][-1])
-    row["t_stock"], row["t_capture"] = min(times["stock"]), min(times["capture"])
-    row["ratio"] = row["t_capture"] / row["t_stock"]
-    row["cpu_ratio"] = min(cpu["capture"]) / min(cpu["stock"])
-    row["capture_share"] = min(share)
-    row["ratio_from_share"] = 1 / (1 - row["capture_share"])
-    row["record_s"] = capture.seconds
-    row["paths"] = sorted(set(capture.paths.values()))
-    row["ops_stock"], row["ops_capture"] = counters["stock"].ops, counters["capture"].ops
-    row["ops_added_per_layer"] = (row["ops_capture"] - row["ops_stock"]) / len(capture.layers)
-    row["syncs_added"] = len(counters["capture"].syncs) - len(counters["stock"].syncs)
-    row["syncs_finalize"] = len(finalize_counter.syncs)
-    row["extra_peak_MiB"] = (row["peak_capture"] - row["peak_stock"]) / 2**20
-    print(
-        f"{spec:>8} {dtype:>4} {args.layout}: forward {row['t_stock']:7.2f}s, with capture {row['t_capture']:7.2f}s "
-        f"(x{row['ratio']:.3f}, cpu-time x{row['cpu_ratio']:.3f}, capture's share of its run "
-        f"{100 * row['capture_share']:.1f}% -> x{row['ratio_from_share']:.3f}), ops {row['ops_stock']} -> "
-        f"{row['ops_capture']} "
-        f"(+{row['ops_added_per_layer']:.0f} per layer), syncs added in the forward {row['syncs_added']} "
-        f"(finalize: {row['syncs_finalize']}), extra peak "
-        f"{row['extra_peak_MiB']:.0f} MiB, paths {row['paths']}",
-        flush=True,
-    )
-    return row
+    names = ["stock", *paths]
+    layer = CFG_LAYERS[len(CFG_LAYERS) // 2]
+    qkv = grab_qkv(model, inputs, layer)  # also the warm-up forward
+    counters = {name: OpCounter() for name in names}
+    times, cpu, share, peak = {n: [] for n in names}, {n: [] for n in names}, {n: [] for n in paths}, {}
+    for name in names:  # one counted run of each, which also gives its peak memory (untimed: see timing_malloc)
+        peak[name] = peak_bytes(forward(name, counters[name]), device)[0]
+    timing_malloc(True)
+    try:
+        for r in range(args.repeats):
+            for name in names if r % 2 == 0 else names[::-1]:
+                c0 = time.process_time()
+                times[name].append(timed(forward(name), device)[0])
+                cpu[name].append(time.process_time() - c0)
+                if name != "stock":  # the capture's own share of this very run: immune to load drift between runs
+                    share[name].append(captures[name].seconds / times[name][-1])
+        # one selected layer's attention call in isolation, with and without the capture (interleaved): its extra
+        # time x the selected layers over the forward is the capture's cost including, for the fused path, the
+        # padded kernel call that replaces the stock one (outside record(), so not in the share above)
+        num_layers, module = model.config.num_hidden_layers, qkv["module"]
+        step_fns = {
+            k: capture_step_fn(k, cfg, num_layers, layer, module, qkv["q"], qkv["k"], qkv["v"], layouts) for k in names
+        }
+        step_t = {k: [] for k in names}
+        for r in range(args.step_repeats):
+            for kind in names if r % 2 == 0 else names[::-1]:
+                step_t[kind].append(timed(step_fns[kind], device)[0])
+    finally:
+        timing_malloc(False)
+    del qkv, step_fns
+    rows = []
+    for path in paths:
+        capture = captures[path]
+        finalize_counter = OpCounter()
+        with finalize_counter:
+            capture.finalize()
+        row = {"micro_batch": spec, "dtype": dtype, "layout": args.layout, "tokens": n_seq * length, "path": path}
+        row["t_stock"], row["t_capture"] = min(times["stock"]), min(times[path])
+        row["ratio"] = row["t_capture"] / row["t_stock"]
+        row["cpu_ratio"] = min(cpu[path]) / min(cpu["stock"])
+        row["capture_share"] = min(share[path])
+        row["ratio_from_share"] = 1 / (1 - row["capture_share"])
+        row["t_step_stock"], row["t_step_capture"] = min(step_t["stock"]), min(step_t[path])
+        row["est_ratio"] = 1 + len(capture.layers) * (row["t_step_capture"] - row["t_step_stock"]) / row["t_stock"]
+        # what one more attention call per selected layer costs: the floor of any exact capture that cannot take the
+        # full-row statistics from the layer's own kernel (bf16, FlashAttention-2, eager)
+        row["one_more_attention"] = 1 + len(capture.layers) * row["t_step_stock"] / row["t_stock"]
+        row["record_s"] = capture.seconds
+        row["paths"] = sorted(set(capture.paths.values()))
+        row["ops_stock"], row["ops_capture"] = counters["stock"].ops, counters[path].ops
+        row["ops_added_per_layer"] = (row["ops_capture"] - row["ops_stock"]) / len(capture.layers)
+        row["syncs_added"] = len(counters[path].syncs) - len(counters["stock"].syncs)
+        row["syncs_finalize"] = len(finalize_counter.syncs)
+        row["extra_peak_MiB"] = (peak[path] - peak["stock"]) / 2**20
+        print(
+            f"{spec:>8} {dtype:>4} {args.layout} {path:>7}: forward {row['t_stock']:7.2f}s, with capture "
+            f"{row['t_capture']:7.2f}s (x{row['ratio']:.3f}, cpu-time x{row['cpu_ratio']:.3f}, capture's share of its "
+            f"run {100 * row['capture_share']:.1f}% -> x{row['ratio_from_share']:.3f}; from the layer step "
+            f"{row['t_step_stock']:.3f}s -> {row['t_step_capture']:.3f}s: x{row['est_ratio']:.3f}; one more attention "
+            f"per selected layer: x{row['one_more_attention']:.3f}), "
+            f"ops {row['ops_stock']} -> "
+            f"{row['ops_capture']} (+{row['ops_added_per_layer']:.0f} per layer), syncs added in the forward "
+            f"{row['syncs_added']} (finalize: {row['syncs_finalize']}), extra peak {row['extra_peak_MiB']:.0f} MiB, "
+            f"paths {row['paths']}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
 
 
 def main(argv=None):
@@ -432,7 +482,7 @@ def main(argv=None):
     for dtype in args.dtypes if args.regime else []:
         regime_model = model if dtype == "fp32" else copy.deepcopy(model).to(torch.bfloat16)
         for spec in args.regime:
-            rows.append(bench_regime(regime_model, spec, dtype, args, device, cfg))
+            rows.extend(bench_regime(regime_model, spec, dtype, args, device, cfg))
         del regime_model
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
