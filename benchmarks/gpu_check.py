@@ -11,8 +11,8 @@ anything else). Models are random and built in-process; ``--smollm2 DIR`` adds t
      vs the dense reference on the same forward's ``output_attentions`` maps (fp32) and vs float64 maps recomputed
      from the q/k the hook saw (both dtypes);
    - the SDPA forward: unpadded fp32 rows take the fused path (log-sum-exp and expected position from the device's
-     kernel), masked batches and bf16 the batched one; vs the same references; its logits must equal the stock
-     SDPA forward's.
+     kernel; on CPU fp32 masked batches too), the rest and bf16 the batched one; vs the same references; its logits
+     must equal the stock SDPA forward's.
 2. Overhead, one sequence: a SmolLM2-shaped random Llama (30 layers, 9 heads / 3 kv heads, hidden 576) in fp32 and
    bf16: SDPA forward alone vs with capture, at each ``--sizes`` N (default 2048 8192); ratio, time inside
    ``record()``, the capture step's extra peak memory (``torch.cuda.max_memory_allocated``) vs the dense maps' size.
@@ -20,7 +20,10 @@ anything else). Models are random and built in-process; ``--smollm2 DIR`` adds t
    ``--regime-layers`` layers), bf16, micro-batches ``--regime`` (default 16x1024 and 2x8192) as one packed row
    through ``flash_attention_2`` when it is installed, else as rows of equal length through SDPA. The batched
    capture is checked against float64 maps of its own q/k (one head at a time) and timed against the stock forward;
-   the overhead is also scaled to the full 36-layer model with 5 captured layers (the target: at most 2 %).
+   the overhead is also scaled to the full 36-layer model with 5 captured layers (the target: at most 2 %). On
+   CUDA each row also times the other bf16 full-row mode (``batched.CUDA_LOW_PRECISION_GEMM``: fp32-output gemm
+   vs fp32 grid through the attention kernel) and the other band schedule (``batched.CUDA_TILED_BANDS``: tiles vs
+   the block loop), to settle both defaults.
 
 Usage (a GPU machine): ``bash benchmarks/gpu_check.sh``; CPU dry run in a reduced size: ``python
 benchmarks/gpu_check.py --device cpu --sizes 512 --regime 4x256 --regime-scale 16``. Exit status 1 if an exactness
@@ -320,6 +323,14 @@ def regime(device, specs, report, layers, scale, repeats):
                 batched.CUDA_LOW_PRECISION_GEMM = not batched.CUDA_LOW_PRECISION_GEMM
             row["ratio_other_full_rows"] = other / t0
             row["other_full_rows"] = "fp32 kernel" if batched.CUDA_LOW_PRECISION_GEMM else "bf16 gemm"
+            batched.CUDA_TILED_BANDS = not batched.CUDA_TILED_BANDS  # the other band schedule
+            try:
+                runs["capture"]()
+                other = min(timed(runs["capture"], device)[0] for _ in range(repeats))
+            finally:
+                batched.CUDA_TILED_BANDS = not batched.CUDA_TILED_BANDS
+            row["ratio_other_bands"] = other / t0
+            row["other_bands"] = "block loop" if batched.CUDA_TILED_BANDS else "tiles"
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
         row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))

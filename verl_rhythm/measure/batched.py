@@ -52,6 +52,9 @@ CUDA_LOW_PRECISION_GEMM = True
 """bf16/fp16 q/k on CUDA: keep the grid in that dtype and compute explicit fp32 logits with an fp32-output gemm
 (``True``), or upcast the grid to fp32 so the full rows come from the fp32 attention kernel (``False``).
 ``benchmarks/gpu_check.py`` times both."""
+CUDA_TILED_BANDS = True
+"""Band schedule on CUDA: tiles of many blocks (``True``, few launches) or the CPU's block loop (``False``);
+``benchmarks/gpu_check.py`` times both."""
 
 
 def compute_dtype(query: torch.Tensor) -> torch.dtype:
@@ -276,14 +279,15 @@ def band_stats(
         q, k, batch, scaling, window, softcap, sinks: as in :func:`row_stats`.
         lse: ``(n, H, L)`` fp32 row log-sum-exp.
         waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi.
-        tiled: force a schedule (``None``: tiles on CUDA, the block loop elsewhere).
+        tiled: force a schedule (``None``: tiles on CUDA unless :data:`CUDA_TILED_BANDS` is off, the block loop
+            elsewhere).
 
     Returns:
         ``(waad, fai_num)``, each ``(n, H, L)`` fp32: waad_t = sum_s A[t, s] min(t - s, W) and
         fai_num_s = sum over t in R with H_lo <= t - s <= H_hi of A[t, s]. Entries past N_i are meaningless.
     """
     if tiled is None:
-        tiled = q.device.type == "cuda"
+        tiled = q.device.type == "cuda" and CUDA_TILED_BANDS
     fn = _band_stats_tiled if tiled else _band_stats_blocks
     return fn(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window, softcap, sinks)
 
