@@ -350,8 +350,10 @@ def bench_regime(model, spec: str, dtype: str, args, device, cfg) -> list[dict]:
 
     The capture paths, interleaved with the stock forward in one run: ``batched`` (``fused=False``: what
     FlashAttention-2, bf16 and eager layers take) and, where the layer's own SDPA call can return the full-row
-    statistics (fp32), ``fused``. One stock forward warms up; the first round also counts aten ops and host syncs
-    (a ``TorchDispatchMode``) and measures peak memory.
+    statistics (fp32), ``fused``. One stock forward warms up and hands over one selected layer's q/k/v; one untimed
+    run of each counts aten ops and host syncs (a ``TorchDispatchMode``) and measures peak memory; then
+    ``--repeats`` timed rounds, and ``--step-repeats`` of the isolated layer step (called without a mask: the real
+    call for ``--layout rows``, plain causal over the whole row for ``packed``).
     """
     n_seq, length = (int(x) for x in spec.lower().split("x"))
     inputs, layouts = regime_batch(n_seq, length, model.config.vocab_size, device, args.layout)
