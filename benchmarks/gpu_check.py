@@ -314,23 +314,19 @@ def regime(device, specs, report, layers, scale, repeats):
             for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 times[k].append(timed(runs[k], device)[0])
         t0, t1 = min(times["stock"]), min(times["capture"])
-        if device.type == "cuda":  # the other way to get bf16 full rows: fp32 grid through the attention kernel
-            batched.CUDA_LOW_PRECISION_GEMM = not batched.CUDA_LOW_PRECISION_GEMM
-            try:
-                runs["capture"]()
-                other = min(timed(runs["capture"], device)[0] for _ in range(repeats))
-            finally:
-                batched.CUDA_LOW_PRECISION_GEMM = not batched.CUDA_LOW_PRECISION_GEMM
-            row["ratio_other_full_rows"] = other / t0
-            row["other_full_rows"] = "fp32 kernel" if batched.CUDA_LOW_PRECISION_GEMM else "bf16 gemm"
-            batched.CUDA_TILED_BANDS = not batched.CUDA_TILED_BANDS  # the other band schedule
-            try:
-                runs["capture"]()
-                other = min(timed(runs["capture"], device)[0] for _ in range(repeats))
-            finally:
-                batched.CUDA_TILED_BANDS = not batched.CUDA_TILED_BANDS
-            row["ratio_other_bands"] = other / t0
-            row["other_bands"] = "block loop" if batched.CUDA_TILED_BANDS else "tiles"
+        if device.type == "cuda":  # each CUDA default against its alternative, to settle it
+            for flag, key, names in (  # names: (the flag off, the flag on)
+                ("CUDA_LOW_PRECISION_GEMM", "full_rows", ("fp32 kernel", "bf16 gemm")),  # the bf16 full-row pass
+                ("CUDA_TILED_BANDS", "bands", ("block loop", "tiles")),  # the band schedule
+            ):
+                setattr(batched, flag, not getattr(batched, flag))
+                try:
+                    runs["capture"]()
+                    other = min(timed(runs["capture"], device)[0] for _ in range(repeats))
+                finally:
+                    setattr(batched, flag, not getattr(batched, flag))
+                row[f"ratio_other_{key}"] = other / t0
+                row[f"other_{key}"] = names[not getattr(batched, flag)]  # the alternative that was timed
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
         row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))
