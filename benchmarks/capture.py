@@ -59,7 +59,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -68,10 +67,15 @@ from verl_rhythm.measure import fused as fused_mod  # noqa: E402
 from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout  # noqa: E402
 from verl_rhythm.measure.dense import attention_maps_for_sequence, rhythm_dense  # noqa: E402
 from verl_rhythm.measure.hook import capture_active, install_attention_hook  # noqa: E402
+from verl_rhythm.testing.ops import OpCounter  # noqa: E402
 
 GIB = 2**30
 CFG_LAYERS: list[int] = []
 _libc = None
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MEASURE_THRESHOLD, TIMING_THRESHOLD = 64 * 1024, 32 * 2**20
 
 
 def fix_malloc() -> None:
@@ -79,7 +83,7 @@ def fix_malloc() -> None:
     global _libc
     try:
         _libc = ctypes.CDLL("libc.so.6")
-        _libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        _libc.mallopt(M_MMAP_THRESHOLD, MEASURE_THRESHOLD)
     except OSError:
         _libc = None
 
@@ -90,7 +94,7 @@ def timing_malloc(on: bool) -> None:
     forward from 1.14 s to 1.54 s here, and the capture with it. ``on=False`` goes back to :func:`fix_malloc`'s
     setting."""
     if _libc is not None:
-        _libc.mallopt(-3, 32 * 2**20 if on else 64 * 1024)  # M_MMAP_THRESHOLD
+        _libc.mallopt(M_MMAP_THRESHOLD, TIMING_THRESHOLD if on else MEASURE_THRESHOLD)
 
 
 def _status(field: str) -> int:
@@ -301,32 +305,6 @@ def print_row(row):
             )
     if "max_diff_fused_vs_batched" in row:
         print(f"         max |fused - batched| over WAAD/FAI: {row['max_diff_fused_vs_batched']:.2e}", flush=True)
-
-
-SYNC_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "equal", "allclose")
-"""aten ops that read device memory on the host (``.item()``, ``.tolist()`` of a device tensor, ``nonzero``, ...)."""
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts aten ops, and the ones that would make the host wait for a device (listed in ``syncs``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-        self.syncs: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.ops += 1
-        name = func.__name__.split(".")[0]
-        if name in SYNC_OPS:
-            self.syncs.append(name)
-        elif name in ("_to_copy", "copy_"):
-            devices = {x.device.type for x in (*args, out) if isinstance(x, torch.Tensor)}
-            if len(devices) > 1 and "cpu" in devices:
-                self.syncs.append(f"{name} {sorted(devices)}")
-        return out
 
 
 def regime_batch(n_seq: int, length: int, vocab: int, device, layout: str):

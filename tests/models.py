@@ -13,19 +13,24 @@ import torch
 ARCHS = ("qwen2", "qwen3", "llama_gqa")
 
 
-def tiny_config(arch: str, num_layers: int = 6, attn_implementation: str = "eager"):
-    """A transformers config for a tiny random model of ``arch`` (one of :data:`ARCHS`)."""
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
-
-    common = dict(
+def _common(num_layers: int, **extra) -> dict:
+    """The config fields every tiny model shares (vocab 128, hidden 64, MLP 128, 4,096 positions), plus ``extra``."""
+    return dict(
         vocab_size=128,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=num_layers,
         max_position_embeddings=4096,
-        rope_theta=10000.0,
         tie_word_embeddings=False,
+        **extra,
     )
+
+
+def tiny_config(arch: str, num_layers: int = 6, attn_implementation: str = "eager"):
+    """A transformers config for a tiny random model of ``arch`` (one of :data:`ARCHS`)."""
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    common = _common(num_layers, rope_theta=10000.0)
     if arch == "qwen2":
         cfg = Qwen2Config(num_attention_heads=4, num_key_value_heads=4, **common)
     elif arch == "qwen3":
@@ -44,14 +49,22 @@ def tiny_model(arch: str, num_layers: int = 6, attn_implementation: str = "eager
     The weights are scaled up a little so attention is far from uniform (sharper rows make the statistics
     sensitive to any indexing mistake).
     """
+    return _sharpened(tiny_config(arch, num_layers, attn_implementation), seed)
+
+
+def _sharpened(config, seed: int):
+    """A random model of ``config``, eval mode, with q/k projections x4 and sinks (where the family has them) drawn
+    around the logits' scale."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, num_layers, attn_implementation))
+    model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(4.0)
+            if name.endswith(".sinks"):
+                p.copy_(torch.randn(p.shape) * 2.0)
     return model.eval()
 
 
@@ -64,16 +77,7 @@ def variant_config(arch: str, num_layers: int = 6, attn_implementation: str = "e
     """A transformers config for a tiny random model of ``arch`` (one of :data:`VARIANT_ARCHS`); window 9."""
     import transformers as tf
 
-    common = dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=num_layers,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    common = _common(num_layers, num_attention_heads=4, num_key_value_heads=2)
     if arch == "mistral":
         cfg = tf.MistralConfig(sliding_window=9, **common)
     elif arch == "qwen2_sliding":  # layers >= max_window_layers slide
@@ -103,14 +107,4 @@ def variant_model(arch: str, num_layers: int = 6, attn_implementation: str = "ea
 
     gpt-oss sinks are drawn around the logits' scale so that they take a visible share of each row.
     """
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(variant_config(arch, num_layers, attn_implementation))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(4.0)
-            if name.endswith(".sinks"):
-                p.copy_(torch.randn(p.shape) * 2.0)
-    return model.eval()
+    return _sharpened(variant_config(arch, num_layers, attn_implementation), seed)

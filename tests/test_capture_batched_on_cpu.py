@@ -18,7 +18,6 @@ from __future__ import annotations
 import pytest
 import torch
 from models import tiny_model
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure import batched
@@ -28,9 +27,9 @@ from verl_rhythm.measure.dense import head_stats_dense
 from verl_rhythm.measure.heads import rhythm_from_head_stats
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
 from verl_rhythm.measure.layout import BatchLayout
+from verl_rhythm.testing.ops import OpCounter
 
 EPS32 = torch.finfo(torch.float32).eps
-SYNC_OPS = ("_local_scalar_dense", "nonzero", "item", "is_nonzero", "equal", "allclose")
 
 
 def dense_reference(query, key, scaling, layout, w, lo, hi, *, window=None, softcap=None, sinks=None):
@@ -145,30 +144,6 @@ def test_bf16_inputs_against_float64():
             assert err <= tol, (err, tol)
         assert float((dist[j, :, :n] - ref.dist).abs().max()) <= tol * 10 + 1e-5 * float(ref.dist.abs().max())
     assert worst > 0  # a real comparison, not two copies of one computation
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts aten ops by name, and the ones that would wait for a device (host reads, cross-device copies)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-        self.syncs = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.ops += 1
-        name = func.__name__.split(".")[0]
-        if name in SYNC_OPS:
-            self.syncs.append(name)
-        if name in ("_to_copy", "copy_", "to"):
-            devices = {x.device for x in (*args, *kwargs.values(), out) if isinstance(x, torch.Tensor)}
-            if kwargs.get("device") is not None:
-                devices.add(torch.device(kwargs["device"]))
-            if len(devices) > 1:
-                self.syncs.append(f"{name} {sorted(map(str, devices))}")
-        return out
 
 
 def _count(model, ids, pos, capture):

@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import torch
-from test_capture_batched_on_cpu import OpCounter, packed_layouts, random_qk
+from test_capture_batched_on_cpu import packed_layouts, random_qk
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure import batched, fused
 from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout
 from verl_rhythm.measure.chunked import exact_fp32
+from verl_rhythm.testing.ops import OpCounter
 
 
 def _stats(cfg, layouts, q, k):

@@ -171,7 +171,6 @@ class RhythmCapture:
         scaling = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
         lse, dist = kwargs.get("lse"), kwargs.get("dist")
         window, softcap, sinks = kwargs.get("sliding_window"), kwargs.get("softcap"), kwargs.get("s_aux")
-        cfg = self.cfg
         with torch.no_grad():
             if self.batched:
                 lay = self.batch.to(query.device)
@@ -180,10 +179,7 @@ class RhythmCapture:
                     key,
                     scaling,
                     lay,
-                    waad_window=cfg.waad_window,
-                    fai_horizon_lo=cfg.fai_horizon_lo,
-                    fai_horizon_hi=cfg.fai_horizon_hi,
-                    chunk_size=cfg.chunk_size,
+                    **self._band_settings(),
                     window=int(window) if window else None,
                     softcap=float(softcap) if softcap else None,
                     sinks=sinks.detach() if sinks is not None else None,
@@ -200,6 +196,16 @@ class RhythmCapture:
         self.paths[layer_idx] = ("batched" if self.batched else "chunked") if lse is None else "fused"
         self.seconds += time.perf_counter() - t
 
+    def _band_settings(self) -> dict:
+        """W, H_lo, H_hi and the chunk size, as both paths' keyword arguments."""
+        cfg = self.cfg
+        return {
+            "waad_window": cfg.waad_window,
+            "fai_horizon_lo": cfg.fai_horizon_lo,
+            "fai_horizon_hi": cfg.fai_horizon_hi,
+            "chunk_size": cfg.chunk_size,
+        }
+
     def _record_chunked(self, layer_idx, query, key, scaling, lse, dist, kwargs) -> list[HeadStats]:
         variant = {k: kwargs[k] for k in ("sliding_window", "softcap", "s_aux") if kwargs.get(k) is not None}
         if variant:
@@ -207,7 +213,6 @@ class RhythmCapture:
                 f"layer {layer_idx} uses {sorted(variant)}: the per-sequence reference path (batched=False) handles "
                 "plain causal softmax attention only; use the batched path"
             )
-        cfg = self.cfg
         out = []
         for lay in self.layouts:
             cols = slice(lay.start, lay.start + lay.length)
@@ -218,10 +223,7 @@ class RhythmCapture:
                     scaling,
                     lay,
                     layer_idx,
-                    waad_window=cfg.waad_window,
-                    fai_horizon_lo=cfg.fai_horizon_lo,
-                    fai_horizon_hi=cfg.fai_horizon_hi,
-                    chunk_size=cfg.chunk_size,
+                    **self._band_settings(),
                     lse=None if lse is None else lse[lay.row, :, cols],
                     dist=None if dist is None else dist[lay.row, :, cols],
                 )
