@@ -78,6 +78,14 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 MEASURE_THRESHOLD, TIMING_THRESHOLD = 64 * 1024, 32 * 2**20
 
 
+def cuda_missing() -> str:
+    """One line: why ``--device cuda`` cannot run with this interpreter's torch."""
+    if torch.version.cuda is None:
+        return (f"--device cuda: this Python's torch {torch.__version__} is a CPU build; run with the interpreter of "
+                "the CUDA stack (verl[vllm]==0.9.1 installs torch 2.11 with CUDA), or --device cpu")  # fmt: skip
+    return f"--device cuda: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU (CUDA_VISIBLE_DEVICES?)"
+
+
 def fix_malloc() -> None:
     """Make freed large buffers leave RSS at once (M_MMAP_THRESHOLD = 64 KiB, no dynamic threshold)."""
     global _libc

@@ -18,12 +18,13 @@ anything else). Models are random and built in-process; ``--smollm2 DIR`` adds t
    ``record()``, the capture step's extra peak memory (``torch.cuda.max_memory_allocated``) vs the dense maps' size.
 3. Training regime: Qwen3-8B shapes (hidden 4096, 32 heads / 8 kv heads, head dim 128, MLP 12288; random weights,
    ``--regime-layers`` layers), bf16, micro-batches ``--regime`` (default 16x1024 and 2x8192) as one packed row
-   through ``flash_attention_2`` when it is installed, else as rows of equal length through SDPA. The batched
+   through ``flash_attention_2`` when it is installed (on CPU: verl-rhythm's CPU flash-attn, strict), else as rows of
+   equal length through SDPA. The batched
    capture is checked against float64 maps of its own q/k (one head at a time) and timed against the stock forward;
    the overhead is also scaled to the full 36-layer model with 5 captured layers (the target: at most 2 %). On
-   CUDA each row also times the other bf16 full-row mode (``batched.CUDA_LOW_PRECISION_GEMM``: fp32-output gemm
-   vs fp32 grid through the attention kernel) and the other band schedule (``batched.CUDA_TILED_BANDS``: tiles vs
-   the block loop), to settle both defaults.
+   CUDA each row also times the other bf16 full-row mode (``Kernels.low_precision_grid``: fp32-output gemm vs fp32
+   grid through the attention kernel) and the other band schedule (``Kernels.tiled_bands``: tiles vs the block
+   loop), to settle both defaults (:mod:`verl_rhythm.measure.kernels`).
 
 Usage (a GPU machine): ``bash benchmarks/gpu_check.sh``; CPU dry run in a reduced size: ``python
 benchmarks/gpu_check.py --device cpu --sizes 512 --regime 4x256 --regime-scale 16``. Exit status 1 if an exactness
@@ -33,6 +34,7 @@ check fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -43,9 +45,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.capture import capture_step_fn, fix_malloc, grab_qkv, peak_bytes, timed  # noqa: E402
+from benchmarks.capture import capture_step_fn, cuda_missing, fix_malloc, grab_qkv, peak_bytes, timed  # noqa: E402
 from verl_rhythm.config import RhythmConfig  # noqa: E402
-from verl_rhythm.measure import batched  # noqa: E402
 from verl_rhythm.measure.capture import (  # noqa: E402
     RhythmCapture,
     SequenceLayout,
@@ -259,14 +260,24 @@ def dense64_per_head(query, key, scaling, lay, cfg, layer):
     return HeadStats.concat(parts)
 
 
-def regime(device, specs, report, layers, scale, repeats):
-    """The training regime at Qwen3-8B shapes: exactness of the batched capture and its overhead."""
+def regime_attention(device) -> str:
+    """FlashAttention-2 where it runs: the flash_attn package on CUDA; on CPU (the dry run) verl-rhythm's CPU
+    implementation of its API, strict (bf16 only, as the CUDA kernels), so the GPU branch runs here too. Else SDPA."""
+    if device.type == "cpu":
+        from verl_rhythm.backends.cpu.flash_attn import install
+
+        install.install(strict=True)
+        return "flash_attention_2"
     try:
         import flash_attn  # noqa: F401
-
-        impl = "flash_attention_2" if device.type == "cuda" else "sdpa"
     except ImportError:
-        impl = "sdpa"
+        return "sdpa"
+    return "flash_attention_2"
+
+
+def regime(device, specs, report, layers, scale, repeats):
+    """The training regime at Qwen3-8B shapes: exactness of the batched capture and its overhead."""
+    impl = regime_attention(device)
     model = qwen3_shaped(device, layers, scale, impl)
     cfg = RhythmConfig()
     ok = True
@@ -315,18 +326,19 @@ def regime(device, specs, report, layers, scale, repeats):
                 times[k].append(timed(runs[k], device)[0])
         t0, t1 = min(times["stock"]), min(times["capture"])
         if device.type == "cuda":  # each CUDA default against its alternative, to settle it
-            for flag, key, names in (  # names: (the flag off, the flag on)
-                ("CUDA_LOW_PRECISION_GEMM", "full_rows", ("fp32 kernel", "bf16 gemm")),  # the bf16 full-row pass
-                ("CUDA_TILED_BANDS", "bands", ("block loop", "tiles")),  # the band schedule
+            default = plain.kernels
+            for field, key, names in (  # names: (the choice off, the choice on)
+                ("low_precision_grid", "full_rows", ("fp32 kernel", "bf16 gemm")),  # the bf16 full-row pass
+                ("tiled_bands", "bands", ("block loop", "tiles")),  # the band schedule
             ):
-                setattr(batched, flag, not getattr(batched, flag))
+                plain.kernels = dataclasses.replace(default, **{field: not getattr(default, field)})
                 try:
                     runs["capture"]()
                     other = min(timed(runs["capture"], device)[0] for _ in range(repeats))
                 finally:
-                    setattr(batched, flag, not getattr(batched, flag))
+                    plain.kernels = default
                 row[f"ratio_other_{key}"] = other / t0
-                row[f"other_{key}"] = names[not getattr(batched, flag)]  # the alternative that was timed
+                row[f"other_{key}"] = names[not getattr(default, field)]  # the alternative that was timed
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
         row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))
@@ -427,7 +439,7 @@ def main(argv=None):
     if device.type == "cpu":
         fix_malloc()
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda but torch.cuda.is_available() is False; use --device cpu for a dry run")
+        sys.exit(cuda_missing())
     import transformers
 
     install_attention_hook()
@@ -435,18 +447,24 @@ def main(argv=None):
     report = {"torch": torch.__version__, "transformers": transformers.__version__, "device": name,
               "exactness": [], "overhead": [], "regime": []}  # fmt: skip
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {name}", flush=True)
+    def save(stage: str) -> None:  # each stage's rows reach --out as soon as it finishes
+        report["finished"] = [*report.get("finished", []), stage]
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+
     t = time.perf_counter()
     ok = exactness(device, report)
+    save("exactness")
     print(f"exactness {'OK' if ok else 'FAILED'} ({time.perf_counter() - t:.0f}s)", flush=True)
     if args.regime:
         t1 = time.perf_counter()
         regime_ok = regime(device, args.regime, report, args.regime_layers, args.regime_scale, args.repeats)
         print(f"regime exactness {'OK' if regime_ok else 'FAILED'} ({time.perf_counter() - t1:.0f}s)", flush=True)
         ok &= regime_ok
-    overhead(device, args.sizes, report, args.smollm2, args.repeats)
+        save("regime")
     report["ok"] = ok
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
+    overhead(device, args.sizes, report, args.smollm2, args.repeats)
+    save("overhead")
     print(f"done in {time.perf_counter() - t:.0f}s", flush=True)
     sys.exit(0 if ok else 1)
 

@@ -7,15 +7,22 @@ old-log-prob pass runs through verl 0.9.1's ``FSDPEngineWithLMHead.infer_batch``
 on CUDA, gloo with :class:`verl_rhythm.backends.cpu.platform.PlatformCPU` on CPU) with the rhythm engine's capture on,
 and its per-token WAAD/FAI are compared with the dense reference of the same weights (eager attention maps, fp32).
 
-- ``fp32`` runs (``--check-dtype``): the capture must match the reference (``--atol``): pass/fail.
-- ``bf16`` runs (verl's default actor precision, ``--info-dtype``): the deviation from the fp32 reference is
-  reported (bf16 rounding of the forward, not of the capture), and the TopQ(FAI) overlap with the reference.
+- ``fp32`` runs (``--check-dtype``) of ``sdpa`` and ``eager``: the capture must match the reference (``--atol``):
+  pass/fail. FlashAttention-2 takes fp16/bf16 only, so it has no fp32 run.
+- ``bf16`` runs (verl's default actor precision, ``--info-dtype``; the only ones of ``flash_attention_2``): the
+  deviation from the fp32 reference is reported (bf16 rounding of the forward, not of the capture), and the
+  TopQ(FAI) overlap with the reference; such a run fails only on an error or non-finite statistics.
 - Cost: the same pass with and without capture, timed in one run (median of ``--repeats``, after a warm-up); the
   ratio is the capture overhead of the old-log-prob pass.
 
 The model is a random-weight config built in-process (no download): ``tiny`` (``tests/models.py``'s Qwen2) or
 ``qwen2-0.5b`` (Qwen2-0.5B's shape: 24 layers, 14 heads / 2 KV heads, hidden 896). Results go to stdout and, with
-``--out FILE``, to a JSON report. Exit status 1 when an fp32 check fails.
+``--out FILE``, to a JSON report rewritten after every run (a run cut short keeps what finished). Exit status 1 when
+a check fails. ``--device cuda`` on a Python whose torch has no CUDA stops at once with one line.
+
+On CPU, ``flash_attention_2`` runs through verl-rhythm's CPU implementation of the flash-attn API
+(:mod:`verl_rhythm.backends.cpu.flash_attn`, strict mode: fp16/bf16 only, as the CUDA kernels), so the whole GPU path
+of this script executes here too.
 
 Usage::
 
@@ -28,7 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
+import math
 import statistics
 import sys
 import tempfile
@@ -41,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchmarks.capture import cuda_missing  # noqa: E402
 from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.glue.tq_fields import FAI_FULL, WAAD_FULL  # noqa: E402
 
@@ -83,22 +91,39 @@ def make_sequences(lengths: list[tuple[int, int]], vocab: int, seed: int = 0):
 
 @contextlib.contextmanager
 def process_group(device: str):
-    if device == "cpu":
-        from verl_rhythm.testing.process_group import cpu_process_group
+    """A one-process group on a free port: gloo with verl's platform set to the CPU one, or NCCL on GPU 0."""
+    from verl_rhythm.testing.process_group import cpu_process_group, single_process_group
 
+    if device == "cpu":
         with cpu_process_group():
             yield
         return
-    import torch.distributed as dist
-
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29562", "RANK": "0", "WORLD_SIZE": "1"})
-    os.environ.setdefault("LOCAL_RANK", "0")
     torch.cuda.set_device(0)
-    dist.init_process_group("nccl", rank=0, world_size=1)
-    try:
+    with single_process_group("nccl"):
         yield
-    finally:
-        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def flash_attention(device: str):
+    """Where FlashAttention-2 comes from: the flash_attn package on CUDA; on CPU verl-rhythm's implementation of
+    its API, strict (fp16/bf16 only), installed for the run. Yields the flash-attn version, or None without it."""
+    if device == "cpu":
+        from verl_rhythm.backends.cpu.flash_attn import install as cpu_flash_attn
+
+        was_installed = cpu_flash_attn.is_installed()
+        cpu_flash_attn.install(strict=True)
+        try:
+            yield "cpu (verl-rhythm)"
+        finally:
+            if not was_installed:
+                cpu_flash_attn.uninstall()
+        return
+    try:
+        import flash_attn
+    except ImportError:
+        yield None
+        return
+    yield flash_attn.__version__
 
 
 def timed_pass(engine, batch, device: str) -> tuple[dict, float]:
@@ -129,12 +154,10 @@ def check(args) -> dict:
     if args.device == "cuda":
         results["gpu"] = torch.cuda.get_device_name(0)
     results["versions"] = {"torch": torch.__version__}
-    for mod in ("transformers", "verl", "flash_attn"):
-        try:
-            results["versions"][mod] = __import__(mod).__version__
-        except ImportError:
-            results["versions"][mod] = None
-    with tempfile.TemporaryDirectory() as tmp, process_group(args.device):
+    for mod in ("transformers", "verl"):
+        results["versions"][mod] = __import__(mod).__version__
+    with tempfile.TemporaryDirectory() as tmp, process_group(args.device), flash_attention(args.device) as fa:
+        results["versions"]["flash_attn"] = fa
         path = model_folder(args.model, Path(tmp))
         ref_model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
         ref_model = ref_model.to(args.device).eval()
@@ -142,12 +165,13 @@ def check(args) -> dict:
         reference = dense_rhythm(ref_model, sequences, cfg)
         del ref_model
         for attn in args.attn:
-            if attn == "flash_attention_2" and (args.device != "cuda" or results["versions"]["flash_attn"] is None):
-                skipped = {"attn": attn, "skipped": "needs CUDA and the flash_attn package"}
-                print(json.dumps(skipped), flush=True)
-                results["runs"].append(skipped)
+            if attn == "flash_attention_2" and fa is None:
+                skipped = {"attn": attn, "skipped": "the flash_attn package is not installed (see docs/rhythm.md)"}
+                report(args, results, skipped)
                 continue
             for dtype in [*args.check_dtype, *args.info_dtype]:
+                if attn == "flash_attention_2" and dtype not in ("bf16", "fp16"):
+                    continue  # FlashAttention-2 rejects fp32 inputs
                 for rmpad in args.packing:
                     run = {"attn": attn, "dtype": dtype, "use_remove_padding": rmpad}
                     try:
@@ -155,16 +179,34 @@ def check(args) -> dict:
                     except Exception as err:  # report every combination, fail at the end
                         run["error"] = f"{type(err).__name__}: {err}"
                     run["check"] = dtype in args.check_dtype
+                    finite = "error" not in run and all(
+                        math.isfinite(run[k]) for k in ("max_abs_err_waad", "max_abs_err_fai")
+                    )
                     if run["check"]:
                         run["ok"] = (
-                            "error" not in run
+                            finite
                             and run["max_abs_err_waad"] <= args.atol * 10
                             and (run["max_abs_err_fai"] <= args.atol)
                         )
-                    print(json.dumps(run), flush=True)
-                    results["runs"].append(run)
-    results["ok"] = all(r.get("ok", True) for r in results["runs"] if r.get("check"))
+                    else:
+                        run["ok"] = finite
+                    report(args, results, run)
+    results["ok"] = all(r.get("ok", True) for r in results["runs"])
+    write(args, results)
     return results
+
+
+def report(args, results: dict, run: dict) -> None:
+    """Print one run and add it to the report on disk at once."""
+    print(json.dumps(run), flush=True)
+    results["runs"].append(run)
+    write(args, results)
+
+
+def write(args, results: dict) -> None:
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
 
 
 def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
@@ -241,10 +283,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if len(args.lengths) % args.micro_batch_size:
         raise SystemExit(f"{len(args.lengths)} sequences: a multiple of --micro-batch-size={args.micro_batch_size}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(cuda_missing())
     results = check(args)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({"ok": results["ok"], "versions": results["versions"]}))
     return 0 if results["ok"] else 1
 

@@ -24,3 +24,16 @@ def smollm2():
     from verl_rhythm.embedded import load_embedded
 
     return load_embedded(attn_implementation="eager")
+
+
+@pytest.fixture
+def cpu_flash_attn():
+    """transformers' ``flash_attention_2`` routed to verl-rhythm's CPU flash-attn (fp32 allowed) for one test; the
+    install module, for strict mode. Removed afterwards, so other tests see this machine as it is (no flash-attn)."""
+    from verl_rhythm.backends.cpu.flash_attn import install
+
+    install.install(strict=False)
+    try:
+        yield install
+    finally:
+        install.uninstall()

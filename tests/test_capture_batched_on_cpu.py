@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from models import tiny_model
@@ -26,10 +28,20 @@ from verl_rhythm.measure.chunked import layer_head_stats
 from verl_rhythm.measure.dense import head_stats_dense
 from verl_rhythm.measure.heads import rhythm_from_head_stats
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
+from verl_rhythm.measure.kernels import kernels_for
 from verl_rhythm.measure.layout import BatchLayout
 from verl_rhythm.testing.ops import OpCounter
 
 EPS32 = torch.finfo(torch.float32).eps
+CPU = kernels_for("cpu")
+TILED = dataclasses.replace(CPU, tiled_bands=True)
+"""CUDA's band schedule, run on CPU."""
+
+
+def per_sequence(stats: batched.LayerStats, lay: BatchLayout, j: int) -> dict[str, torch.Tensor]:
+    """Sorted sequence j's ``(H, N)`` vectors out of the batch's token order."""
+    tok = slice(lay.offsets[j], lay.offsets[j] + lay.lengths[j])
+    return {"dist": stats.dist[:, tok], "waad": stats.waad[:, tok], "fai_num": stats.fai_num[:, tok]}
 
 
 def dense_reference(query, key, scaling, layout, w, lo, hi, *, window=None, softcap=None, sinks=None):
@@ -54,6 +66,9 @@ def dense_reference(query, key, scaling, layout, w, lo, hi, *, window=None, soft
     zmax = float(z.masked_fill(~allowed, 0).abs().max()) if n else 0.0
     heads = [(0, h) for h in range(query.shape[1])]
     return head_stats_dense(maps, layout.response_mask, heads, w, lo, hi), zmax
+
+
+SPEC = dict(waad_window=10, fai_horizon_lo=10, fai_horizon_hi=100)
 
 
 def random_qk(b, h, hkv, s, d, seed, scale=2.0, dtype=torch.float32):
@@ -100,31 +115,21 @@ def test_batched_matches_dense_and_reference(kind, variant, chunk, tiled):
         q, k = random_qk(len(lengths), 4, 2, 48, 8, seed=chunk)
     opts = VARIANTS[variant]
     lay = BatchLayout(layouts, lo, hi, min(chunk, 64))
-    dist, waad, fai_num = batched.layer_stats(
-        q,
-        k,
-        0.35,
-        lay,
-        waad_window=w,
-        fai_horizon_lo=lo,
-        fai_horizon_hi=hi,
-        chunk_size=chunk,
-        tiled_bands=tiled,
-        **opts,
-    )
+    settings = dict(waad_window=w, fai_horizon_lo=lo, fai_horizon_hi=hi, chunk_size=chunk)
+    stats = batched.layer_stats(q, k, 0.35, lay, TILED if tiled else CPU, **settings, **opts)
     for j, i in enumerate(lay.order):
-        layout, n = layouts[i], layouts[i].length
+        layout, got = layouts[i], per_sequence(stats, lay, j)
         ref, zmax = dense_reference(q, k, 0.35, layout, w, lo, hi, **opts)
         tol = 1e-5 + 10 * EPS32 * zmax
-        torch.testing.assert_close(waad[j, :, :n], ref.waad, atol=tol, rtol=0)
-        torch.testing.assert_close(fai_num[j, :, :n], ref.fai_num, atol=tol, rtol=0)
-        torch.testing.assert_close(dist[j, :, :n], ref.dist, atol=tol, rtol=1e-5)
+        torch.testing.assert_close(got["waad"], ref.waad, atol=tol, rtol=0)
+        torch.testing.assert_close(got["fai_num"], ref.fai_num, atol=tol, rtol=0)
+        torch.testing.assert_close(got["dist"], ref.dist, atol=tol, rtol=1e-5)
+        span = (ref.dist * layout.response_mask).sum(-1) / max(1, int(layout.response_mask.sum()))
+        torch.testing.assert_close(stats.span[j], span, atol=tol, rtol=1e-5)
         if not opts:  # the per-sequence reference path: same numbers, to fp32 rounding
-            got = layer_head_stats(
-                q, k, 0.35, layout, 0, waad_window=w, fai_horizon_lo=lo, fai_horizon_hi=hi, chunk_size=chunk
-            )
-            for name, x in (("dist", dist), ("waad", waad), ("fai_num", fai_num)):
-                torch.testing.assert_close(x[j, :, :n], getattr(got, name), atol=tol, rtol=1e-5)
+            own = layer_head_stats(q, k, 0.35, layout, 0, **settings)
+            for name, x in got.items():
+                torch.testing.assert_close(x, getattr(own, name), atol=tol, rtol=1e-5)
 
 
 def test_bf16_inputs_against_float64():
@@ -132,17 +137,19 @@ def test_bf16_inputs_against_float64():
     layouts = packed_layouts([300, 120, 64], [100, 30, 10])
     q, k = random_qk(1, 8, 2, 484, 64, seed=7, scale=1.5, dtype=torch.bfloat16)
     lay = BatchLayout(layouts, 10, 100, 64)
-    dist, waad, fai_num = batched.layer_stats(q, k, 64**-0.5, lay, chunk_size=128)
     worst = 0.0
-    for j, i in enumerate(lay.order):
-        n = layouts[i].length
-        ref, zmax = dense_reference(q, k, 64**-0.5, layouts[i], 10, 10, 100)
-        tol = 1e-5 + 10 * EPS32 * zmax
-        for got, want in ((waad, ref.waad), (fai_num, ref.fai_num)):
-            err = float((got[j, :, :n] - want).abs().max())
-            worst = max(worst, err)
-            assert err <= tol, (err, tol)
-        assert float((dist[j, :, :n] - ref.dist).abs().max()) <= tol * 10 + 1e-5 * float(ref.dist.abs().max())
+    # CPU's fp32 grid, and CUDA's bf16 grid with tiled bands (each bf16 logit from an upcast product on CPU)
+    for kernels in (CPU, dataclasses.replace(TILED, low_precision_grid=True)):
+        stats = batched.layer_stats(q, k, 64**-0.5, lay, kernels, **SPEC, chunk_size=128)
+        for j, i in enumerate(lay.order):
+            got = per_sequence(stats, lay, j)
+            ref, zmax = dense_reference(q, k, 64**-0.5, layouts[i], 10, 10, 100)
+            tol = 1e-5 + 10 * EPS32 * zmax
+            for name in ("waad", "fai_num"):
+                err = float((got[name] - getattr(ref, name)).abs().max())
+                worst = max(worst, err)
+                assert err <= tol, (name, err, tol)
+            assert float((got["dist"] - ref.dist).abs().max()) <= tol * 10 + 1e-5 * float(ref.dist.abs().max())
     assert worst > 0  # a real comparison, not two copies of one computation
 
 
@@ -202,36 +209,56 @@ def test_tiled_band_ops_do_not_grow_with_length():
         layouts = packed_layouts([length, length // 2], [length // 4, 0])
         q, k = random_qk(1, 4, 2, length + length // 2, 16, seed=length)
         lay = BatchLayout(layouts, 10, 100, 64)
-        grid_q, grid_k = batched.padded_qk(q, k, lay)
-        lse, _ = batched.row_stats(grid_q, grid_k, lay, 0.25, 256)
+        (grid,) = lay.grids
+        grid_q, grid_k = batched.padded_qk(q, k, grid)
+        lse, _ = batched.row_stats(grid_q, grid_k, grid, 0.25, 256, CPU)
         out = {}
         for tiled in (False, True):
             with OpCounter() as counter:
-                out[tiled] = batched.band_stats(grid_q, grid_k, lay, 0.25, lse, 10, 10, 100, tiled=tiled)
+                out[tiled] = batched.band_stats(grid_q, grid_k, grid, 0.25, lse, 10, 10, 100, TILED if tiled else CPU)
             ops[length, tiled] = counter.ops
-        for j, n in enumerate(lay.lengths):
+        for j, n in enumerate(grid.lengths):
             for a, b in zip(out[False], out[True], strict=True):
                 torch.testing.assert_close(a[j, :, :n], b[j, :, :n], atol=1e-5, rtol=1e-6)
     assert ops[100, True] == ops[1000, True], ops
     assert ops[1000, False] > 4 * ops[100, False], ops
 
 
-def test_record_runs_on_meta_tensors():
-    """No data: any .item(), .tolist(), nonzero, copy to the host or data-dependent shape in record() would raise."""
+@pytest.mark.parametrize(
+    "mask_kind", ["4d_bool", "2d_padding", "flash_position_ids"], ids=["sdpa_mask", "fa2_padded", "fa2_packed"]
+)
+@pytest.mark.parametrize("kernels", ["cpu", "cuda"])
+def test_record_runs_on_meta_tensors(mask_kind, kernels):
+    """No data: any .item(), .tolist(), nonzero, copy to the host or data-dependent shape in record() would raise.
+    With the masks each attention implementation gets: SDPA/eager a 4-D mask, FlashAttention-2 a 2-D padding mask
+    (padded batches) or none and the position ids (packed rows); on the CPU's kernel choices and on CUDA's (bf16
+    grid, fp32-output gemm, tiled bands)."""
     cfg = RhythmConfig(layers=(0,), chunk_size=8, fai_horizon_hi=20)
-    layouts = packed_layouts([30, 12, 25], [10, 2, 24])
+    choice = CPU if kernels == "cpu" else dataclasses.replace(
+        kernels_for("meta"), low_precision_grid=True, fp32_output_gemm=True, tiled_bands=True
+    )  # fmt: skip
+    lengths, prompts = [30, 12, 25], [10, 2, 24]
+    if mask_kind == "2d_padding":
+        layouts, b, s = padded_layouts(lengths, prompts, 30, left=True), 3, 30
+        segments = {"attention_mask": torch.empty(b, s, device="meta", dtype=torch.bool)}
+    else:
+        layouts, b, s = packed_layouts(lengths, prompts), 1, 70
+        if mask_kind == "4d_bool":
+            segments = {"attention_mask": torch.empty(1, 1, s, s, device="meta", dtype=torch.bool)}
+        else:
+            segments = {"attention_mask": None, "position_ids": torch.empty(1, s, device="meta", dtype=torch.long)}
     for variant in VARIANTS.values():
-        capture = RhythmCapture(cfg, 1, layouts)
+        capture = RhythmCapture(cfg, 1, layouts, kernels=choice)
         capture.to("meta")
-        q = torch.empty(1, 4, 70, 16, device="meta", dtype=torch.bfloat16)
-        k = torch.empty(1, 2, 70, 16, device="meta", dtype=torch.bfloat16)
-        mask = torch.empty(1, 1, 70, 70, device="meta", dtype=torch.bool)
+        q = torch.empty(b, 4, s, 16, device="meta", dtype=torch.bfloat16)
+        k = torch.empty(b, 2, s, 16, device="meta", dtype=torch.bfloat16)
         kwargs = {"sliding_window": variant.get("window"), "softcap": variant.get("softcap")}
         if "sinks" in variant:
             kwargs["s_aux"] = variant["sinks"].to("meta")
-        capture.record(0, q, k, 0.25, attention_mask=mask, **kwargs)
-        dist, waad, fai_num = capture._stats[0]
-        assert dist.device.type == "meta" and dist.shape == (3, 4, 30) and fai_num.dtype == torch.float32
+        capture.record(0, q, k, 0.25, **segments, **kwargs)
+        dist, waad, fai_num, span = capture._stats[0]
+        assert dist.device.type == "meta" and dist.shape == (4, 67) and fai_num.dtype == torch.float32
+        assert span.shape == (3, 4) and len(capture._checks) == 1  # the layout check was queued, not read
 
 
 def test_finalize_equals_the_per_sequence_grouping():

@@ -12,6 +12,8 @@ Every capture path is checked on padded (left, right) and packed batches of uneq
   0, no padding) the hook replaces it by the kernel that also returns log-sum-exp and expected position
   (:mod:`verl_rhythm.measure.fused`); with a mask the batched path runs. Its logits must equal the stock SDPA
   forward's.
+- ``flash``: a FlashAttention-2 twin (transformers' own FA2 code: the varlen call for packed rows and padded
+  batches) on verl-rhythm's CPU flash-attn, fp32; the batched path; logits equal eager's.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def forward(model, capture=None, **inputs):
 def capture_and_maps(arch, path, cfg, layouts, **inputs):
     """Run the capture on ``path`` and return it with the eager maps of the same inputs."""
     eager = tiny_model(arch)
+    if path == "flash":
+        from verl_rhythm.backends.cpu.flash_attn import install
+
+        assert install.is_installed()  # the cpu_flash_attn fixture
+        flash = tiny_model(arch, attn_implementation="flash_attention_2")
+        capture = RhythmCapture(cfg, flash.config.num_hidden_layers, layouts)
+        logits = forward(flash, capture, **inputs).logits
+        assert capture.paths == dict.fromkeys(capture.layers, "batched")
+        out = forward(eager, **inputs)
+        valid = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones(logits.shape[:2]) > 0
+        torch.testing.assert_close(logits[valid], out.logits[valid], atol=1e-5, rtol=1e-5)
+        return capture, out.attentions
     if path in ("chunked", "batched"):
         capture = RhythmCapture(cfg, eager.config.num_hidden_layers, layouts, fused=False, batched=path == "batched")
         maps = forward(eager, capture, **inputs).attentions
@@ -81,7 +95,14 @@ def assert_matches_dense(capture, attentions, cfg, columns, atol=ATOL):
         torch.testing.assert_close(rh.fai, ref_rh.fai, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["chunked", "batched", "sdpa"])
+@pytest.fixture(params=["chunked", "batched", "sdpa", "flash"])
+def path(request):
+    """Each capture path; ``flash`` with transformers' flash_attention_2 on the CPU flash-attn."""
+    if request.param == "flash":
+        request.getfixturevalue("cpu_flash_attn")
+    return request.param
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_padded_batch_matches_dense(arch, side, path):
@@ -99,7 +120,6 @@ def test_padded_batch_matches_dense(arch, side, path):
     assert_matches_dense(capture, maps, CFG, [torch.nonzero(row).flatten() for row in mask])
 
 
-@pytest.mark.parametrize("path", ["chunked", "batched", "sdpa"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_packed_unequal_lengths_match_dense(arch, path):
     torch.manual_seed(2)
@@ -116,7 +136,7 @@ def test_packed_unequal_lengths_match_dense(arch, path):
     assert_matches_dense(capture, maps, CFG, cols)
 
 
-def test_default_spec_settings_on_longer_sequences():
+def test_default_spec_settings_on_longer_sequences(cpu_flash_attn):
     """W=10, H_lo=10, H_hi=100 and the default layer choice, chunk boundaries inside both bands."""
     cfg = RhythmConfig(chunk_size=64)
     torch.manual_seed(3)
@@ -124,7 +144,7 @@ def test_default_spec_settings_on_longer_sequences():
     pos = torch.cat([torch.arange(n) for n in lengths])[None]
     ids = torch.randint(0, 128, pos.shape)
     layouts = layouts_from_position_ids(pos, [response_mask(n, p) for n, p in zip(lengths, prompts, strict=True)])
-    for path in ("chunked", "batched", "sdpa"):
+    for path in ("chunked", "batched", "sdpa", "flash"):
         capture, maps = capture_and_maps("llama_gqa", path, cfg, layouts, input_ids=ids, position_ids=pos)
         assert capture.layers == [2, 3, 4]
         assert_matches_dense(capture, maps, cfg, [torch.arange(150), torch.arange(150, 380)])

@@ -16,10 +16,10 @@ from test_capture_batched_on_cpu import packed_layouts, random_qk
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.measure import batched, fused
+from verl_rhythm.measure import fused
 from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout
 from verl_rhythm.measure.chunked import exact_fp32
-from verl_rhythm.testing.ops import OpCounter
+from verl_rhythm.testing.ops import AllocationCounter
 
 
 def _stats(cfg, layouts, q, k):
@@ -71,21 +71,6 @@ def _module():
     return module
 
 
-class LargestFloat(OpCounter):
-    """Records the largest floating-point tensor any aten op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        for x in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(x, torch.Tensor) and x.is_floating_point():
-                self.largest = max(self.largest, x.numel())
-        return out
-
-
 def _packed_call(s=256, h=2, d=16):
     q, k = random_qk(1, h, h, s, d, seed=1)
     v = torch.randn(1, h, s, d)
@@ -102,9 +87,9 @@ def test_fused_path_with_an_additive_mask_builds_no_square_tensor():
     capture, q, k, v, bool_mask = _packed_call()
     s, d = q.shape[2], q.shape[3]
     float_mask = torch.zeros(1, 1, s, s).masked_fill_(~bool_mask, float("-inf"))
-    with LargestFloat() as sizes:
+    with AllocationCounter() as sizes:
         result = fused.attention_with_stats(sdpa_attention_forward, capture, _module(), q, k, v, float_mask)
-    assert result is not None and sizes.largest < s * s, sizes.largest  # q/k/v copies are O(S), never S²
+    assert result is not None and sizes.largest_float < s * s, sizes.largest_float  # q/k/v copies are O(S), never S²
     (out, _), lse, dist, leak = result
     stock = sdpa_attention_forward(_module(), q, k, v, float_mask, scaling=d**-0.5)[0]
     torch.testing.assert_close(out, stock, atol=1e-6, rtol=1e-6)
@@ -117,13 +102,13 @@ def test_fused_path_with_a_bool_mask_allocates_no_more_than_stock_sdpa():
     instead, and allocates nothing larger."""
     capture, q, k, v, bool_mask = _packed_call()
     d = q.shape[3]
-    with LargestFloat() as stock_sizes:
+    with AllocationCounter() as stock_sizes:
         stock = sdpa_attention_forward(_module(), q, k, v, bool_mask, scaling=d**-0.5)[0]
-    with LargestFloat() as sizes:
+    with AllocationCounter() as sizes:
         result = fused.attention_with_stats(sdpa_attention_forward, capture, _module(), q, k, v, bool_mask)
     assert result is not None
-    assert stock_sizes.largest >= bool_mask.numel()  # the stock call builds the S×S float mask
-    assert sizes.largest <= stock_sizes.largest, (sizes.largest, stock_sizes.largest)
+    assert stock_sizes.largest_float >= bool_mask.numel()  # the stock call builds the S×S float mask
+    assert sizes.largest_float <= stock_sizes.largest_float, (sizes.largest_float, stock_sizes.largest_float)
     (out, _), lse, dist, leak = result
     torch.testing.assert_close(out, stock, atol=1e-6, rtol=1e-6)
     assert not bool(leak)
@@ -135,12 +120,3 @@ def test_fused_path_with_a_bool_mask_allocates_no_more_than_stock_sdpa():
     for a, b in zip(got, ref.finalize(), strict=True):
         torch.testing.assert_close(a.waad, b.waad, atol=1e-5, rtol=0)
         torch.testing.assert_close(a.fai, b.fai, atol=1e-5, rtol=0)
-
-
-def test_low_precision_gemm_falls_back_to_an_upcast_where_unavailable():
-    """The fp32-output bf16 gemm exists on CUDA only; elsewhere the upcast gives the same fp32 products."""
-    a, b = torch.randn(3, 8, 16).bfloat16(), torch.randn(3, 16, 5).bfloat16()
-    got = batched._matmul_fp32(a, b)
-    assert got.dtype == torch.float32 and "cpu" in batched._low_gemm_failed
-    torch.testing.assert_close(got, a.double().matmul(b.double()).float(), atol=1e-5, rtol=1e-6)
-    assert batched.compute_dtype(a) == torch.float32  # CPU grids are fp32

@@ -78,6 +78,44 @@ def test_packed_row_matches_dense_eager_maps(arch):
     assert_matches_dense(capture, maps, cfg, [torch.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
+FA2_ARCHS = [a for a in VARIANT_ARCHS if a != "gpt_oss"]
+"""gpt-oss is refused for flash_attention_2 by transformers (it needs a FlashAttention with sinks), so sinks never
+reach FlashAttention-2 (``tests/test_cpu_flash_attn_on_cpu.py`` checks the refusal)."""
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+@pytest.mark.parametrize("arch", FA2_ARCHS)
+def test_flash_attention_2_matches_dense_eager_maps(arch, packed, cpu_flash_attn):
+    """The same families through transformers' FlashAttention-2 code (window_size, softcap passed to the varlen
+    call) on the CPU flash-attn, fp32: the capture of the FA2 forward equals the eager maps of the same weights."""
+    eager = variant_model(arch, seed=2)
+    flash = variant_model(arch, seed=2, attn_implementation="flash_attention_2")
+    cfg = _all_softmax_layers(eager)
+    torch.manual_seed(7)
+    lengths, prompts = [40, 23, 31], [9, 5, 30]
+    resp = [torch.arange(n) >= p for n, p in zip(lengths, prompts, strict=True)]
+    if packed:
+        pos = torch.cat([torch.arange(n) for n in lengths])[None]
+        inputs = {"input_ids": torch.randint(0, 128, pos.shape), "position_ids": pos}
+        layouts = layouts_from_position_ids(pos, resp)
+        bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+        columns = [torch.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    else:
+        mask = torch.zeros(3, 40, dtype=torch.long)
+        for b, n in enumerate(lengths):
+            mask[b, 40 - n :] = 1
+        inputs = {"input_ids": torch.randint(0, 128, (3, 40)), "attention_mask": mask}
+        layouts = layouts_from_attention_mask(mask, resp)
+        columns = [torch.nonzero(row).flatten() for row in mask]
+    capture = RhythmCapture(cfg, flash.config.num_hidden_layers, layouts, layer_types=text_layer_types(flash.config))
+    logits = forward(flash, capture, **inputs).logits
+    assert capture.paths == dict.fromkeys(capture.layers, "batched")
+    out = forward(eager, **inputs)
+    valid = inputs["attention_mask"].bool() if not packed else torch.ones(logits.shape[:2], dtype=torch.bool)
+    torch.testing.assert_close(logits[valid], out.logits[valid], atol=2e-5, rtol=1e-5)
+    assert_matches_dense(capture, _per_layer(eager, out.attentions), cfg, columns)
+
+
 def test_the_variants_really_change_the_maps():
     """The window, the cap and the sinks are live in these models (else the tests above would prove little)."""
     ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(0))

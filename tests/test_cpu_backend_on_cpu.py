@@ -64,6 +64,39 @@ def test_verl_picks_the_cpu_platform_only_when_asked(env, expected):
     assert device == expected and (cls == "PlatformCPU") == (expected == "cpu")
 
 
+@pytest.mark.parametrize("platform", ["cpu", None])
+def test_flash_attention_2_is_served_on_the_cpu_platform_only(platform):
+    """A fresh process: with VERL_PLATFORM=cpu, importing transformers' model code routes flash_attention_2 to the
+    CPU flash-attn (a tiny model's FA2 forward runs it); without it nothing changes (flash_attention_2 is refused as
+    transformers refuses it without the package)."""
+    code = """
+import torch, verl, sys
+sys.path.insert(0, "tests")
+from models import tiny_model
+model = tiny_model("llama_gqa", num_layers=2, attn_implementation="eager")
+ids = torch.randint(0, 128, (1, 12))
+with torch.no_grad():
+    eager = model(ids).logits
+try:
+    model.set_attn_implementation("flash_attention_2")
+except ImportError as err:
+    print("refused", type(err).__name__)
+    raise SystemExit(0)
+with torch.no_grad():
+    flash = model(ids).logits
+print("served", sys.modules["flash_attn"].__name__, float((flash - eager).abs().max()) < 1e-5)
+"""
+    base = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    env = {**base, "VERL_PLATFORM": platform} if platform else base
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.split("\n")[-2]
+    if platform:
+        assert last == "served verl_rhythm.backends.cpu.flash_attn True", out.stdout
+    else:
+        assert last == "refused ImportError", out.stdout
+
+
 # ---------------------------------------------------------------- sampling
 
 

@@ -22,6 +22,8 @@ from verl_rhythm.config import RhythmConfig, RhythmConfigError
 from verl_rhythm.glue import core_algos as rhythm_algos
 from verl_rhythm.glue.checks import RhythmSetupError, check_rhythm_run
 
+ATTN = "actor_rollout_ref.model.override_config.attn_implementation"
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -45,11 +47,13 @@ def base_config():
 
 @pytest.fixture
 def compose(base_config, model_dir):
-    """The base config with ``key=value`` overrides (values parsed as YAML, like Hydra) and ``algorithm.rhythm``."""
+    """The base config with ``key=value`` overrides (values parsed as YAML, like Hydra) and ``algorithm.rhythm``;
+    SDPA attention unless overridden (this machine has no flash_attn package)."""
 
     def make(*overrides, rhythm=None):
         config = copy.deepcopy(base_config)
-        args = ["actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={model_dir}", *overrides]
+        args = ["actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={model_dir}", f"{ATTN}=sdpa"]
+        args += overrides
         with open_dict(config):
             for arg in args:
                 key, _, value = arg.partition("=")
@@ -71,6 +75,29 @@ def test_a_supported_run_passes_and_a_stock_run_is_not_looked_at(compose):
         "actor_rollout_ref.actor.strategy=megatron",
     )
     assert check_rhythm_run(grpo) is None
+
+
+def test_flash_attention_without_the_package_stops_at_start_up(compose, monkeypatch):
+    """verl's default attention is FlashAttention-2 and ``pip install 'verl[vllm]'`` brings no flash-attn: one line
+    naming the key and the install, before any worker starts."""
+    import importlib.util
+
+    assert importlib.util.find_spec("flash_attn") is None  # this machine: no GPU, no flash-attn
+    with pytest.raises(RhythmSetupError) as err:
+        check_rhythm_run(compose(f"{ATTN}=flash_attention_2"))
+    (line,) = [x for x in str(err.value).splitlines() if ATTN in x]
+    assert "flash_attention_2" in line and "flash_attn package cannot be imported" in line
+    assert "pip install 'verl[fsdp]==0.9.1'" in line and f"+{ATTN}=sdpa" in line
+    default = compose()
+    with open_dict(default):
+        del default.actor_rollout_ref.model.override_config["attn_implementation"]  # verl's default applies
+    with pytest.raises(RhythmSetupError, match="flash_attention_2 .verl's default. but the flash_attn package"):
+        check_rhythm_run(default)
+    assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2", "trainer.device=cpu"))  # the CPU backend's own
+    real = importlib.util.find_spec
+    found = object()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: found if name == "flash_attn" else real(name, *a))
+    assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2"))  # installed: nothing to say
 
 
 @pytest.mark.parametrize(

@@ -59,13 +59,27 @@ def models(tmp_path_factory):
 def engines(process_group, models):
     cache = {}
 
-    def get(arch, attn, rmpad):
-        key = (arch, attn, rmpad)
+    def get(arch, attn, rmpad, param_dtype="fp32"):
+        key = (arch, attn, rmpad, param_dtype)
         if key not in cache:
-            cache[key] = build_engine(models[arch][0], attn_implementation=attn, use_remove_padding=rmpad)
+            cache[key] = build_engine(
+                models[arch][0], attn_implementation=attn, use_remove_padding=rmpad, param_dtype=param_dtype
+            )
         return cache[key]
 
     return get
+
+
+@pytest.fixture
+def attention(request):
+    """Install the CPU flash-attn for a flash_attention_2 case (removed after the test)."""
+
+    def use(attn):
+        if attn == "flash_attention_2":
+            request.getfixturevalue("cpu_flash_attn")
+        return attn
+
+    return use
 
 
 @pytest.mark.slow
@@ -76,10 +90,15 @@ def engines(process_group, models):
         ("qwen2", "sdpa", True, True),  # dynamic batch size: verl re-orders sequences across micro-batches
         ("llama_gqa", "sdpa", False, False),  # padded micro-batches, GQA
         ("llama_gqa", "eager", True, False),  # eager attention function, packed
+        ("qwen2", "flash_attention_2", True, False),  # verl's GPU default: FA2 varlen on packed rows
+        ("llama_gqa", "flash_attention_2", True, True),  # FA2, GQA, dynamic batch size
+        ("llama_gqa", "flash_attention_2", False, False),  # FA2 with a 2-D padding mask (unpad + varlen)
     ],
 )
-def test_engine_log_prob_pass_returns_the_dense_reference_statistics(engines, models, arch, attn, rmpad, dynamic):
-    engine = engines(arch, attn, rmpad)
+def test_engine_log_prob_pass_returns_the_dense_reference_statistics(
+    engines, models, attention, arch, attn, rmpad, dynamic
+):
+    engine = engines(arch, attention(attn), rmpad)
     sequences = make_sequences()
     batch = log_prob_batch(
         sequences, capture=CFG, use_remove_padding=rmpad, micro_batch_size=2, use_dynamic_bsz=dynamic, max_token_len=160
@@ -118,9 +137,10 @@ def test_engine_log_prob_pass_returns_the_dense_reference_statistics(engines, mo
 
 
 @pytest.mark.slow
-def test_pad_to_length_adds_a_pad_segment_the_capture_ignores(engines, models):
+@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
+def test_pad_to_length_adds_a_pad_segment_the_capture_ignores(engines, models, attention, attn):
     """verl's ``pad_to_length`` appends a packed pad segment (position ids restarting at 0) to every micro-batch."""
-    engine = engines("qwen2", "sdpa", True)
+    engine = engines("qwen2", attention(attn), True)
     engine.pad_to_length, engine.pad_to_length_bucket = True, 64
     try:
         assert engine._get_packed_pad_size(100) == 28
@@ -131,6 +151,34 @@ def test_pad_to_length_adds_a_pad_segment_the_capture_ignores(engines, models):
     for i, r in enumerate(dense_rhythm(models["qwen2"][1], sequences, CFG)):
         torch.testing.assert_close(out[WAAD_FULL][i], r.waad, atol=2e-5, rtol=1e-5)
         torch.testing.assert_close(out[FAI_FULL][i], r.fai, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_flash_attention_2_in_bf16_strict_mode(engines, models, cpu_flash_attn):
+    """verl's GPU configuration: bf16 parameters (bf16 autocast), FlashAttention-2 on packed rows, with the CPU
+    flash-attn refusing what the CUDA kernels refuse (fp32 inputs). The capture reads the bf16 forward's q/k in fp32:
+    close to the fp32 dense reference up to the bf16 forward's own rounding, and the same statistics as the SDPA
+    forward in bf16 to that rounding."""
+    cpu_flash_attn.set_strict(True)
+    sequences = make_sequences(seed=4)
+    ref = dense_rhythm(models["llama_gqa"][1], sequences, CFG)
+    outs = {}
+    for attn in ("flash_attention_2", "sdpa"):
+        engine = engines("llama_gqa", attn, True, param_dtype="bf16")
+        outs[attn] = run_log_prob_pass(engine, log_prob_batch(sequences, capture=CFG, micro_batch_size=3))
+    with pytest.raises(RuntimeError, match="only support fp16 and bf16"):  # strict: an fp32 actor is refused
+        run_log_prob_pass(engines("llama_gqa", "flash_attention_2", True), log_prob_batch(sequences, capture=CFG))
+    for i, r in enumerate(ref):
+        for attn, out in outs.items():
+            waad, fai = out[WAAD_FULL][i], out[FAI_FULL][i]
+            assert bool(torch.isfinite(waad).all() and torch.isfinite(fai).all())
+            # measured here: at most 0.006 (WAAD, in [0, W]) and 9e-5 (FAI) off the fp32 reference
+            torch.testing.assert_close(waad, r.waad, atol=0.03, rtol=0, msg=f"{attn} WAAD {i}")
+            torch.testing.assert_close(fai, r.fai, atol=1e-3, rtol=0, msg=f"{attn} FAI {i}")
+        flash, sdpa = outs["flash_attention_2"], outs["sdpa"]
+        torch.testing.assert_close(flash[WAAD_FULL][i], sdpa[WAAD_FULL][i], atol=0.03, rtol=0)
+    worst = max(float((o[WAAD_FULL][i] - r.waad).abs().max()) for o in outs.values() for i, r in enumerate(ref))
+    assert worst > 0  # bf16 really ran
 
 
 @pytest.mark.slow

@@ -68,10 +68,10 @@ def test_install_is_idempotent_and_registers_no_new_name():
     assert chain[-1].__name__ == "sdpa_attention_forward"
 
 
-def test_each_implementation_records_selected_layers_only_inside_the_block():
+def test_each_implementation_records_selected_layers_only_inside_the_block(cpu_flash_attn):
     install_attention_hook()
     ids, mask, layouts = _batch()
-    for impl in ("eager", "sdpa"):
+    for impl in ("eager", "sdpa", "flash_attention_2"):
         model = tiny_model("llama_gqa", attn_implementation=impl)
         capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts)
         with torch.no_grad():
@@ -83,9 +83,9 @@ def test_each_implementation_records_selected_layers_only_inside_the_block():
             assert active_capture() is None
             after = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         assert sorted(capture.paths) == [1, 4]
-        # a padded batch, so the layer's call gets a mask: eager layers take the batched path, fp32 SDPA on CPU the
-        # fused one (stock SDPA converts transformers' bool mask itself)
-        assert set(capture.paths.values()) == {"batched" if impl == "eager" else "fused"}
+        # a padded batch, so the layer's call gets a mask: eager and FlashAttention-2 (a 2-D padding mask) layers take
+        # the batched path, fp32 SDPA on CPU the fused one (stock SDPA converts transformers' bool mask itself)
+        assert set(capture.paths.values()) == {"fused" if impl == "sdpa" else "batched"}
         assert torch.equal(before, after)
         assert len(capture.finalize()) == 2
 
@@ -147,9 +147,17 @@ def test_capture_is_per_context_not_per_process():
     assert seen == [None] and capture.paths == {}
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.fixture(params=["eager", "sdpa", "flash_attention_2"])
+def impl(request):
+    """Each attention implementation; FlashAttention-2 on the CPU flash-attn."""
+    if request.param == "flash_attention_2":
+        request.getfixturevalue("cpu_flash_attn")
+    return request.param
+
+
 def test_mismatched_layouts_are_an_error_not_wrong_statistics(impl):
-    """A packed row whose layouts cut one sequence in two: the model's mask disagrees; finalize says so."""
+    """A packed row whose layouts cut one sequence in two: the model's mask (FlashAttention-2: the sequences it reads
+    off the position ids) disagrees; finalize says so."""
     install_attention_hook()
     model = tiny_model("llama_gqa", attn_implementation=impl)
     pos = torch.cat([torch.arange(20), torch.arange(10)])[None]
@@ -165,3 +173,25 @@ def test_mismatched_layouts_are_an_error_not_wrong_statistics(impl):
     with torch.no_grad(), capture_active(capture):
         model(input_ids=ids, position_ids=pos, use_cache=False)
     assert len(capture.finalize()) == 2
+
+
+def test_flash_attention_2_position_ids_that_do_not_restart_at_zero_are_an_error(cpu_flash_attn):
+    """A packed row whose second sequence's position ids start at 3: FlashAttention-2 (which splits where
+    position_ids == 0) attends over it as one sequence, the layouts read from the same ids say two. Under SDPA and
+    eager transformers' mask splits it like the layouts; under FA2 finalize must refuse, not return statistics of an
+    attention the model never computed."""
+    install_attention_hook()
+    pos = torch.cat([torch.arange(20), torch.arange(3, 13)])[None]
+    ids = torch.randint(0, 128, pos.shape, generator=torch.Generator().manual_seed(3))
+    layouts = layouts_from_position_ids(pos, [torch.ones(20, dtype=torch.bool), torch.ones(10, dtype=torch.bool)])
+    assert [lay.length for lay in layouts] == [20, 10]
+    for impl in ("sdpa", "eager", "flash_attention_2"):
+        model = tiny_model("llama_gqa", attn_implementation=impl)
+        capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts)
+        with torch.no_grad(), capture_active(capture):
+            model(input_ids=ids, position_ids=pos, use_cache=False)
+        if impl == "flash_attention_2":
+            with pytest.raises(RuntimeError, match="layouts do not match the model inputs"):
+                capture.finalize()
+        else:
+            assert len(capture.finalize()) == 2

@@ -139,7 +139,9 @@ def test_resuming_continues_at_step_3(setup, coupled_run):
 
 @pytest.fixture(scope="module")
 def dp2_run(setup):
-    """One step of the coupled strategy on two gloo worker processes (and two rollout replicas)."""
+    """One step of the coupled strategy on two gloo worker processes (and two rollout replicas), with verl's GPU
+    default attention, FlashAttention-2 (transformers' FA2 code on the CPU backend's flash-attn: varlen on packed
+    rows)."""
     root, model, data = setup
     return run_main_ppo(
         root / "none_dp2",
@@ -147,6 +149,7 @@ def dp2_run(setup):
         data,
         [
             *SMALL,
+            "actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2",
             "trainer.n_gpus_per_node=2",
             "trainer.total_training_steps=1",
             # 16 responses on 2 workers: 8 each, in micro-batches of whole GRPO groups
@@ -190,13 +193,19 @@ def test_a_stock_grpo_run_works_on_the_same_cpu_stack(setup):
 
 def test_one_and_two_workers_capture_the_dense_reference_statistics(setup, coupled_run, dp2_run):
     """The WAAD/FAI each update carried (step 1: the initial weights) equal the dense reference of the same sequence,
-    whether one worker or two data-parallel workers captured them: statistics are per sequence."""
+    whether one worker (SDPA) or two data-parallel workers (FlashAttention-2) captured them: statistics are per
+    sequence."""
+
     from transformers import AutoModelForCausalLM
 
     from verl_rhythm.config import RhythmConfig
     from verl_rhythm.testing.engine import dense_rhythm
 
     _check(dp2_run)
+    # transformers' FA2 forward (modeling_flash_attention_utils.fa_peft_integration_check) warns once per worker about
+    # the fp32 actor: FlashAttention-2 ran in the FA2 run's workers, and only there
+    fa2_warning = "for flash-attn compatibility"
+    assert fa2_warning in dp2_run.log and fa2_warning not in coupled_run.log
     _, model_dir, _ = setup
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
     cfg = RhythmConfig(waad_window=4, fai_horizon_lo=2, fai_horizon_hi=8)

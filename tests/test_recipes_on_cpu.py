@@ -174,8 +174,10 @@ def test_recipes_exist():
 
 
 @pytest.mark.parametrize("name", RECIPE_NAMES)
-def test_recipe_composes_validates_and_takes_the_strategy_from_one_key(composed, name):
-    from verl_rhythm.glue.checks import check_rhythm_run
+def test_recipe_composes_validates_and_takes_the_strategy_from_one_key(composed, name, monkeypatch):
+    import importlib.util
+
+    from verl_rhythm.glue.checks import ATTN_IMPLEMENTATION_KEY, RhythmSetupError, check_rhythm_run
 
     strategy = STRATEGIES[RECIPE_NAMES.index(name) % len(STRATEGIES)]
     cfg = cfg_of(composed, f"repo:{name}")
@@ -187,7 +189,14 @@ def test_recipe_composes_validates_and_takes_the_strategy_from_one_key(composed,
     assert cfg.algorithm.use_kl_in_reward is False and cfg.actor_rollout_ref.actor.use_kl_loss is False
     assert cfg.actor_rollout_ref.actor.entropy_coeff == 0
     assert cfg.actor_rollout_ref.rollout.temperature == 1.0 and cfg.actor_rollout_ref.rollout.n >= 2
-    # the start-up checks of the verl glue pass (num_layers given: no model download)
+    # the start-up checks of the verl glue pass (num_layers given: no model download) where the recipe runs: the GPU
+    # recipes keep verl's FlashAttention-2, so without flash-attn (this machine) they stop at start-up, by key
+    if str(cfg.trainer.device) != "cpu":
+        assert OmegaConf.select(cfg, ATTN_IMPLEMENTATION_KEY, default="flash_attention_2") == "flash_attention_2"
+        with pytest.raises(RhythmSetupError, match=ATTN_IMPLEMENTATION_KEY.replace(".", r"\.")):
+            check_rhythm_run(cfg, num_layers=QWEN3_LAYERS)
+        real, found = importlib.util.find_spec, object()  # a GPU machine with flash-attn installed
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: found if n == "flash_attn" else real(n, *a))
     assert check_rhythm_run(cfg, num_layers=QWEN3_LAYERS) == RhythmConfig(strategy=strategy)
 
 

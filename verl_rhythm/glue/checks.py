@@ -9,6 +9,7 @@ and by the legacy-trainer guard (:mod:`verl_rhythm.glue.ray_trainer`). A run who
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -63,6 +64,7 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
             "needs at least 2 responses per prompt; set actor_rollout_ref.rollout.n>=2"
         )
     problems += _plugin_policy_problems(config)
+    problems += flash_attention_problems(config)
 
     if cfg.needs_attention or cfg.needs_entropy:
         if bool(_select(config, "algorithm.rollout_correction.bypass_mode", False)):
@@ -104,6 +106,32 @@ def _engine_problems(config: Any) -> list[str]:
                 f"whole attention rows; not supported yet, set {key}=1"
             )
     return problems
+
+
+ATTN_IMPLEMENTATION_KEY = "actor_rollout_ref.model.override_config.attn_implementation"
+FLASH_ATTN_INSTALL = (
+    "pip install 'verl[fsdp]==0.9.1' (flash-attn 2.8.3 built for verl's torch), or pip install flash-attn==2.8.3 "
+    "--no-build-isolation"
+)
+
+
+def flash_attention_problems(config: Any) -> list[str]:
+    """FlashAttention-2 asked for (verl's default) where the ``flash_attn`` package cannot be imported.
+
+    verl builds the actor with ``attn_implementation=flash_attention_2`` unless the config overrides it
+    (``verl/workers/config/model.py:HFModelConfig``), and ``pip install 'verl[vllm]==0.9.1'`` installs no flash-attn:
+    without this check the run would start Ray, the rollout servers and the workers before the actor's model fails to
+    build. On ``trainer.device=cpu`` (verl-rhythm's CPU backend) FlashAttention-2 is the backend's CPU implementation.
+    """
+    attn = _select(config, ATTN_IMPLEMENTATION_KEY, "flash_attention_2")
+    if str(attn) != "flash_attention_2" or str(_select(config, "trainer.device", "cuda")) == "cpu":
+        return []
+    if importlib.util.find_spec("flash_attn") is not None:
+        return []
+    return [
+        f"{ATTN_IMPLEMENTATION_KEY}={attn} (verl's default) but the flash_attn package cannot be imported here: "
+        f"install it next to verl ({FLASH_ATTN_INSTALL}), or set +{ATTN_IMPLEMENTATION_KEY}=sdpa"
+    ]
 
 
 def _model_problems(config: Any, cfg: RhythmConfig, num_layers: int | None) -> list[str]:

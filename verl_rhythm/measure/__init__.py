@@ -6,7 +6,8 @@
 - :mod:`.dense`: the dense reference from full maps (ground truth for tests and the analysis tool).
 - :mod:`.layout`: where the sequences lie (:class:`SequenceLayout`, its builders, the batched index tensors).
 - :mod:`.chunked`: the per-sequence reference path from post-RoPE q/k (readable, one sequence at a time).
-- :mod:`.batched`: the path training uses, one computation per layer for the whole micro-batch, no host sync.
+- :mod:`.batched`: the path training uses, one computation per layer and grid of similar lengths, no host sync.
+- :mod:`.kernels`: which device kernels run (:class:`~verl_rhythm.measure.kernels.Kernels`), by capability checks.
 - :mod:`.fused`: the full-row statistics out of the layer's own SDPA call (fp32), bands from :mod:`.batched`.
 - :mod:`.capture`: :class:`RhythmCapture`, which collects the selected layers of one forward and picks the path.
 - :mod:`.hook`: wraps transformers' attention functions so a forward feeds a :class:`RhythmCapture`.

@@ -1,125 +1,125 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""The batched path: one computation per selected layer for every sequence of the micro-batch at once.
+"""The batched path: one computation per selected layer and grid of similar-length sequences of the micro-batch.
 
-The same statistics as the per-sequence reference (:mod:`verl_rhythm.measure.chunked`), on a padded grid: the
-``n`` sequences of a :class:`~verl_rhythm.measure.layout.BatchLayout` (sorted by length, longest first) are gathered
-once per layer from the ``(B, S)`` columns of the attention inputs into ``(n, H, L, D)`` fp32 queries and
-``(n, H_kv, L, D)`` keys, L the longest length. Position t of every sequence then sits in grid column t, so the
-causal mask (and a sliding window) of query chunk [t0, t1) is one ``(c, w)`` mask shared by all sequences: packed
-rows become block-diagonal causal for free, and padded batches need nothing else. Sequences shorter than t0 are a
-suffix of the sorted grid and are left out of that chunk by slicing.
+The same statistics as the per-sequence reference (:mod:`verl_rhythm.measure.chunked`), on padded grids: the
+sequences of a :class:`~verl_rhythm.measure.layout.BatchLayout` (sorted by length, longest first) are cut into
+:class:`~verl_rhythm.measure.layout.Grid` s whose padding is at most their own tokens (or a few thousand positions),
+and each grid's sequences are gathered once per layer from the ``(B, S)`` columns of the attention inputs into
+``(n, H, L, D)`` queries and ``(n, H_kv, L, D)`` keys, L the grid's longest length. Position t of every sequence then
+sits in grid column t, so the causal mask (and a sliding window) of query chunk [t0, t1) is one ``(c, w)`` mask
+shared by all sequences: packed rows become block-diagonal causal for free, and padded batches need nothing else.
+Sequences shorter than t0 are a suffix of the sorted grid and are left out of that chunk by slicing. The per-head
+vectors go back to the batch's token order (``(H, T)``), so nothing outside a grid's own computation is padded.
 
 Full rows (lse and the expected distance): on an fp32 grid with plain causal attention, one call of the device's
 flash-style attention kernel (:func:`kernel_row_stats`: every sequence starts its grid row at column 0, so
-``is_causal`` is exact without a mask); otherwise query chunks of explicit logits (:func:`row_stats`). Bands: every
-64-row block of a tile at once, on a strided window view of the keys (:func:`band_stats`). Python loops run over query
-chunks and band tiles only (``ceil(L / chunk_size)``; tokens · heads / :data:`BAND_TILE_ELEMENTS`), never over
-sequences, heads or band blocks; no host sync: every shape and loop bound comes from host metadata built before the
-forward. Attention variants, per layer:
+``is_causal`` is exact without a mask); otherwise query chunks of explicit logits (:func:`row_stats`). Bands: blocks
+of 64 rows (:func:`band_stats`). Python loops run over grids, query chunks and band blocks or tiles, never over
+sequences or heads; no host sync: every shape and loop bound comes from host metadata built before the forward.
+Which kernels run is :class:`~verl_rhythm.measure.kernels.Kernels`' choice (capability checks; nothing here catches
+an error). Attention variants, per layer:
 
 - sliding window w: keys with t - s >= w get probability 0 (transformers' ``sliding_window`` convention);
 - soft-capping c: logits ``c · tanh(z / c)`` (Gemma 2);
 - sinks (one logit per head, gpt-oss ``s_aux``): part of each row's normaliser, not a key, so a row of A sums to
   ``1 - exp(sink - lse)`` and WAAD's "every far key weighs W" term is ``W`` times that row sum.
 
-Memory: one chunk's logits, ``n_j × H × c × w`` fp32 with w <= min(L, t1); a chunk whose logits would exceed
-:data:`MAX_TILE_ELEMENTS` is split over groups of sequences (the only case in which the number of ops depends on
-the number of sequences).
+Memory: a grid's q/k (at most twice its tokens, or :data:`~verl_rhythm.measure.layout.GRID_FLOOR` positions, times
+heads times head dim) and one chunk's logits, ``n_j × H × c × w`` fp32 with w <= min(L, t1); a chunk whose logits
+would exceed :data:`MAX_TILE_ELEMENTS` is split over groups of sequences.
 
 Numerics: every logit is fp32 and is the fp32 sum of exact products (what FlashAttention-2 computes from bf16 q/k).
 On CUDA, bf16/fp16 q/k stay in their dtype and go through cuBLAS with fp32 output (``torch.bmm(..., out_dtype=
-torch.float32)``, tensor cores, fp32 accumulation, reduced-precision reductions off); elsewhere, or where that call
-is unavailable, they are upcast to fp32 first, which gives the same products (bf16 × bf16 is exact in fp32). fp32
-q/k are multiplied in fp32 with TF32 and oneDNN bf16 modes off (:func:`~verl_rhythm.measure.chunked.exact_fp32`).
+torch.float32)``, tensor cores, fp32 accumulation, reduced-precision reductions off); elsewhere they are upcast to
+fp32 first, which gives the same products (bf16 × bf16 is exact in fp32). fp32 q/k are multiplied in fp32 with TF32
+and oneDNN bf16 modes off (:func:`~verl_rhythm.measure.chunked.exact_fp32`).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from verl_rhythm.measure.chunked import exact_fp32
-from verl_rhythm.measure.layout import BatchLayout
+from verl_rhythm.measure.kernels import Kernels
+from verl_rhythm.measure.layout import BatchLayout, Grid
 
 MAX_TILE_ELEMENTS = 2**28
 """Most fp32 logits of one full-row chunk (1 GiB); larger chunks are split over groups of sequences."""
 BAND_TILE_ELEMENTS = 2**25
 """Most fp32 band logits of one tile of the tiled band schedule (128 MiB; about three such tensors are alive)."""
-_LOW = (torch.bfloat16, torch.float16)
-_low_gemm_failed: set[str] = set()
-_kernel_failed: set[str] = set()
-CUDA_LOW_PRECISION_GEMM = True
-"""bf16/fp16 q/k on CUDA: keep the grid in that dtype and compute explicit fp32 logits with an fp32-output gemm
-(``True``), or upcast the grid to fp32 so the full rows come from the fp32 attention kernel (``False``).
-``benchmarks/gpu_check.py`` times both."""
-CUDA_TILED_BANDS = True
-"""Band schedule on CUDA: tiles of many blocks (``True``, few launches) or the CPU's block loop (``False``);
-``benchmarks/gpu_check.py`` times both."""
 
 
-def compute_dtype(query: torch.Tensor) -> torch.dtype:
-    """The dtype the padded q/k are kept in: bf16/fp16 on CUDA (fp32-output gemm), fp32 otherwise."""
-    if not CUDA_LOW_PRECISION_GEMM:
-        return torch.float32
-    if query.dtype in _LOW and query.device.type == "cuda" and "cuda" not in _low_gemm_failed:
-        return query.dtype
-    return torch.float32
+class LayerStats(NamedTuple):
+    """Per-head vectors of one layer for every sequence of a :class:`BatchLayout`, in its token order.
 
-
-def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """fp32 ``a @ b`` of ``(..., r, d)`` and ``(..., d, w)``; bf16/fp16 operands with an fp32-output gemm."""
-    if a.dtype == torch.float32:
-        return torch.matmul(a, b)
-    shape = (*a.shape[:-2], a.shape[-2], b.shape[-1])
-    try:
-        return torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=torch.float32).view(
-            shape
-        )
-    except (RuntimeError, NotImplementedError, TypeError):  # no fp32-output gemm in this build: upcast from now on
-        _low_gemm_failed.add(a.device.type)
-        return torch.matmul(a.float(), b.float())
-
-
-def padded_qk(
-    query: torch.Tensor, key: torch.Tensor, batch: BatchLayout, dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather the sequences' queries and keys into the padded grid, contiguous.
-
-    Args:
-        query: ``(B, H, S, D)``; key: ``(B, H_kv, S, D)``, any float dtype.
-        batch: the layouts, on ``query.device``.
-        dtype: the grid's dtype (:func:`compute_dtype`).
-
-    Returns:
-        ``(q (n, H, L, D), k (n, H_kv, L, D))``; positions past N_i repeat the sequence's last column.
+    Attributes:
+        dist, waad, fai_num: ``(H, T)`` fp32 (see :class:`~verl_rhythm.measure.heads.HeadStats`); sequence j (sorted
+            order) owns tokens ``[batch.offsets[j], batch.offsets[j] + batch.lengths[j])``.
+        span: ``(n, H)`` fp32, the span of each head for each sorted sequence (mean of ``dist`` over its response
+            rows; 0 without one).
     """
+
+    dist: torch.Tensor
+    waad: torch.Tensor
+    fai_num: torch.Tensor
+    span: torch.Tensor
+
+
+def check_qk(query: torch.Tensor, key: torch.Tensor, batch: BatchLayout) -> None:
+    """Raise unless ``query (B, H, S, D)`` and ``key (B, H_kv, S, D)`` (H_kv | H) hold every layout (host shapes)."""
     b, h, s, d = query.shape
     if key.dim() != 4 or key.shape[0] != b or key.shape[2] != s or key.shape[3] != d or h % key.shape[1]:
         raise ValueError(
             f"key {tuple(key.shape)} does not match query {tuple(query.shape)}: need (B, H_kv, S, D) with H_kv | H"
         )
     batch.check_shape(b, s)
+
+
+def padded_qk(
+    query: torch.Tensor, key: torch.Tensor, grid: Grid, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather one grid's queries and keys, contiguous.
+
+    Args:
+        query: ``(B, H, S, D)``; key: ``(B, H_kv, S, D)``, any float dtype (checked by :func:`check_qk`).
+        grid: the grid, on ``query.device``.
+        dtype: the grid's dtype (:meth:`Kernels.grid_dtype`).
+
+    Returns:
+        ``(q (n, H, L, D), k (n, H_kv, L, D))``; positions past N_i repeat the sequence's last column.
+    """
+    d = query.shape[-1]
     out = []
     for x in (query, key):
-        g = x.transpose(1, 2)[batch.rows, batch.cols]  # (n, L, heads, D): one gather
-        grid = torch.empty(g.shape[0], g.shape[2], g.shape[1], d, dtype=dtype, device=x.device)
-        out.append(grid.copy_(g.transpose(1, 2)))
+        g = x.transpose(1, 2)[grid.rows, grid.cols]  # (n, L, heads, D): one gather
+        dense = torch.empty(g.shape[0], g.shape[2], g.shape[1], d, dtype=dtype, device=x.device)
+        out.append(dense.copy_(g.transpose(1, 2)))
     return out[0], out[1]
 
 
 def grid_logits(
-    q: torch.Tensor, k: torch.Tensor, seqs: slice, rows: slice, keys: slice, scaling: float, softcap: float | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    seqs: slice,
+    rows: slice,
+    keys: slice,
+    scaling: float,
+    softcap: float | None,
+    kernels: Kernels,
 ) -> torch.Tensor:
     """fp32 logits ``(m, H, c, w)`` of grid rows ``rows`` against grid keys ``keys`` for sequences ``seqs``.
 
     Query head h reads kv head h // (H / H_kv): the G = H / H_kv heads of a kv head are stacked as G · c rows of one
-    batched matmul. With ``softcap``, logits are ``softcap · tanh(z / softcap)``.
+    batched matmul (:meth:`Kernels.matmul_fp32`). With ``softcap``, logits are ``softcap · tanh(z / softcap)``.
     """
     qc = q[seqs, :, rows]
     m, h, c, d = qc.shape
     kc = k[seqs, :, keys]
     hkv = kc.shape[1]
-    z = _matmul_fp32(qc.reshape(m, hkv, (h // hkv) * c, d), kc.transpose(-1, -2)).view(m, h, c, -1)
+    z = kernels.matmul_fp32(qc.reshape(m, hkv, (h // hkv) * c, d), kc.transpose(-1, -2)).view(m, h, c, -1)
     if softcap:
         return z.mul_(scaling / softcap).tanh_().mul_(softcap)
     return z.mul_(scaling)
@@ -139,9 +139,10 @@ def _groups(m: int, per_seq: int) -> list[slice]:
 def row_stats(
     q: torch.Tensor,
     k: torch.Tensor,
-    batch: BatchLayout,
+    grid: Grid,
     scaling: float,
     chunk_size: int,
+    kernels: Kernels,
     *,
     window: int | None = None,
     softcap: float | None = None,
@@ -151,8 +152,8 @@ def row_stats(
 
     Args:
         q: ``(n, H, L, D)``; k: ``(n, H_kv, L, D)`` (from :func:`padded_qk`; fp32, or bf16/fp16 on CUDA).
-        batch: the layouts (lengths, host ints).
-        scaling: logit scale; chunk_size: query rows per chunk.
+        grid: the grid (lengths, host ints).
+        scaling: logit scale; chunk_size: query rows per chunk; kernels: the device's :class:`Kernels`.
         window: sliding window (keys with t - s >= window are masked), or ``None``.
         softcap: logit soft-cap, or ``None``.
         sinks: ``(H,)`` per-head sink logits, or ``None``.
@@ -168,12 +169,12 @@ def row_stats(
     for t0 in range(0, big, chunk_size):
         t1 = min(big, t0 + chunk_size)
         s0 = max(0, t0 - window + 1) if window else 0
-        m = batch.count_from(t0)
+        m = grid.count_from(t0)
         delta = _offsets(t0, t1, s0, q.device)
         masked = delta < 0 if not window else (delta < 0) | (delta >= window)
         weight = delta.clamp_min(0).float()
         for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
-            z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap)
+            z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap, kernels)
             if window:
                 z.masked_fill_(masked, float("-inf"))
             else:  # only the diagonal block has future keys
@@ -190,34 +191,34 @@ def row_stats(
     return lse, dist
 
 
-def kernel_row_stats(q: torch.Tensor, k: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+def kernel_row_stats(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, kernels: Kernels
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Row log-sum-exp and expected distance of every grid row from the device's flash-style attention kernel.
 
     On the grid every sequence starts its row at column 0, so plain causal attention is exact without a mask. The
     value carries each key's grid column in its first channel: the kernel returns lse and E_t[s], and
     dist_t = t - E_t[s]. One fused kernel call (tiled, multi-threaded, no logits in memory) instead of the chunked
     matmul + softmax passes of :func:`row_stats`. fp32 grids only (a bf16 output would round E_t[s] to 3 digits),
-    plain causal softmax only (no window, cap or sinks); ``None`` where the kernel is unavailable.
+    plain causal softmax only (no window, cap or sinks).
 
     Args:
         q: ``(n, H, L, D)`` fp32; k: ``(n, H_kv, L, D)`` fp32.
-        scaling: logit scale.
+        scaling: logit scale; kernels: the device's :class:`Kernels`.
 
     Returns:
-        ``(lse, dist)``, each ``(n, H, L)`` fp32, or ``None``.
+        ``(lse, dist)``, each ``(n, H, L)`` fp32, or ``None`` where the kernel does not take these inputs
+        (:meth:`Kernels.attention_lse`).
     """
-    from verl_rhythm.measure import fused
-
-    if q.dtype != torch.float32 or q.device.type in _kernel_failed or q.device.type not in ("cpu", "cuda"):
+    if q.dtype != torch.float32 or not kernels.lse_attention:
         return None
     n, hkv, big, d = k.shape
     v = k.new_zeros(n, hkv, big, d)
     v[..., 0] = torch.arange(big, device=k.device, dtype=k.dtype)
-    try:
-        out, lse = fused._kernel(q, k, v, None, True, scaling)
-    except RuntimeError:  # unsupported shape on this build: the chunked passes from now on
-        _kernel_failed.add(q.device.type)
+    result = kernels.attention_lse(q, k, v, None, True, scaling)
+    if result is None:
         return None
+    out, lse = result
     dist = torch.arange(big, device=q.device, dtype=torch.float32) - out[..., 0].float()
     return lse.float(), dist
 
@@ -254,21 +255,21 @@ def _band_weights(
 def band_stats(
     q: torch.Tensor,
     k: torch.Tensor,
-    batch: BatchLayout,
+    grid: Grid,
     scaling: float,
     lse: torch.Tensor,
     waad_window: int,
     fai_horizon_lo: int,
     fai_horizon_hi: int,
+    kernels: Kernels,
     *,
     window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-    tiled: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WAAD of every grid row and the FAI numerator of every grid column from the two diagonal bands of A.
 
-    Two schedules of the same sums over blocks of ``batch.rows_per_block`` rows: on CPU a loop over the blocks
+    Two schedules of the same sums over blocks of ``grid.rows_per_block`` rows: on CPU a loop over the blocks
     (each block's logits stay in cache, ``ceil(L / 64)`` iterations); on CUDA, where every op is a kernel launch,
     tiles of many blocks in one batched matmul each (:func:`_band_stats_tiled`: ops grow with tokens · heads over
     :data:`BAND_TILE_ELEMENTS`, not with the sequence length). At 2 × 8,192 tokens (SmolLM2 shapes) that is 6,178
@@ -276,26 +277,25 @@ def band_stats(
     about twice the block loop's time (0.17 s vs 0.08 s), so CPU keeps the loop.
 
     Args:
-        q, k, batch, scaling, window, softcap, sinks: as in :func:`row_stats`.
+        q, k, grid, scaling, window, softcap, sinks: as in :func:`row_stats`.
         lse: ``(n, H, L)`` fp32 row log-sum-exp.
         waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi.
-        tiled: force a schedule (``None``: tiles on CUDA unless :data:`CUDA_TILED_BANDS` is off, the block loop
-            elsewhere).
+        kernels: the device's :class:`Kernels` (the schedule is ``kernels.tiled_bands``).
 
     Returns:
         ``(waad, fai_num)``, each ``(n, H, L)`` fp32: waad_t = sum_s A[t, s] min(t - s, W) and
         fai_num_s = sum over t in R with H_lo <= t - s <= H_hi of A[t, s]. Entries past N_i are meaningless.
     """
-    if tiled is None:
-        tiled = q.device.type == "cuda" and CUDA_TILED_BANDS
-    fn = _band_stats_tiled if tiled else _band_stats_blocks
-    return fn(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window, softcap, sinks)
+    fn = _band_stats_tiled if kernels.tiled_bands else _band_stats_blocks
+    return fn(q, k, grid, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, kernels, window, softcap, sinks)
 
 
-def _band_stats_blocks(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window, softcap, sinks):
+def _band_stats_blocks(
+    q, k, grid, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, kernels, window, softcap, sinks
+):
     """The CPU schedule of :func:`band_stats` (same arguments and results): a loop over the blocks.
 
-    Block [t0, t1) of ``batch.rows_per_block`` rows meets keys [t0 - B, t1), B = max(W - 1, H_hi) (W - 1 when no
+    Block [t0, t1) of ``grid.rows_per_block`` rows meets keys [t0 - B, t1), B = max(W - 1, H_hi) (W - 1 when no
     sequence has a response row in the block): ``n_j × H × c × (c + B)`` logits at a time.
     """
     n, h, big, _ = q.shape
@@ -303,19 +303,19 @@ def _band_stats_blocks(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, f
     reach = max(w_len - 1, fai_horizon_hi)
     waad = q.new_zeros(n, h, big, dtype=torch.float32)
     fai_num = q.new_zeros(n, h, big, dtype=torch.float32)
-    resp = batch.resp
-    rows_per_block = batch.rows_per_block
+    resp = grid.resp
+    rows_per_block = grid.rows_per_block
     for block, t0 in enumerate(range(0, big, rows_per_block)):
         t1 = min(big, t0 + rows_per_block)
-        has_resp = batch.block_has_response[block]
+        has_resp = grid.block_has_response[block]
         s0 = max(0, t0 - (reach if has_resp else w_len - 1))
-        m = batch.count_from(t0)
+        m = grid.count_from(t0)
         delta = _offsets(t0, t1, s0, q.device)
         allowed = delta >= 0 if not window else (delta >= 0) & (delta < window)
         near_weight = torch.where(allowed & (delta < w_len), (delta - w_len).float(), 0.0)
         far = (allowed & (delta >= fai_horizon_lo) & (delta <= fai_horizon_hi)).float()
         for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
-            z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap)  # (m, H, c, w)
+            z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap, kernels)  # (m, H, c, w)
             row_lse = lse[seqs, :, t0:t1]
             # outside the bands (e.g. future keys) exp may overflow: clamp, then the band weights zero those entries
             p = z.sub_(row_lse[..., None]).clamp_max_(0.0).exp_()
@@ -331,10 +331,12 @@ def _band_stats_blocks(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, f
     return waad, fai_num
 
 
-def _band_stats_tiled(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, window, softcap, sinks):
+def _band_stats_tiled(
+    q, k, grid, scaling, lse, waad_window, fai_horizon_lo, fai_horizon_hi, kernels, window, softcap, sinks
+):
     """The CUDA schedule of :func:`band_stats` (same arguments and results): tiles of many blocks.
 
-    The grid's rows are cut into blocks of c = ``batch.rows_per_block``; block j meets the ``back + c`` keys
+    The grid's rows are cut into blocks of c = ``grid.rows_per_block``; block j meets the ``back + c`` keys
     [j·c - back, (j + 1)·c), back = c · ceil(max(W - 1, H_hi) / c), a whole number of blocks, so every block has the
     same offsets t - s and the same band weights. All blocks of a tile go through one batched matmul on a strided
     window view of the keys; a tile holds at most :data:`BAND_TILE_ELEMENTS` logits, so the ops grow with
@@ -344,7 +346,7 @@ def _band_stats_tiled(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fa
     n, h, big, d = q.shape
     hkv = k.shape[1]
     g = h // hkv
-    c = batch.rows_per_block
+    c = grid.rows_per_block
     back = c * -(-max(waad_window - 1, fai_horizon_hi) // c)
     span, segments = back + c, back // c + 1
     nb = -(-big // c)
@@ -355,7 +357,7 @@ def _band_stats_tiled(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fa
     qb = qb.permute(0, 1, 3, 2, 4, 5).reshape(n, hkv, nb, g * c, d)  # (n, H_kv, nb, G·c, D)
     kw = torch.nn.functional.pad(k, (0, 0, back, pad)).unfold(2, span, c)  # (n, H_kv, nb, D, span): a view
     lse_b = torch.nn.functional.pad(lse, (0, pad)).view(n, hkv, g, nb, c).permute(0, 1, 3, 2, 4)  # (n, H_kv, nb, G, c)
-    resp = torch.nn.functional.pad(batch.resp.float(), (0, pad)).view(n, nb, c)
+    resp = torch.nn.functional.pad(grid.resp.float(), (0, pad)).view(n, nb, c)
     sink = None if sinks is None else sinks.float().view(hkv, g)[None, :, None, :, None]
     waad = q.new_zeros(n, hkv, nb, g, c, dtype=torch.float32)
     fai_ext = q.new_zeros(n, hkv, nb + segments - 1, g, c, dtype=torch.float32)  # key blocks -(segments-1) .. nb-1
@@ -363,8 +365,8 @@ def _band_stats_tiled(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fa
     size = max(1, BAND_TILE_ELEMENTS // (per_block * max(1, n)))
     for j0 in range(0, nb, size):
         j1 = min(nb, j0 + size)
-        m = batch.count_from(j0 * c)  # sequences still running at the tile's first row
-        z = _matmul_fp32(qb[:m, :, j0:j1], kw[:m, :, j0:j1]).view(m, hkv, j1 - j0, g, c, span)
+        m = grid.count_from(j0 * c)  # sequences still running at the tile's first row
+        z = kernels.matmul_fp32(qb[:m, :, j0:j1], kw[:m, :, j0:j1]).view(m, hkv, j1 - j0, g, c, span)
         if softcap:
             z.mul_(scaling / softcap).tanh_().mul_(softcap)
         else:
@@ -381,7 +383,7 @@ def _band_stats_tiled(q, k, batch, scaling, lse, waad_window, fai_horizon_lo, fa
             waad[:m, :, j0:j1] = near_sum.add_(waad_window)
         else:  # rows sum to 1 - exp(sink - lse): the far keys weigh W times that
             waad[:m, :, j0:j1] = near_sum.add_((1.0 - (sink - row_lse).exp()) * waad_window)
-        if any(batch.block_has_response[j0:j1]):
+        if any(grid.block_has_response[j0:j1]):
             weight = far[j0:j1] * resp[:m, j0:j1, :, None]  # (m, jb, c, span): response rows only
             contrib = p.mul_(weight[:, None, :, None]).sum(-2).view(m, hkv, j1 - j0, g, segments, c)
             for seg in range(segments):  # window segment seg of block j is key block j - (segments - 1) + seg
@@ -395,65 +397,65 @@ def layer_stats(
     key: torch.Tensor,
     scaling: float,
     batch: BatchLayout,
+    kernels: Kernels,
     *,
-    waad_window: int = 10,
-    fai_horizon_lo: int = 10,
-    fai_horizon_hi: int = 100,
-    chunk_size: int = 256,
+    waad_window: int,
+    fai_horizon_lo: int,
+    fai_horizon_hi: int,
+    chunk_size: int,
     window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     dist: torch.Tensor | None = None,
-    tiled_bands: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dist, waad, fai_num)`` of every sequence for the H query heads of one layer, each ``(n, H, L)`` fp32.
+) -> LayerStats:
+    """The per-head vectors of every sequence for the H query heads of one layer, grid by grid.
 
     Args:
-        query: ``(B, H, S, D)`` post-RoPE queries (any float dtype; computed in fp32).
+        query: ``(B, H, S, D)`` post-RoPE queries (any float dtype; logits in fp32).
         key: ``(B, H_kv, S, D)`` post-RoPE keys; query head h reads kv head h // (H / H_kv).
         scaling: the layer's logit scale.
         batch: where the sequences lie, on ``query.device``.
+        kernels: the device's :class:`Kernels` (grid dtype, full-row kernel, band schedule).
         waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi.
         chunk_size: query rows per chunk of the full-row pass.
         window, softcap, sinks: the layer's attention variant (see the module docstring).
         lse, dist: optional ``(B, H, S)`` full-row statistics from the layer's own kernel (then no full-row pass).
-        tiled_bands: the band schedule (:func:`band_stats`; ``None``: by device).
 
     Returns:
-        the padded per-head vectors, row i = sequence ``batch.order[i]``; entries past N_i are meaningless.
+        :class:`LayerStats` in the batch's token order.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if (lse is None) != (dist is None):
         raise ValueError("pass lse and dist together (both from the attention kernel) or neither")
-    q, k = padded_qk(query, key, batch, compute_dtype(query))
-    with exact_fp32(q.device):
-        if lse is not None:  # from the layer's own kernel, in the (B, H, S) columns: into the grid
-            lse = lse.float().transpose(1, 2)[batch.rows, batch.cols].transpose(1, 2)
-            dist = dist.float().transpose(1, 2)[batch.rows, batch.cols].transpose(1, 2)
-        elif window is None and softcap is None and sinks is None:
-            lse, dist = kernel_row_stats(q, k, scaling) or (None, None)
-        if lse is None:
-            lse, dist = row_stats(q, k, batch, scaling, chunk_size, window=window, softcap=softcap, sinks=sinks)
-        waad, fai_num = band_stats(
-            q,
-            k,
-            batch,
-            scaling,
-            lse,
-            waad_window,
-            fai_horizon_lo,
-            fai_horizon_hi,
-            window=window,
-            softcap=softcap,
-            sinks=sinks,
-            tiled=tiled_bands,
-        )
-    return dist, waad, fai_num
+    check_qk(query, key, batch)
+    h, tokens = query.shape[1], batch.tokens
+    out = LayerStats(*(query.new_empty(h, tokens, dtype=torch.float32) for _ in range(3)),
+                     span=query.new_empty(len(batch.order), h, dtype=torch.float32))  # fmt: skip
+    plain = window is None and softcap is None and sinks is None
+    for grid in batch.grids:
+        q, k = padded_qk(query, key, grid, kernels.grid_dtype(query))
+        with exact_fp32(q.device):
+            if lse is not None:  # from the layer's own kernel, in the (B, H, S) columns: into the grid
+                rows = (grid.rows, grid.cols)
+                grid_lse, grid_dist = (x.float().transpose(1, 2)[rows].transpose(1, 2) for x in (lse, dist))
+            else:
+                grid_lse, grid_dist = (plain and kernel_row_stats(q, k, scaling, kernels)) or row_stats(
+                    q, k, grid, scaling, chunk_size, kernels, window=window, softcap=softcap, sinks=sinks
+                )
+            waad, fai_num = band_stats(q, k, grid, scaling, grid_lse, waad_window, fai_horizon_lo, fai_horizon_hi,
+                                       kernels, window=window, softcap=softcap, sinks=sinks)  # fmt: skip
+        del q, k
+        tok = slice(grid.offset, grid.offset + grid.tokens)
+        for dst, src in ((out.dist, grid_dist), (out.waad, waad), (out.fai_num, fai_num)):
+            dst[:, tok] = src[grid.token_seq, :, grid.token_pos].T  # (tokens, H) -> (H, tokens)
+        resp = grid.resp[:, None].float()
+        out.span[grid.first : grid.stop] = (grid_dist * resp).sum(-1) / grid.n_resp.clamp_min(1.0)[:, None]
+    return out
 
 
-def mask_mismatch(attention_mask: torch.Tensor | None, batch: BatchLayout, window: int | None) -> torch.Tensor | None:
+def mask_mismatch(attention_mask: torch.Tensor, batch: BatchLayout, window: int | None) -> torch.Tensor | None:
     """Whether the model's attention mask disagrees with the layouts, as a device bool (read after the forward).
 
     Checks the first and last row of every sequence: each must see exactly the keys [max(start, t - w + 1), t] of
@@ -462,24 +464,25 @@ def mask_mismatch(attention_mask: torch.Tensor | None, batch: BatchLayout, windo
     memory on the host: the answer stays on the device until :meth:`RhythmCapture.finalize`.
 
     Args:
-        attention_mask: ``None`` (nothing to check), ``(B, S)``, or ``(B, 1 | H, S, S)`` bool or additive float.
+        attention_mask: ``(B, S)``, or ``(B, 1 | H, S, S)`` bool or additive float.
         batch: the layouts, on the mask's device.
         window: the layer's sliding window, or ``None``.
+
+    Returns:
+        the device bool, or ``None`` for a mask of another shape (nothing to compare).
     """
-    if attention_mask is None or not len(batch.order):
+    if not batch.order:
         return None
     mask = attention_mask
     allowed = (lambda x: x) if mask.dtype == torch.bool else (lambda x: x > torch.finfo(mask.dtype).min / 2)
-    first = batch.cols[:, 0]
-    last = batch.cols.gather(1, batch.last[:, None]).squeeze(1)
-    rows = batch.rows[:, 0]
+    first, last, rows = batch.first_cols, batch.last_cols, batch.seq_rows
     cols = torch.arange(mask.shape[-1], device=mask.device)
     if mask.dim() == 2:
         if mask.shape[-1] < batch.max_end:
             return None
         got = allowed(mask[rows])  # (n, S)
         want = (cols[None] >= first[:, None]) & (cols[None] <= last[:, None])
-        return (got != want)[batch.alone].any()
+        return ((got != want) & batch.alone[:, None]).any()  # a mask, not an index: no host sync
     if mask.dim() != 4 or mask.shape[-1] != mask.shape[-2]:
         return None
     r = torch.cat([rows, rows])
@@ -489,3 +492,43 @@ def mask_mismatch(attention_mask: torch.Tensor | None, batch: BatchLayout, windo
     lo = start if not window else torch.maximum(start, t - window + 1)
     want = (cols[None] >= lo[:, None]) & (cols[None] <= t[:, None])
     return (got != want).any()
+
+
+def segment_mismatch(
+    batch: BatchLayout,
+    position_ids: torch.Tensor | None = None,
+    cu_seq_lens: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Whether a call without a mask attends over other sequences than the layouts, as a device bool (or ``None``).
+
+    Without a mask the kernel's sequences ("segments") are, as transformers 5.10 runs FlashAttention-2
+    (``modeling_flash_attention_utils._flash_attention_forward``):
+
+    - ``cu_seq_lens`` given (precomputed varlen arguments): segments start at ``cu_seq_lens[:-1]``;
+    - ``position_ids`` given, batch 1, and not one increasing run (``_is_packed_sequence``): segments start where
+      ``position_ids == 0`` (``prepare_fa_kwargs_from_position_ids``), as verl's packed rows (remove-padding) give;
+    - otherwise (SDPA ``is_causal``, eager, FA2 on plain rows): every batch row is one causal segment from column 0.
+
+    Each layout must be exactly one segment: a segment starts at its first column and at none of its other columns
+    (a later sequence's start only affects later rows, which causal attention never reads back). The packed test is
+    computed on the device (no host sync); the plain case is host metadata.
+
+    Args:
+        batch: the layouts, on the device of ``position_ids``.
+        position_ids: ``(1, S)`` of a FlashAttention call (pass only for a flash implementation), or ``None``.
+        cu_seq_lens: ``(k + 1,)`` int cumulative lengths a model passed to FlashAttention, or ``None``.
+    """
+    if not batch.order:
+        return None
+    own_start = batch.flat_pos == 0
+    if cu_seq_lens is not None:
+        is_start = batch.flat_cols.new_zeros(batch.max_end + 1, dtype=torch.bool)
+        is_start = is_start.index_fill_(0, cu_seq_lens[:-1].long().clamp(0, batch.max_end), True)[batch.flat_cols]
+        return (is_start != own_start).any()
+    plain_start = batch.flat_cols == 0
+    if position_ids is None or position_ids.shape[0] != 1:
+        return None if batch.plain_causal else torch.ones((), dtype=torch.bool, device=batch.flat_cols.device)
+    pos = position_ids.reshape(-1)
+    packed = (torch.arange(pos.numel(), device=pos.device) + pos.min() - pos).abs().sum().bool()
+    is_start = torch.where(packed, pos[batch.flat_cols] == 0, plain_start)
+    return (is_start != own_start).any()

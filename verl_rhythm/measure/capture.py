@@ -10,7 +10,8 @@ Each selected layer's call (routed here by :mod:`verl_rhythm.measure.hook`) take
 - ``chunked``: the per-sequence reference (:mod:`.chunked`), with ``batched=False``; plain causal attention only.
 
 Layout metadata (:class:`~verl_rhythm.measure.layout.BatchLayout`) is built on the host by :meth:`set_layouts` and
-moved to the device with :meth:`RhythmCapture.to`, before the forward. :meth:`RhythmCapture.finalize`, after the
+moved to the device with :meth:`RhythmCapture.to`, before the forward; so are the device's kernel choices
+(:class:`~verl_rhythm.measure.kernels.Kernels`, kept on the capture). :meth:`RhythmCapture.finalize`, after the
 forward, copies the spans (and the deferred layout checks) to the host once.
 """
 
@@ -23,10 +24,12 @@ import torch
 from verl_rhythm.config import RhythmConfig, select_layers
 from verl_rhythm.measure import batched
 from verl_rhythm.measure.chunked import BAND_ROWS, band_stats, chunk_logits, exact_fp32, layer_head_stats, row_stats
-from verl_rhythm.measure.heads import HeadStats, SequenceRhythm, rhythm_for_grid, rhythm_for_sequences
+from verl_rhythm.measure.heads import HeadStats, SequenceRhythm, rhythm_for_sequences, rhythm_for_tokens
+from verl_rhythm.measure.kernels import Kernels, kernels_for, warn_once
 from verl_rhythm.measure.layout import (
     BatchLayout,
     SequenceLayout,
+    canonical_device,
     layouts_from_attention_mask,
     layouts_from_position_ids,
 )
@@ -34,6 +37,7 @@ from verl_rhythm.measure.layout import (
 __all__ = [
     "BAND_ROWS",
     "BatchLayout",
+    "Kernels",
     "RhythmCapture",
     "SequenceLayout",
     "band_stats",
@@ -66,6 +70,10 @@ class RhythmCapture:
         paths: per recorded layer, ``"batched"``, ``"fused"`` or ``"chunked"``.
         fused: let the hook take the full-row statistics from the layer's own SDPA call where that is exact.
         batched: ``False`` selects the per-sequence reference path (``chunked``).
+        kernels: the :class:`Kernels` in use: the ``kernels`` argument, else :func:`kernels_for` the device of the
+            first :meth:`to` / :meth:`record` (``None`` until then).
+        fallbacks: why a selected layer took a slower path than the kernels promised (each reason once, also logged
+            once per process).
     """
 
     def __init__(
@@ -77,10 +85,14 @@ class RhythmCapture:
         fused: bool = True,
         batched: bool = True,
         layer_types: list[str] | None = None,
+        kernels: Kernels | None = None,
     ):
         self.cfg = cfg
         self.fused = fused
         self.batched = batched
+        self.kernels = kernels
+        self._fixed_kernels = kernels is not None
+        self.fallbacks: list[str] = []
         self.layers = select_layers(num_layers, cfg.layers, layer_types)
         self._selected = frozenset(self.layers)
         self.layouts: list[SequenceLayout] | None = None
@@ -116,12 +128,26 @@ class RhythmCapture:
             self.to(device)
 
     def to(self, device: torch.device | str) -> RhythmCapture:
-        """Move the layout metadata to ``device`` (the device of the model's tensors); call before the forward."""
+        """Move the layout metadata to ``device`` (the device of the model's tensors) and choose its kernels; call
+        before the forward."""
         if self.batch is None:
             raise RuntimeError("RhythmCapture.to: set_layouts() first")
         self.batch.to(device)
-        self._columns = {}
+        self.kernels_on(device)
         return self
+
+    def kernels_on(self, device: torch.device | str) -> Kernels:
+        """The :class:`Kernels` for ``device``: the ones given to the constructor, else :func:`kernels_for` it."""
+        kind = torch.device(device).type
+        if self.kernels is None or (not self._fixed_kernels and self.kernels.device_type != kind):
+            self.kernels = kernels_for(kind)
+        return self.kernels
+
+    def fall_back(self, reason: str) -> None:
+        """Note (once on this capture, and in the log once per process) that a layer took a slower path."""
+        if reason not in self.fallbacks:
+            self.fallbacks.append(reason)
+            warn_once(f"rhythm capture: {reason}")
 
     def layout_columns(self, batch: int, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Per column of a ``(batch, seq_len)`` query: its position within its layout and the layout's index.
@@ -133,7 +159,7 @@ class RhythmCapture:
         """
         if self.batch is None:
             raise RuntimeError("RhythmCapture: set_layouts() must be called before the forward")
-        key = (batch, seq_len, str(device))
+        key = (batch, seq_len, str(canonical_device(device)))
         if key not in self._columns:
             self.batch.check_shape(batch, seq_len)
             lay = self.batch.to(device)
@@ -160,8 +186,11 @@ class RhythmCapture:
             **kwargs: optional ``lse`` and ``dist`` (each ``(B, H, S)`` fp32, from the layer's kernel,
                 :mod:`verl_rhythm.measure.fused`), ``leak`` (the fused path's deferred layout check), the layer's
                 attention variant as transformers passes it to attention functions (``sliding_window``,
-                ``softcap``, ``s_aux``), and ``attention_mask`` (checked against the layouts, after the forward).
-                Other keys are ignored. A layer recorded twice keeps the last call.
+                ``softcap``, ``s_aux``), and what decides which keys the layer's kernel attended over, checked
+                against the layouts after the forward: ``attention_mask`` (the mask the kernel got; ``None`` for
+                none, then the kernel's own rule: ``position_ids`` / ``cu_seq_lens_q`` of a FlashAttention call, see
+                :func:`~verl_rhythm.measure.batched.segment_mismatch`; the hook always passes it; without the key
+                nothing is checked). Other keys are ignored. A layer recorded twice keeps the last call.
         """
         if not self.wants(layer_idx):
             return
@@ -179,6 +208,7 @@ class RhythmCapture:
                     key,
                     scaling,
                     lay,
+                    self.kernels_on(query.device),
                     **self._band_settings(),
                     window=int(window) if window else None,
                     softcap=float(softcap) if softcap else None,
@@ -186,15 +216,25 @@ class RhythmCapture:
                     lse=lse,
                     dist=dist,
                 )
-                check = batched.mask_mismatch(kwargs.get("attention_mask"), lay, int(window) if window else None)
-                if check is not None:
-                    self._checks.append((layer_idx, check))
             else:
                 self._stats[layer_idx] = self._record_chunked(layer_idx, query, key, scaling, lse, dist, kwargs)
+            if lse is None and "attention_mask" in kwargs:  # the fused path checks its own call (``leak``)
+                self._check_segments(layer_idx, query.device, window, kwargs)
         if kwargs.get("leak") is not None:
             self._checks.append((layer_idx, kwargs["leak"]))
         self.paths[layer_idx] = ("batched" if self.batched else "chunked") if lse is None else "fused"
         self.seconds += time.perf_counter() - t
+
+    def _check_segments(self, layer_idx: int, device: torch.device, window, kwargs) -> None:
+        """Queue the device check that the layer's kernel attended over the layouts' sequences (read in finalize)."""
+        lay = self.batch.to(device)
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            check = batched.mask_mismatch(mask, lay, int(window) if window else None)
+        else:
+            check = batched.segment_mismatch(lay, kwargs.get("position_ids"), kwargs.get("cu_seq_lens_q"))
+        if check is not None:
+            self._checks.append((layer_idx, check))
 
     def _band_settings(self) -> dict:
         """W, H_lo, H_hi and the chunk size, as both paths' keyword arguments."""
@@ -240,11 +280,12 @@ class RhythmCapture:
         if self.layouts is None:
             raise RuntimeError("RhythmCapture.finalize called before set_layouts()")
 
-    def _grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-        """The recorded layers' ``(n, K, L)`` dist, waad, fai_num (layer-major heads) and the head list."""
+    def _packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """The recorded layers' ``(K, T)`` dist, waad, fai_num, ``(n, K)`` spans (layer-major heads) and the heads."""
         parts = [self._stats[layer] for layer in self.layers]
-        heads = [(layer, h) for layer, p in zip(self.layers, parts, strict=True) for h in range(p[0].shape[1])]
-        return (*(torch.cat([p[i] for p in parts], 1) for i in range(3)), heads)
+        heads = [(layer, h) for layer, p in zip(self.layers, parts, strict=True) for h in range(p.span.shape[1])]
+        dist, waad, fai_num = (torch.cat([p[i] for p in parts]) for i in range(3))
+        return dist, waad, fai_num, torch.cat([p.span for p in parts], 1), heads
 
     def _failed_checks(self) -> list[int]:
         if not self._checks:
@@ -274,17 +315,14 @@ class RhythmCapture:
             return [
                 HeadStats.concat([self._stats[layer][i] for layer in self.layers]) for i in range(len(self.layouts))
             ]
-        dist, waad, fai_num, heads = self._grid()
+        dist, waad, fai_num, _, heads = self._packed()
         where = {i: j for j, i in enumerate(self.batch.order)}
-        counts, k = self.batch.counts, len(heads)
         out = []
         for i, lay in enumerate(self.layouts):
+            j = where.get(i)
+            tok = slice(self.batch.offsets[j], self.batch.offsets[j] + lay.length) if j is not None else slice(0, 0)
             resp = lay.response_mask.to(dist.device)
-            if lay.length:
-                j, n = where[i], lay.length
-                vec = (dist[j, :, :n], waad[j, :, :n], fai_num[j, :, :n], counts[j, :n])
-            else:
-                vec = (*(dist.new_zeros(k, 0) for _ in range(3)), dist.new_zeros(0))
+            vec = (dist[:, tok], waad[:, tok], fai_num[:, tok], self.batch.counts[tok])
             out.append(HeadStats(*vec, response_mask=resp, heads=list(heads)))
         return out
 
@@ -299,14 +337,15 @@ class RhythmCapture:
             out = rhythm_for_sequences(self.head_stats(), self.cfg.head_quantile, self.cfg.head_group_scope)
             self.seconds += time.perf_counter() - t
             return out
-        dist, waad, fai_num, heads = self._grid()
+        dist, waad, fai_num, span, heads = self._packed()
         checks = [c.to(dist.device).reshape(()) for _, c in self._checks]
         flags = torch.stack(checks).any() if checks else None
         lay = self.batch
         cfg = self.cfg
-        waad_tok, fai_tok, span, local, glob, failed = rhythm_for_grid(
-            dist, waad, fai_num, lay.resp, lay.counts, cfg.head_quantile, cfg.head_group_scope, flags, lay.has_response
-        )
+        waad_tok, fai_tok, local, glob, failed = rhythm_for_tokens(
+            waad, fai_num, span, lay.counts, lay.token_seq, cfg.head_quantile, cfg.head_group_scope, flags,
+            lay.has_response,
+        )  # fmt: skip
         if failed:
             self._raise_mismatch(self._failed_checks())
         where = {i: j for j, i in enumerate(lay.order)}
@@ -314,11 +353,12 @@ class RhythmCapture:
         out = []
         for i, x in enumerate(self.layouts):
             if x.length:
-                j, n = where[i], x.length
+                j = where[i]
+                tok = slice(lay.offsets[j], lay.offsets[j] + x.length)
                 out.append(
                     SequenceRhythm(
-                        waad=waad_tok[j, :n],
-                        fai=fai_tok[j, :n],
+                        waad=waad_tok[tok],
+                        fai=fai_tok[tok],
                         span=span[j],
                         local_heads=local[j],
                         global_heads=glob[j],

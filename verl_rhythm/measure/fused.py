@@ -18,40 +18,35 @@ Used only where it is exact and equal to the stock output (checked by ``tests/te
 without a mask (``is_causal``; one sequence per batch row from column 0) or with a 4-D mask that costs no more memory
 than the stock call: an additive mask already in the query's dtype, or, on CPU, a bool mask, which stock SDPA turns
 into an additive S×S mask itself (elsewhere bool masks take the batched path); no sliding window, soft-capping or
-sinks, no dropout. Kernels: CPU ``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA
-``aten._scaled_dot_product_efficient_attention`` (fp32 uses the memory-efficient kernel in stock SDPA too). In bf16
-the kernel's output, and so the expected position, is rounded to bf16 (about 3 significant digits), so bf16 layers
-take the batched fp32 path instead. Any kernel error falls back to that path as well.
+sinks, no dropout; and only where the capture's :class:`~verl_rhythm.measure.kernels.Kernels` has such a kernel
+and it takes the call (:meth:`~verl_rhythm.measure.kernels.Kernels.attention_lse`: CPU
+``aten._scaled_dot_product_flash_attention_for_cpu``; CUDA ``aten._scaled_dot_product_efficient_attention``, which
+stock SDPA uses for fp32 too); a call it does not take goes to the stock function and the batched path, noted in
+``capture.fallbacks``. In bf16 the kernel's output, and so the expected position, is rounded to bf16 (about 3
+significant digits), so bf16 layers take the batched fp32 path instead. Errors of the kernel call reach the caller.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
 
-logger = logging.getLogger(__name__)
-
 _PAD = 16
-_failed_devices: set[str] = set()
 
 
-def _stock_sdpa() -> Callable | None:
-    try:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    except ImportError:  # pragma: no cover - transformers without SDPA integration
-        return None
+def _stock_sdpa() -> Callable:
+    """transformers' own ``sdpa_attention_forward`` (imported on first use: the measure package loads without it)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     return sdpa_attention_forward
 
 
 def eligible(fn: Callable, capture, module, query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs) -> bool:
     """Whether :func:`attention_with_stats` may replace this call of ``fn``."""
-    if not getattr(capture, "fused", True) or fn is not _stock_sdpa():
+    if not capture.fused or fn is not _stock_sdpa() or query.dtype != torch.float32:
         return False
-    if query.dtype != torch.float32 or query.device.type not in ("cpu", "cuda"):
-        return False
-    if query.device.type in _failed_devices or query.shape[2] < 2 or kwargs.get("dropout", 0.0):
+    if not capture.kernels_on(query.device).lse_attention or query.shape[2] < 2 or kwargs.get("dropout", 0.0):
         return False
     if torch.is_autocast_enabled(query.device.type):  # stock SDPA would run in the autocast dtype
         return False
@@ -90,24 +85,6 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     return torch.full(mask.shape, float("-inf"), dtype=dtype, device=mask.device).masked_fill_(mask, 0.0)
 
 
-def _kernel(q, k, v, mask, is_causal: bool, scaling: float):
-    """``(out (B, H, S, Dv), lse (B, H, S))`` from the device's flash-style kernel with log-sum-exp."""
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, is_causal, attn_mask=mask, scale=scaling
-        )
-        return out, lse
-    b, h, s, _ = q.shape
-    if k.shape[1] != h:  # the memory-efficient kernel wants H_kv == H
-        k, v = k.repeat_interleave(h // k.shape[1], 1), v.repeat_interleave(h // k.shape[1], 1)
-    if mask is not None:  # heads broadcast (a view); eligible() admits only last dims that are multiples of 16
-        mask = mask.expand(b, h, s, mask.shape[-1])
-    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-        q, k, v, mask, True, 0.0, is_causal, scale=scaling
-    )[:2]
-    return out, lse[..., :s]
-
-
 def attention_with_stats(fn, capture, module, query, key, value, attention_mask, *args, **kwargs):
     """Stock SDPA output plus per-row log-sum-exp and expected distance, or ``None`` if not applicable.
 
@@ -144,19 +121,18 @@ def attention_with_stats(fn, capture, module, query, key, value, attention_mask,
     extra = value.new_zeros(b, hkv, s, pad)
     extra[..., 0] = pos[:, None]
     extra[..., 1] = seq[:, None]
-    try:
-        out, lse = _kernel(
-            torch.cat([query, zeros], -1),
-            torch.cat([key, zeros[:, :hkv]], -1),
-            torch.cat([value, extra], -1),
-            mask,
-            mask is None,
-            scaling,
-        )
-    except RuntimeError as err:  # unsupported shape/dtype on this build: use the chunked path from now on
-        logger.warning("rhythm fused attention unavailable on %s (%s); using the chunked path", query.device, err)
-        _failed_devices.add(query.device.type)
+    result = capture.kernels.attention_lse(
+        torch.cat([query, zeros], -1),
+        torch.cat([key, zeros[:, :hkv]], -1),
+        torch.cat([value, extra], -1),
+        mask,
+        mask is None,
+        scaling,
+    )
+    if result is None:  # the kernel does not take these shapes: the stock call and the batched path
+        capture.fall_back(f"fp32 SDPA of shape {tuple(query.shape)} on {query.device.type}: no fused statistics")
         return None
+    out, lse = result
     gap = (out[..., d + 1] - seq[:, None]).abs().amax(1)  # (B, S)
     leak = ~(torch.where(seq >= 0, gap, 0.0) <= 1e-3).all()  # NaN counts as a mismatch too
     dist = pos[:, None] - out[..., d]

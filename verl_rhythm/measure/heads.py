@@ -168,50 +168,48 @@ def fai_count(response_mask: torch.Tensor, horizon_lo: int, horizon_hi: int) -> 
     return (r[hi] - r[lo]).clamp_min(0).float()
 
 
-def rhythm_for_grid(
-    dist: torch.Tensor,
+def rhythm_for_tokens(
     waad: torch.Tensor,
     fai_num: torch.Tensor,
-    response_mask: torch.Tensor,
+    span: torch.Tensor,
     counts: torch.Tensor,
+    token_seq: torch.Tensor,
     head_quantile: float,
     scope: str = "sequence",
     flags: torch.Tensor | None = None,
     has_response: list[bool] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """:func:`rhythm_for_sequences` for n sequences on a padded grid, with one device-to-host copy in all.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """:func:`rhythm_for_sequences` for n sequences whose tokens lie back to back, with one device-to-host copy in all.
 
     Heads must be in ascending (layer, head) order, so that a stable sort by span breaks ties as :func:`group_heads`.
 
     Args:
-        dist, waad, fai_num: ``(n, K, L)`` fp32 per-head vectors; entries past a sequence's length are ignored.
-        response_mask: ``(n, L)`` bool, False past a sequence's length.
-        counts: ``(n, L)`` fp32, |T(s)|.
+        waad, fai_num: ``(K, T)`` fp32 per-head vectors of the T tokens of all sequences.
+        span: ``(n, K)`` fp32 span of every head for every sequence (0 for a sequence without a response row).
+        counts: ``(T,)`` fp32, |T(s)|.
+        token_seq: ``(T,)`` long, the sequence (row of ``span``) of each token.
         head_quantile: group share; scope: ``sequence`` or ``micro_batch``.
         flags: optional device bool scalar copied to the host with the spans (a deferred check).
-        has_response: per sequence, whether it has a response position (host; default: read from the mask).
+        has_response: per sequence, whether it has a response position (host; default: every sequence).
 
     Returns:
-        ``(waad (n, L), fai (n, L), span (n, K), local (n, G), global (n, G), flag)``; the token statistics and spans
-        on the input device, the groups as long indices on that device, ``flag`` the host value of ``flags``.
+        ``(waad (T,), fai (T,), local (n, G), global (n, G), flag)``: the token statistics on the input device, the
+        groups as long indices on that device, ``flag`` the host value of ``flags``.
     """
     if scope not in ("sequence", "micro_batch"):
         raise ValueError(f"algorithm.rhythm.head_group_scope={scope!r}: allowed values are sequence, micro_batch")
-    n, k, _ = dist.shape
-    rows = response_mask.to(dist.dtype)
-    span = (dist * rows[:, None]).sum(-1) / rows.sum(-1).clamp_min(1.0)[:, None]  # (n, K)
+    n, k = span.shape
     host = torch.cat([span.flatten(), (flags if flags is not None else span.new_zeros(())).float().reshape(1)]).cpu()
     flag = bool(host[-1])
     by = host[:-1].view(n, k)
     if scope == "micro_batch":
-        has = torch.tensor(has_response if has_response is not None else response_mask.any(-1).tolist(), dtype=bool)
+        has = torch.tensor(has_response if has_response is not None else [True] * n, dtype=torch.bool)
         if bool(has.any()):
             by = by[has].mean(0, keepdim=True).expand(n, k)
     g = max(1, int(head_quantile * k + 1e-9))
-    order = torch.sort(by, dim=1, stable=True).indices.to(dist.device)
+    order = torch.sort(by, dim=1, stable=True).indices.to(span.device)
     local, glob = order[:, :g], order[:, k - g :]
-    size = (n, g, dist.shape[-1])
-    waad_tok = waad.gather(1, local[:, :, None].expand(size)).mean(1)
-    fai_tok = fai_num.gather(1, glob[:, :, None].expand(size)).mean(1)
+    waad_tok = waad.gather(0, local[token_seq].T).mean(0)  # (G, T) rows of each token's own local heads
+    fai_tok = fai_num.gather(0, glob[token_seq].T).mean(0)
     fai_tok = torch.where(counts > 0, fai_tok / counts.clamp_min(1.0), torch.zeros_like(fai_tok))
-    return waad_tok, fai_tok, span, local, glob, flag
+    return waad_tok, fai_tok, local, glob, flag

@@ -12,9 +12,9 @@ Ulysses), so wrappers stack in either order.
 :func:`install_attention_hook` wraps the existing entries in place (no new name is registered: a new
 ``_attn_implementation`` would change how transformers builds masks) and wraps ``get_interface`` so that the eager
 default, and any entry replaced after installation, is wrapped at call time too. Outside :func:`capture_active`
-the wrappers call straight through. Inside, a selected layer's q/k, its attention mask (checked against the
-layouts after the forward) and its attention-variant keywords (:data:`VARIANT_KWARGS`) go to
-:meth:`RhythmCapture.record`.
+the wrappers call straight through. Inside, a selected layer's q/k, what decides the sequences its kernel attends
+over (the attention mask; for FlashAttention without a mask, the position ids; checked against the layouts after
+the forward) and its attention-variant keywords (:data:`VARIANT_KWARGS`) go to :meth:`RhythmCapture.record`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def wrap_attention_function(fn: Callable) -> Callable:
             else:
                 output = fn(module, query, key, value, attention_mask, *args, **kwargs)
                 if not handled[0]:  # no wrapper further in captured this call
-                    capture.record(layer_idx, query, key, scaling, attention_mask=attention_mask, **variant)
+                    segments = _segment_kwargs(module, kwargs)
+                    capture.record(layer_idx, query, key, scaling, attention_mask=attention_mask, **variant, **segments)
         finally:
             _HANDLED.reset(token)
         if outer is not None:
@@ -100,6 +101,16 @@ def wrap_attention_function(fn: Callable) -> Callable:
     wrapper.__wrapped__ = fn
     _wrappers[fn] = wrapper
     return wrapper
+
+
+def _segment_kwargs(module, kwargs: dict) -> dict:
+    """What decides a FlashAttention call's sequences when it gets no mask: ``position_ids`` (packed rows restart at
+    0) and precomputed ``cu_seq_lens_q``; handed to :meth:`RhythmCapture.record` for the layout check. SDPA and eager
+    calls derive their sequences from the mask alone (transformers builds the mask from the position ids)."""
+    implementation = str(getattr(getattr(module, "config", None), "_attn_implementation", "") or "")
+    if "flash" not in implementation:
+        return {}
+    return {"position_ids": kwargs.get("position_ids"), "cu_seq_lens_q": kwargs.get("cu_seq_lens_q")}
 
 
 def install_attention_hook() -> None:

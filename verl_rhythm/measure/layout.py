@@ -6,13 +6,15 @@
 - :func:`layouts_from_position_ids` (a packed row, verl ``use_remove_padding``) and
   :func:`layouts_from_attention_mask` (a padded batch, padding on either side) build them.
 - :class:`BatchLayout`: the layouts of one forward as index tensors for the batched path
-  (:mod:`verl_rhythm.measure.batched`): sequences sorted by length, a ``(n, L)`` gather index into the
-  ``(B, S)`` columns, the padded response mask and FAI counts. Built once per forward from host metadata and moved to
-  the device before the forward (:meth:`BatchLayout.to`), so that nothing inside the forward reads device memory.
+  (:mod:`verl_rhythm.measure.batched`): sequences sorted by length and cut into :class:`Grid` s of similar lengths
+  (``(n, L)`` gather indices into the ``(B, S)`` columns, response masks), per-token indices, FAI counts. Built once
+  per forward from host metadata and moved to the device before the forward (:meth:`BatchLayout.to`), so that
+  nothing inside the forward reads device memory.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -129,12 +131,117 @@ def layouts_from_attention_mask(
     return layouts
 
 
-class BatchLayout:
+GRID_FLOOR = 4096
+"""Padded positions a grid may hold whatever its tokens (small micro-batches stay one grid: fewer ops)."""
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index: ``cuda`` means the current CUDA device, so ``cuda`` and ``cuda:0`` compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _move(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``device``; host tensors bound for CUDA go through pinned memory (an async copy)."""
+    if x.device == device:
+        return x
+    pin = x.device.type == "cpu" and device.type == "cuda"
+    return (x.pin_memory() if pin else x).to(device, non_blocking=pin)
+
+
+class _Moveable:
+    """Index tensors built on the host (:attr:`_TENSORS`) and moved to a device once, before the forward."""
+
+    _TENSORS: tuple[str, ...] = ()
+    device = torch.device("cpu")
+
+    def to(self, device: torch.device | str):
+        """Move the index tensors to ``device``; call it before the forward (an in-forward copy would wait on it)."""
+        device = canonical_device(device)
+        if device != self.device:
+            for name in self._TENSORS:
+                setattr(self, name, _move(getattr(self, name), device))
+            for grid in getattr(self, "grids", ()):
+                grid.to(device)
+            self.device = device
+        return self
+
+
+class Grid(_Moveable):
+    """Sequences of similar length on one padded ``(n, L)`` grid: the unit of work of the batched path.
+
+    Position t of every sequence sits in grid column t, so the causal mask (and a sliding window) of query rows
+    [t0, t1) is one mask shared by all of them. The sequences are sorted longest first, so the ones still running at
+    position t are a prefix (:meth:`count_from`): a slice, never a gather. A grid's tokens are a contiguous range of
+    the batch's token order (:class:`BatchLayout`), ``[offset, offset + tokens)``.
+
+    Attributes:
+        first, stop: the grid's sequences are the batch's sorted sequences ``[first, stop)``.
+        lengths: their lengths (host ints, non-increasing); max_len: L.
+        offset, tokens: the grid's range of the batch's token order.
+        rows, cols: ``(n, L)`` long, batch row and column of grid position (i, t); positions past N_i point at the
+            sequence's own last column (any valid column: their results are never read).
+        resp: ``(n, L)`` bool, response positions (False past N_i); n_resp: ``(n,)`` fp32, their number.
+        token_seq, token_pos: ``(tokens,)`` long, the grid position (i, t) of each of the grid's tokens, in order.
+        rows_per_block: query rows per band block; block_has_response: per block, whether a response row is in it.
+    """
+
+    _TENSORS = ("rows", "cols", "resp", "n_resp", "token_seq", "token_pos")
+
+    def __init__(self, layouts: list[SequenceLayout], first: int, offset: int, rows_per_block: int):
+        self.first, self.stop = first, first + len(layouts)
+        self.lengths = [x.length for x in layouts]
+        self.max_len = big = self.lengths[0]
+        self.offset, self.tokens = offset, sum(self.lengths)
+        n = len(layouts)
+        t = torch.arange(big)
+        self.rows = torch.tensor([x.row for x in layouts], dtype=torch.long)[:, None].expand(n, big).contiguous()
+        self.cols = torch.stack([x.start + t.clamp(max=x.length - 1) for x in layouts])
+        self.resp = torch.zeros(n, big, dtype=torch.bool)
+        for i, x in enumerate(layouts):
+            self.resp[i, : x.length] = x.response_mask.detach().to("cpu")
+        self.n_resp = self.resp.sum(1).float()
+        self.token_seq = torch.cat([torch.full((x.length,), i) for i, x in enumerate(layouts)])
+        self.token_pos = torch.cat([torch.arange(x.length) for x in layouts])
+        self.rows_per_block = rows_per_block
+        any_row = self.resp.any(0)
+        self.block_has_response = [
+            bool(any_row[t0 : t0 + rows_per_block].any()) for t0 in range(0, big, rows_per_block)
+        ]
+        self.device = torch.device("cpu")
+
+    def count_from(self, t0: int) -> int:
+        """How many of the grid's sequences are longer than ``t0`` (they form the prefix ``[:count]``)."""
+        return sum(n > t0 for n in self.lengths)
+
+
+def _grid_bounds(lengths: list[int]) -> list[tuple[int, int]]:
+    """Cut non-increasing lengths into grids: a grid takes the next sequence while its padded positions stay within
+    twice its tokens, or within :data:`GRID_FLOOR`."""
+    bounds, first = [], 0
+    while first < len(lengths):
+        stop, tokens = first + 1, lengths[first]
+        while stop < len(lengths):
+            padded = (stop + 1 - first) * lengths[first]
+            if padded > max(2 * (tokens + lengths[stop]), GRID_FLOOR):
+                break
+            tokens += lengths[stop]
+            stop += 1
+        bounds.append((first, stop))
+        first = stop
+    return bounds
+
+
+class BatchLayout(_Moveable):
     """The layouts of one forward as host-built index tensors for the batched path.
 
-    The ``n`` non-empty sequences are sorted by length, longest first (``order``), so that the sequences still
-    running at position t are a prefix: query chunk [t0, t1) of the padded ``(n, L)`` grid touches sequences
-    ``[:count_from(t0)]`` only, a slice, never a gather. ``L`` is the longest length.
+    The ``n`` non-empty sequences are sorted by length, longest first (``order``), and cut into :class:`Grid` s of
+    similar lengths (a grid pads to at most twice its tokens, or :data:`GRID_FLOOR` positions), so that the batched
+    path's memory follows the micro-batch's tokens, not its longest sequence times its number of sequences. Results
+    are kept per token in the *token order*: the sorted sequences' positions back to back (sequence j's tokens are
+    ``[offsets[j], offsets[j] + lengths[j])``), each grid a contiguous range of it.
 
     Args:
         layouts: the sequences of the forward.
@@ -144,74 +251,67 @@ class BatchLayout:
     Attributes:
         layouts: the :class:`SequenceLayout` list, in the caller's order.
         order: indices into ``layouts`` of the non-empty sequences, longest first (Python ints).
-        lengths: their lengths, in that order (Python ints, non-increasing).
-        max_len: L (0 when every sequence is empty).
-        rows, cols: ``(n, L)`` long, the batch row and column of padded position (i, t); positions past N_i point
-            at the sequence's own last column (any valid column: their results are never read).
-        resp: ``(n, L)`` bool, response positions (False past N_i).
-        counts: ``(n, L)`` fp32, |T(s)| of every position (0 past N_i).
+        lengths, offsets: their lengths and first tokens in the token order (Python ints); tokens: T = sum N_i.
+        grids: the :class:`Grid` s, covering the sorted sequences in order.
         has_response: per sorted sequence, whether it has a response position (host bools).
-        last: ``(n,)`` long, N_i - 1; alone: ``(n,)`` bool, the sequence is the only one in its batch row.
-        flat_rows, flat_cols, flat_pos, flat_seq: ``(T,)`` long over the T = sum N_i real positions: batch row,
-            column, position within the sequence, index of the sequence in ``layouts``.
-        block_has_response: per band block [t0, t0 + rows_per_block): whether any sequence has a response row there.
+        flat_rows, flat_cols, flat_pos, flat_seq: ``(T,)`` long in the token order: batch row, column, position
+            within the sequence, index of the sequence in ``layouts``.
+        token_seq: ``(T,)`` long, the sorted index of each token's sequence.
+        resp: ``(T,)`` bool, response positions; counts: ``(T,)`` fp32, |T(s)| of every position.
+        seq_rows, first_cols, last_cols: ``(n,)`` long per sorted sequence: its batch row, first and last column.
+        alone: ``(n,)`` bool, the sequence is the only one in its batch row.
+        plain_causal: every sequence starts its own batch row at column 0 (host bool): what a causal kernel without
+            a mask computes.
         max_row, max_end: the largest row and ``start + length`` (to check the forward's shapes without a sync).
     """
 
-    _TENSORS = ("rows", "cols", "resp", "counts", "last", "alone", "flat_rows", "flat_cols", "flat_pos", "flat_seq")
+    _TENSORS = (
+        "flat_rows",
+        "flat_cols",
+        "flat_pos",
+        "flat_seq",
+        "token_seq",
+        "resp",
+        "counts",
+        "seq_rows",
+        "first_cols",
+        "last_cols",
+        "alone",
+    )
 
     def __init__(self, layouts: list[SequenceLayout], horizon_lo: int, horizon_hi: int, rows_per_block: int):
         if not all(isinstance(x, SequenceLayout) for x in layouts):
             raise TypeError("layouts must be a list of SequenceLayout")
         self.layouts = list(layouts)
         self.order = sorted((i for i, x in enumerate(self.layouts) if x.length), key=lambda i: -self.layouts[i].length)
-        self.lengths = [self.layouts[i].length for i in self.order]
-        self.max_len = self.lengths[0] if self.order else 0
-        n, big = len(self.order), self.max_len
-        t = torch.arange(big)
-        self.rows = torch.zeros(n, big, dtype=torch.long)
-        self.cols = torch.zeros(n, big, dtype=torch.long)
-        self.resp = torch.zeros(n, big, dtype=torch.bool)
-        self.counts = torch.zeros(n, big)
-        for j, i in enumerate(self.order):
-            lay = self.layouts[i]
-            mask = lay.response_mask.detach().to("cpu")
-            self.rows[j] = lay.row
-            self.cols[j] = lay.start + t.clamp(max=lay.length - 1)
-            self.resp[j, : lay.length] = mask
-            self.counts[j, : lay.length] = fai_count(mask, horizon_lo, horizon_hi)
-        self.last = torch.tensor([n - 1 for n in self.lengths], dtype=torch.long)
-        per_row = Counter(x.row for x in self.layouts if x.length)
-        self.alone = torch.tensor([per_row[self.layouts[i].row] == 1 for i in self.order], dtype=torch.bool)
-        self.has_response = self.resp.any(1).tolist()
-        any_row = self.resp.any(0)
-        self.rows_per_block = rows_per_block
-        starts = range(0, big, rows_per_block)
-        self.block_has_response = [bool(any_row[t0 : t0 + rows_per_block].any()) for t0 in starts]
-        real = [(i, x) for i, x in enumerate(self.layouts) if x.length]
+        seqs = [self.layouts[i] for i in self.order]
+        self.lengths = [x.length for x in seqs]
+        self.offsets = [0, *itertools.accumulate(self.lengths)][:-1]
+        self.tokens = sum(self.lengths)
+        self.grids = [Grid(seqs[a:b], a, self.offsets[a], rows_per_block) for a, b in _grid_bounds(self.lengths)]
         empty = torch.zeros(0, dtype=torch.long)
-        self.flat_rows = torch.cat([torch.full((x.length,), x.row) for _, x in real]) if real else empty
-        self.flat_cols = torch.cat([torch.arange(x.start, x.start + x.length) for _, x in real]) if real else empty
-        self.flat_pos = torch.cat([torch.arange(x.length) for _, x in real]) if real else empty
-        self.flat_seq = torch.cat([torch.full((x.length,), i) for i, x in real]) if real else empty
+
+        def per_token(fn) -> torch.Tensor:
+            return torch.cat([fn(j, x) for j, x in enumerate(seqs)]) if seqs else empty
+
+        self.flat_rows = per_token(lambda j, x: torch.full((x.length,), x.row))
+        self.flat_cols = per_token(lambda j, x: torch.arange(x.start, x.start + x.length))
+        self.flat_pos = per_token(lambda j, x: torch.arange(x.length))
+        self.flat_seq = per_token(lambda j, x: torch.full((x.length,), self.order[j]))
+        self.token_seq = per_token(lambda j, x: torch.full((x.length,), j))
+        self.resp = per_token(lambda j, x: x.response_mask.detach().to("cpu")).bool()
+        self.counts = per_token(lambda j, x: fai_count(x.response_mask.detach().to("cpu"), horizon_lo, horizon_hi))
+        self.counts = self.counts.float()
+        self.has_response = [bool(x.response_mask.any()) for x in seqs]
+        self.seq_rows = torch.tensor([x.row for x in seqs], dtype=torch.long)
+        self.first_cols = torch.tensor([x.start for x in seqs], dtype=torch.long)
+        self.last_cols = torch.tensor([x.start + x.length - 1 for x in seqs], dtype=torch.long)
+        per_row = Counter(x.row for x in seqs)
+        self.alone = torch.tensor([per_row[x.row] == 1 for x in seqs], dtype=torch.bool)
+        self.plain_causal = all(x.start == 0 and per_row[x.row] == 1 for x in seqs)
         self.max_row = max((x.row for x in self.layouts), default=-1)
         self.max_end = max((x.start + x.length for x in self.layouts), default=0)
         self.device = torch.device("cpu")
-
-    def to(self, device: torch.device | str) -> BatchLayout:
-        """Move the index tensors to ``device``; call it before the forward (an in-forward copy would wait on it)."""
-        device = torch.device(device)
-        if device != self.device:
-            pin = device.type == "cuda" and torch.cuda.is_available()
-            for name in self._TENSORS:
-                x = getattr(self, name)
-                setattr(self, name, (x.pin_memory() if pin else x).to(device, non_blocking=pin))
-            self.device = device
-        return self
-
-    def count_from(self, t0: int) -> int:
-        """How many sorted sequences are longer than ``t0`` (they form the prefix ``[:count]``)."""
-        return sum(n > t0 for n in self.lengths)
 
     def check_shape(self, batch: int, seq_len: int) -> None:
         """Raise if a layout lies outside a ``(batch, seq_len)`` forward (host ints only, no device read)."""

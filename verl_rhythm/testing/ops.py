@@ -34,3 +34,37 @@ class OpCounter(TorchDispatchMode):
             if len(devices) > 1:
                 self.syncs.append(f"{name} {sorted(map(str, devices))}")
         return out
+
+
+class AllocationCounter(OpCounter):
+    """:class:`OpCounter` that also records the bytes of every tensor an op returns (on ``meta`` tensors too, so
+    allocations at real shapes are listed without memory). Views (outputs sharing an input's storage) are not
+    allocations and are skipped.
+
+    Attributes:
+        largest: bytes of the largest tensor allocated; largest_float: elements of the largest floating-point one.
+        sizes: bytes of every allocation, in order.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+        self.largest = 0
+        self.largest_float = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        inputs = {_storage(x) for x in (*args, *(kwargs or {}).values()) if isinstance(x, torch.Tensor)}
+        for x in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(x, torch.Tensor) or _storage(x) in inputs:
+                continue
+            size = x.numel() * x.element_size()
+            self.sizes.append(size)
+            self.largest = max(self.largest, size)
+            if x.is_floating_point():
+                self.largest_float = max(self.largest_float, x.numel())
+        return out
+
+
+def _storage(x: torch.Tensor) -> tuple:
+    return (x.device.type, x.untyped_storage().data_ptr()) if x.device.type != "meta" else (id(x.untyped_storage()),)

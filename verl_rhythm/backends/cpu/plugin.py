@@ -16,6 +16,8 @@ verl module                                        registration
 ``verl.single_controller.ray.base``                the resource check counts CPUs on the CPU platform (patches.py)
 ``verl.utils.distributed``                         a ``gloo`` process group on the CPU platform (patches.py)
 ``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
+``transformers.modeling_utils``                    on the CPU platform, transformers' ``flash_attention_2`` runs the
+                                                   CPU implementation of flash-attn's API (:mod:`.flash_attn`)
 =================================================  ==================================================================
 
 Every patch in :mod:`.patches` changes behaviour only when the CPU platform is selected (``VERL_PLATFORM=cpu``) or
@@ -24,10 +26,13 @@ the ``hf`` rollout is asked for; everything else passes through to verl unchange
 
 from __future__ import annotations
 
+import logging
+
 from verl_rhythm.backends.cpu import platform as _platform  # noqa: F401  (registers PlatformRegistry "cpu")
 from verl_rhythm.post_import import when_imported
 
 ROLLOUT_NAME = "hf"
+FLASH_ATTENTION_NOTICE = "verl-rhythm CPU backend: flash_attention_2 runs the CPU implementation of flash-attn's API"
 ADAPTER_FQN = "verl_rhythm.backends.cpu.rollout.HFServerAdapter"
 
 
@@ -56,6 +61,21 @@ def _register_engine(module) -> None:
         )
 
 
+def _serve_flash_attention(module) -> None:
+    """On the CPU platform, FlashAttention-2 (verl's default attention) is the CPU flash-attn, fp32 allowed (the
+    CPU recipe trains in fp32). A real flash_attn package is never shadowed: its CUDA kernels then refuse CPU
+    tensors themselves."""
+    if not _platform.is_selected():
+        return
+    import importlib.util
+
+    from verl_rhythm.backends.cpu.flash_attn import install
+
+    if not install.is_installed() and importlib.util.find_spec("flash_attn") is None:
+        install.install(strict=False)
+        logging.getLogger(__name__).info(FLASH_ATTENTION_NOTICE)
+
+
 def _patch(name: str):
     def install(module) -> None:
         from verl_rhythm.backends.cpu import patches
@@ -80,6 +100,7 @@ def register() -> None:
     when_imported("verl.single_controller.ray.base", _patch("patch_resource_check"))
     when_imported("verl.utils.distributed", _patch("patch_process_group"))
     when_imported("verl.utils.config", _patch("patch_validate_config"))
+    when_imported("transformers.modeling_utils", _serve_flash_attention)
 
 
 register()
