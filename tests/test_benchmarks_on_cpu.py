@@ -11,6 +11,7 @@ reports the paths it claims, no host sync added during the forward, and one sync
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    """``python ARGS``, or ``bash SCRIPT.sh ARGS`` (the wrappers a GPU machine runs, with this interpreter)."""
+    cmd = ["bash", *args] if args[0].endswith(".sh") else [sys.executable, *args]
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
-    """``benchmarks/gpu_check.py --device cpu``: the same exactness checks the GPU run makes, at a reduced size; the
-    regime stage on FlashAttention-2 (packed rows, bf16), as on a GPU with flash-attn."""
+    """``bash benchmarks/gpu_check.sh --device cpu``: the same exactness checks the GPU run makes, at a reduced size;
+    the regime stage on FlashAttention-2 (packed rows, bf16), as on a GPU with flash-attn."""
     out = tmp_path / "report.json"
-    proc = _run(["benchmarks/gpu_check.py", "--device", "cpu", "--sizes", "256", "--regime", "4x256"]
+    proc = _run(["benchmarks/gpu_check.sh", "--device", "cpu", "--sizes", "256", "--regime", "4x256"]
                 + ["--regime-scale", "16", "--repeats", "1", "--out", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "exactness OK" in proc.stdout and "regime exactness OK" in proc.stdout, proc.stdout[-3000:]
@@ -41,10 +45,10 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_engine_check_dry_run_on_cpu(tmp_path):
-    """``benchmarks/gpu_engine_check.py --device cpu``: verl's FSDP engine with sdpa, eager (fp32 checked against the
-    dense reference, bf16 reported) and FlashAttention-2 (bf16 only: it rejects fp32), packed and padded."""
+    """``bash benchmarks/gpu_engine_check.sh --device cpu``: verl's FSDP engine with sdpa, eager (fp32 checked against
+    the dense reference, bf16 reported) and FlashAttention-2 (bf16 only: it rejects fp32), packed and padded."""
     out = tmp_path / "engine.json"
-    proc = _run(["benchmarks/gpu_engine_check.py", "--device", "cpu", "--model", "tiny", "--lengths", "24:40", "16:64"]
+    proc = _run(["benchmarks/gpu_engine_check.sh", "--device", "cpu", "--model", "tiny", "--lengths", "24:40", "16:64"]
                 + ["--repeats", "1", "--out", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -56,8 +60,9 @@ def test_gpu_engine_check_dry_run_on_cpu(tmp_path):
         assert "error" not in run and run["ok"] and run["check"] == (key[1] == "fp32"), run
 
 
-@pytest.mark.parametrize("script", ["benchmarks/gpu_check.py", "benchmarks/gpu_engine_check.py"])
+@pytest.mark.parametrize("script", ["benchmarks/gpu_check.sh", "benchmarks/gpu_engine_check.sh"])
 def test_gpu_scripts_refuse_a_torch_without_cuda_in_one_line(script):
+    """Run as written on a GPU machine (``bash benchmarks/gpu_check.sh``), here: one line, exit status 1."""
     proc = _run([script, "--device", "cuda"], timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("--device cuda: this Python's torch"), proc.stderr[-2000:]

@@ -440,8 +440,9 @@ def layer_stats(
             if lse is not None:  # from the layer's own kernel, in the (B, H, S) columns: into the grid
                 rows = (grid.rows, grid.cols)
                 grid_lse, grid_dist = (x.float().transpose(1, 2)[rows].transpose(1, 2) for x in (lse, dist))
-            else:
-                grid_lse, grid_dist = (plain and kernel_row_stats(q, k, scaling, kernels)) or row_stats(
+            else:  # one kernel call where it applies, explicit logits in query chunks otherwise
+                from_kernel = kernel_row_stats(q, k, scaling, kernels) if plain else None
+                grid_lse, grid_dist = from_kernel or row_stats(
                     q, k, grid, scaling, chunk_size, kernels, window=window, softcap=softcap, sinks=sinks
                 )
             waad, fai_num = band_stats(q, k, grid, scaling, grid_lse, waad_window, fai_horizon_lo, fai_horizon_hi,

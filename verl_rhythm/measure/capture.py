@@ -280,12 +280,15 @@ class RhythmCapture:
         if self.layouts is None:
             raise RuntimeError("RhythmCapture.finalize called before set_layouts()")
 
-    def _packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-        """The recorded layers' ``(K, T)`` dist, waad, fai_num, ``(n, K)`` spans (layer-major heads) and the heads."""
-        parts = [self._stats[layer] for layer in self.layers]
-        heads = [(layer, h) for layer, p in zip(self.layers, parts, strict=True) for h in range(p.span.shape[1])]
-        dist, waad, fai_num = (torch.cat([p[i] for p in parts]) for i in range(3))
-        return dist, waad, fai_num, torch.cat([p.span for p in parts], 1), heads
+    def _packed(self, name: str) -> torch.Tensor:
+        """One recorded statistic over all selected layers, layer-major heads: ``(K, T)`` per-token vectors in the
+        batch's token order (``dist``, ``waad``, ``fai_num``), or the ``(n, K)`` spans (``span``)."""
+        parts = [getattr(self._stats[layer], name) for layer in self.layers]
+        return torch.cat(parts, 1 if name == "span" else 0)
+
+    def _heads(self) -> list[tuple[int, int]]:
+        """The K selected ``(layer, head)`` pairs, layer-major."""
+        return [(layer, h) for layer in self.layers for h in range(self._stats[layer].span.shape[1])]
 
     def _failed_checks(self) -> list[int]:
         if not self._checks:
@@ -315,7 +318,8 @@ class RhythmCapture:
             return [
                 HeadStats.concat([self._stats[layer][i] for layer in self.layers]) for i in range(len(self.layouts))
             ]
-        dist, waad, fai_num, _, heads = self._packed()
+        dist, waad, fai_num = (self._packed(name) for name in ("dist", "waad", "fai_num"))
+        heads = self._heads()
         where = {i: j for j, i in enumerate(self.batch.order)}
         out = []
         for i, lay in enumerate(self.layouts):
@@ -337,8 +341,9 @@ class RhythmCapture:
             out = rhythm_for_sequences(self.head_stats(), self.cfg.head_quantile, self.cfg.head_group_scope)
             self.seconds += time.perf_counter() - t
             return out
-        dist, waad, fai_num, span, heads = self._packed()
-        checks = [c.to(dist.device).reshape(()) for _, c in self._checks]
+        waad, fai_num, span = (self._packed(name) for name in ("waad", "fai_num", "span"))
+        heads = self._heads()
+        checks = [c.to(span.device).reshape(()) for _, c in self._checks]
         flags = torch.stack(checks).any() if checks else None
         lay = self.batch
         cfg = self.cfg
@@ -369,8 +374,8 @@ class RhythmCapture:
             if empty is None:  # a sequence with no position: span 0, groups as group_heads gives them for ties
                 k = len(heads)
                 g = max(1, int(cfg.head_quantile * k + 1e-9))
-                idx = torch.arange(k, device=dist.device)
-                empty = (dist.new_zeros(0), dist.new_zeros(k), idx[:g], idx[k - g :])
+                idx = torch.arange(k, device=span.device)
+                empty = (span.new_zeros(0), span.new_zeros(k), idx[:g], idx[k - g :])
             out.append(SequenceRhythm(empty[0], empty[0], empty[1], empty[2], empty[3], list(heads)))
         self.seconds += time.perf_counter() - t
         return out
