@@ -37,8 +37,10 @@ def tiny_config(arch: str, num_layers: int = 6, attn_implementation: str = "eage
         cfg = Qwen3Config(num_attention_heads=4, num_key_value_heads=2, head_dim=16, **common)
     elif arch == "llama_gqa":
         cfg = LlamaConfig(num_attention_heads=8, num_key_value_heads=2, **common)
+    elif arch == "llama_mqa":  # one kv head: fewer kv heads than sequence-parallel ranks
+        cfg = LlamaConfig(num_attention_heads=4, num_key_value_heads=1, **common)
     else:
-        raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+        raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS} or llama_mqa")
     cfg._attn_implementation = attn_implementation
     return cfg
 

@@ -84,3 +84,22 @@ def test_capture_benchmark_regime_row(tmp_path):
     for row in rows:
         assert row["syncs_added"] == 0 and row["syncs_finalize"] == 1, row
         assert row["ops_added_per_layer"] > 0 and row["t_step_capture"] > 0 and row["one_more_attention"] > 1, row
+
+
+@pytest.mark.slow
+def test_capture_sp_benchmark_counts_what_sequence_parallelism_adds(tmp_path):
+    """``benchmarks/capture_sp.py`` at sp 1 and 2 on the tiny model: the capture adds no collective during the forward
+    and, under sp 2, exactly one all-gather of the head spans and one all-reduce of the WAAD/FAI group sums (2 × T
+    fp32) per micro-batch; it adds the same host syncs at both sizes."""
+    out = tmp_path / "sp.json"
+    proc = _run(["benchmarks/capture_sp.py", "--sp", "1", "2", "--lengths", "90", "61", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {(r["sp"], r["rank"]): r for r in json.loads(out.read_text())}
+    assert set(rows) == {(1, 0), (2, 0), (2, 1)}
+    assert rows[1, 0]["collectives_added"] == []
+    heads_per_rank = 3 * 4 // 2  # 3 selected layers of the tiny model, 4 heads, 2 ranks
+    for rank in (0, 1):
+        row = rows[2, rank]
+        assert row["collectives_added"] == [["allgather_", (2 * heads_per_rank + 1) * 4], ["allreduce_", 2 * 151 * 4]]
+        assert row["syncs_added"] == rows[1, 0]["syncs_added"]
+        assert row["ops_added_per_layer"] > 0

@@ -98,15 +98,24 @@ def test_flash_attention_without_the_package_stops_at_start_up(compose, monkeypa
     found = object()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: found if name == "flash_attn" else real(name, *a))
     assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2"))  # installed: nothing to say
+    # Ulysses sequence parallelism on FlashAttention-2 with packed rows: supported
+    sp2 = "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"
+    assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2", sp2))
 
 
 @pytest.mark.parametrize(
     "overrides, key",
     [
         (["actor_rollout_ref.actor.strategy=megatron"], "actor_rollout_ref.actor.strategy='megatron'"),
-        (
+        (  # verl's Ulysses runs through FlashAttention-2 only (the fixture's attention is SDPA)
             ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
-            "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+            "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2 with "
+            "actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        ),
+        (
+            [f"{ATTN}=flash_attention_2", "trainer.device=cpu", "actor_rollout_ref.model.use_remove_padding=false"]
+            + ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
+            "ulysses_sequence_parallel_size=2 with actor_rollout_ref.model.use_remove_padding=false",
         ),
         (["algorithm.rollout_correction.bypass_mode=true"], "algorithm.rollout_correction.bypass_mode=true"),
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),

@@ -16,7 +16,6 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import fsdp_engine
-from verl_rhythm.glue.checks import RhythmSetupError
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
 from verl_rhythm.measure import capture as capture_mod
 from verl_rhythm.testing.engine import build_engine, dense_rhythm, log_prob_batch, run_log_prob_pass
@@ -209,17 +208,6 @@ def test_no_capture_without_the_key_nor_in_training_forward_backward(engines, mo
     with engine.train_mode(), pytest.raises(RuntimeError, match=CAPTURE_KEY):
         engine.forward_backward_batch(leaked, loss_function=loss_fn, forward_only=False)
     assert calls == []
-
-
-@pytest.mark.slow
-def test_ulysses_sequence_parallel_is_refused_in_the_engine(engines):
-    engine = engines("qwen2", "sdpa", True)
-    engine.use_ulysses_sp, engine.ulysses_sequence_parallel_size = True, 2
-    try:
-        with pytest.raises(RhythmSetupError, match="ulysses_sequence_parallel_size=2"):
-            run_log_prob_pass(engine, log_prob_batch(make_sequences(), capture=CFG))
-    finally:
-        engine.use_ulysses_sp, engine.ulysses_sequence_parallel_size = False, 1
 
 
 @pytest.mark.slow

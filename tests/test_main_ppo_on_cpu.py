@@ -167,6 +167,39 @@ def test_two_data_parallel_workers_train_on_grpo_times_gamma(dp2_run):
     assert torch.all(gamma > 1 - 1e-5)
 
 
+@pytest.fixture(scope="module")
+def sp2_run(setup):
+    """One step of the coupled strategy with Ulysses sequence parallelism of size 2: two gloo worker processes share
+    every packed micro-batch (FlashAttention-2 on the CPU backend's flash-attn)."""
+    root, model, data = setup
+    return run_main_ppo(
+        root / "coupled_sp2",
+        model,
+        data,
+        [
+            *SMALL,
+            "actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2",
+            "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+            "trainer.n_gpus_per_node=2",
+            "trainer.total_training_steps=1",
+        ],
+    )
+
+
+def test_sequence_parallel_training_uses_grpo_times_gamma(sp2_run):
+    _check(sp2_run)
+    assert sp2_run.steps == [1]
+    assert all(k in sp2_run.metrics[0][1] for k in RHYTHM_KEYS)
+    # both ranks of the sequence-parallel group update on the same (whole) batch
+    assert len(sp2_run.dumps) == 2
+    for key in ("responses", "advantages"):
+        for a, b in zip(sp2_run.dumps[0][key], sp2_run.dumps[1][key], strict=True):
+            assert torch.equal(a, b)
+    gamma = gamma_of_updates(sp2_run.dumps[:1])
+    assert torch.all(gamma > 1 - 1e-5)
+    assert torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
+
+
 def test_strategy_none_is_plain_grpo(setup):
     """γ = 1 through the same estimator, so the update gets verl's GRPO advantage, bit for bit up to fp32."""
     root, model, data = setup
@@ -191,10 +224,10 @@ def test_a_stock_grpo_run_works_on_the_same_cpu_stack(setup):
     assert torch.allclose(used, grpo * mask, atol=1e-6)
 
 
-def test_one_and_two_workers_capture_the_dense_reference_statistics(setup, coupled_run, dp2_run):
+def test_one_and_two_workers_capture_the_dense_reference_statistics(setup, coupled_run, dp2_run, sp2_run):
     """The WAAD/FAI each update carried (step 1: the initial weights) equal the dense reference of the same sequence,
-    whether one worker (SDPA) or two data-parallel workers (FlashAttention-2) captured them: statistics are per
-    sequence."""
+    whether one worker (SDPA), two data-parallel workers (FlashAttention-2) or two sequence-parallel workers
+    (Ulysses, FlashAttention-2) captured them: statistics are per sequence."""
 
     from transformers import AutoModelForCausalLM
 
@@ -202,6 +235,7 @@ def test_one_and_two_workers_capture_the_dense_reference_statistics(setup, coupl
     from verl_rhythm.testing.engine import dense_rhythm
 
     _check(dp2_run)
+    _check(sp2_run)
     # transformers' FA2 forward (modeling_flash_attention_utils.fa_peft_integration_check) warns once per worker about
     # the fp32 actor: FlashAttention-2 ran in the FA2 run's workers, and only there
     fa2_warning = "for flash-attn compatibility"
@@ -209,7 +243,8 @@ def test_one_and_two_workers_capture_the_dense_reference_statistics(setup, coupl
     _, model_dir, _ = setup
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
     cfg = RhythmConfig(waad_window=4, fai_horizon_lo=2, fai_horizon_hi=8)
-    for name, dumps in (("1 worker", coupled_run.dumps[:1]), ("2 workers", dp2_run.dumps)):
+    runs = (("1 worker", coupled_run.dumps[:1]), ("2 workers", dp2_run.dumps), ("sp 2", sp2_run.dumps[:1]))
+    for name, dumps in runs:
         rows = [(d, i) for d in dumps for i in range(len(d["responses"]))]
         sequences = []
         for d, i in rows:

@@ -95,15 +95,23 @@ def _engine_problems(config: Any) -> list[str]:
             f"(FSDPEngineWithLMHead); supported: {', '.join(FSDP_STRATEGIES)}. Use algorithm.rhythm.strategy=none, "
             "random, uniform or entropy with other engines"
         )
+    attn = _select(config, ATTN_IMPLEMENTATION_KEY, "flash_attention_2")
+    packed = bool(_select(config, "actor_rollout_ref.model.use_remove_padding", True))
     for key in (
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
         "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
     ):
         sp = _select(config, key, 1)
-        if sp is not None and int(sp) > 1:
+        if sp is not None and int(sp) > 1 and not packed:
             problems.append(
-                f"{key}={sp}: Ulysses sequence parallelism hands each rank a shard of the sequence, so no rank sees "
-                f"whole attention rows; not supported yet, set {key}=1"
+                f"{key}={sp} with actor_rollout_ref.model.use_remove_padding=false: verl's Ulysses sequence "
+                "parallelism shards packed rows only; set actor_rollout_ref.model.use_remove_padding=true"
+            )
+        if sp is not None and int(sp) > 1 and str(attn) != "flash_attention_2":
+            problems.append(
+                f"{key}={sp} with {ATTN_IMPLEMENTATION_KEY}={attn}: verl's Ulysses sequence parallelism runs through "
+                "FlashAttention-2 (verl/models/transformers/monkey_patch.py), where the capture reads whole rows "
+                f"below its all-to-all; set {ATTN_IMPLEMENTATION_KEY}=flash_attention_2 or {key}=1"
             )
     return problems
 

@@ -79,6 +79,15 @@ PINNED: dict[str, tuple[str, str]] = {
         "b1290dce7fd3c855",
         "a (device, vendor) registration wins over the stock device-only one",
     ),
+    "verl.models.transformers.monkey_patch:_ulysses_flash_attention_forward": (
+        "5e68365bd576584d",
+        "Ulysses: all-to-all to whole rows for H/sp heads (kv repeated up to sp), then the module global "
+        "_flash_attention_forward (wrapped: the capture records there), position_ids all-gathered",
+    ),
+    "verl.utils.ulysses:ulysses_pad": (
+        "8452d68388098f3f",
+        "the sp pad at the end of the packed row restarts position_ids at 0: a segment of its own, never a layout",
+    ),
     "verl.workers.utils.padding:response_from_nested": (
         "41a4bf54aa981c09",
         "the one-position shift that rhythm statistics must NOT get (glue/padding.py mirrors it unshifted)",

@@ -32,7 +32,8 @@ from verl.workers.utils.padding import build_attention_mask_from_nested
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import contract
-from verl_rhythm.glue.checks import RhythmSetupError, text_layer_types, text_num_layers
+from verl_rhythm.glue import monkey_patch as ulysses
+from verl_rhythm.glue.checks import text_layer_types, text_num_layers
 from verl_rhythm.glue.padding import nested_from_rows
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
 from verl_rhythm.measure.capture import (
@@ -71,20 +72,20 @@ class RhythmFSDPEngineWithLMHead(FSDPEngineWithLMHead):
                 f"'{CAPTURE_KEY}' reached a forward step with gradients (forward_only={forward_only}): the rhythm "
                 "capture runs only in the actor's no-grad old-log-prob pass"
             )
-        if self.use_ulysses_sp:
-            raise RhythmSetupError(
-                f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size}: the "
-                "rhythm capture needs whole attention rows on one rank; set it to 1"
-            )
         t0 = time.perf_counter()
         cfg = RhythmConfig.from_dict(json.loads(spec))
         hf_config = self.model_config.hf_config
-        capture = RhythmCapture(cfg, text_num_layers(hf_config), layer_types=text_layer_types(hf_config))
+        # Ulysses: each rank records whole rows of its heads below verl's all-to-all (glue/monkey_patch.py); the
+        # capture combines the ranks' heads at finalize
+        group = self.ulysses_parallel_group if self.use_ulysses_sp else None
+        capture = RhythmCapture(cfg, text_num_layers(hf_config), layer_types=text_layer_types(hf_config), group=group)
         use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
         # host metadata, moved to the parameters' device now: nothing inside the forward waits on a copy
         capture.set_layouts(micro_batch_layouts(micro_batch, use_remove_padding=use_remove_padding))
         capture.to(_parameter_device(self.module))
         install_attention_hook()  # idempotent; re-wraps entries replaced since (e.g. by verl's monkey patches)
+        if self.use_ulysses_sp:
+            ulysses.install()  # verl's Ulysses path: normally done when verl imported it (glue/plugin.py)
         own = time.perf_counter() - t0
         with capture_active(capture):
             loss, output = super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)

@@ -14,6 +14,7 @@ verl module                                           patch
 ``verl.trainer.ppo.v1.trainer_base``                  :mod:`verl_rhythm.glue.trainer_base` (checks, fields, metrics)
 ``verl.trainer.ppo.ray_trainer``                      :mod:`verl_rhythm.glue.ray_trainer` (refuses the v0 trainer)
 ``verl.workers.engine.fsdp.transformer_impl``         :mod:`verl_rhythm.glue.fsdp_engine` (the capturing engine)
+``verl.models.transformers.monkey_patch``             :mod:`verl_rhythm.glue.monkey_patch` (capture under Ulysses)
 ====================================================  ============================================================
 
 verl swallows plugin import errors (logged at debug level); the trainer side therefore stops a rhythm run whose
@@ -32,6 +33,7 @@ PATCHES = {
     "verl.trainer.ppo.v1.trainer_base": "verl_rhythm.glue.trainer_base",
     "verl.trainer.ppo.ray_trainer": "verl_rhythm.glue.ray_trainer",
     "verl.workers.engine.fsdp.transformer_impl": "verl_rhythm.glue.fsdp_engine",
+    "verl.models.transformers.monkey_patch": "verl_rhythm.glue.monkey_patch",
 }
 """verl module → glue module imported right after it; its ``install(verl_module)``, if any, patches it."""
 
@@ -88,6 +90,11 @@ def is_patched() -> dict[str, bool]:
     ray_trainer = sys.modules.get("verl.trainer.ppo.ray_trainer")
     if ray_trainer is not None:
         out["verl.trainer.ppo.ray_trainer"] = is_wrapped(ray_trainer.RayPPOTrainer.__init__)
+    monkey_patch = sys.modules.get("verl.models.transformers.monkey_patch")
+    if monkey_patch is not None:
+        from verl_rhythm.glue import monkey_patch as glue_monkey_patch
+
+        out["verl.models.transformers.monkey_patch"] = glue_monkey_patch.is_installed(monkey_patch)
     if "verl.workers.engine.fsdp.transformer_impl" in sys.modules:
         from verl_rhythm.glue.fsdp_engine import REGISTRY_KEYS, is_registered
 

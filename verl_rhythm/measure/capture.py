@@ -74,6 +74,11 @@ class RhythmCapture:
             first :meth:`to` / :meth:`record` (``None`` until then).
         fallbacks: why a selected layer took a slower path than the kernels promised (each reason once, also logged
             once per process).
+        group: the sequence-parallel process group whose ranks each record whole sequences for their share of the
+            heads (verl's Ulysses: :func:`verl_rhythm.measure.hook.wrap_flash_attention_forward`), or ``None``.
+        sequence_parallel: ``group`` has more than one rank; then :meth:`finalize` gathers the head spans (a few
+            floats per head) and sums the local heads' WAAD/FAI over the group, so every rank returns the statistics
+            of all heads, as with one rank.
     """
 
     def __init__(
@@ -86,8 +91,13 @@ class RhythmCapture:
         batched: bool = True,
         layer_types: list[str] | None = None,
         kernels: Kernels | None = None,
+        group=None,
     ):
         self.cfg = cfg
+        self.group = group
+        self.sequence_parallel = group is not None and torch.distributed.get_world_size(group) > 1
+        if self.sequence_parallel and not batched:
+            raise ValueError("RhythmCapture: sequence parallelism (group) needs the batched path (batched=True)")
         self.fused = fused
         self.batched = batched
         self.kernels = kernels
@@ -287,8 +297,55 @@ class RhythmCapture:
         return torch.cat(parts, 1 if name == "span" else 0)
 
     def _heads(self) -> list[tuple[int, int]]:
-        """The K selected ``(layer, head)`` pairs, layer-major."""
-        return [(layer, h) for layer in self.layers for h in range(self._stats[layer].span.shape[1])]
+        """The ``(layer, head)`` pairs of this rank's rows, layer-major: under sequence parallelism rank r holds a
+        layer's query heads [r · H_r, (r + 1) · H_r) (verl's all-to-all scatters heads in rank order)."""
+        rank = torch.distributed.get_rank(self.group) if self.sequence_parallel else 0
+        out = []
+        for layer in self.layers:
+            local = self._stats[layer].span.shape[1]
+            out += [(layer, rank * local + h) for h in range(local)]
+        return out
+
+    def _all_heads(self, span: torch.Tensor, flags) -> tuple[torch.Tensor, torch.Tensor | None, list, torch.Tensor]:
+        """The spans of every head of the selected layers, in (layer, head) order, and the checks of every rank.
+
+        One rank: as recorded. Sequence parallelism: one all-gather of each rank's ``(n, K_r)`` spans and its check
+        flag (so that a failed check raises on every rank alike, never leaving the others in a collective).
+
+        Returns:
+            ``(span (n, K), flags, heads, rows)``: ``rows`` ``(K_r,)`` long, the column of each local row.
+        """
+        heads = self._heads()
+        if not self.sequence_parallel:
+            return span, flags, heads, torch.arange(len(heads), device=span.device)
+        size = torch.distributed.get_world_size(self.group)
+        flag = (flags if flags is not None else span.new_zeros((), dtype=torch.bool)).float().reshape(1)
+        mine = torch.cat([span.flatten(), flag])
+        parts = [torch.empty_like(mine) for _ in range(size)]
+        torch.distributed.all_gather(parts, mine, group=self.group)
+        n = span.shape[0]
+        spans = [p[:-1].view(n, -1) for p in parts]  # rank r's (n, K_r) columns, layer-major
+        rank = torch.distributed.get_rank(self.group)
+        heads, columns, rows, start = [], [], [], 0
+        for layer, width in self._layer_widths():  # per layer, the ranks' heads in turn: (layer, head) order
+            for r in range(size):
+                if r == rank:
+                    rows += range(len(heads), len(heads) + width)
+                heads += [(layer, r * width + h) for h in range(width)]
+                columns += [spans[r][:, start + h] for h in range(width)]
+            start += width
+        flags = torch.stack(parts)[:, -1].bool().any()
+        return torch.stack(columns, 1), flags, heads, torch.tensor(rows, device=span.device)
+
+    def _layer_widths(self) -> list[tuple[int, int]]:
+        """``(layer, heads recorded for it on this rank)`` per selected layer."""
+        return [(layer, self._stats[layer].span.shape[1]) for layer in self.layers]
+
+    def _sum_over_group(self, partial: torch.Tensor) -> torch.Tensor:
+        """Sum a ``(2, T)`` tensor of partial group sums over the sequence-parallel group (one all-reduce)."""
+        partial = partial.contiguous()
+        torch.distributed.all_reduce(partial, group=self.group)
+        return partial
 
     def _failed_checks(self) -> list[int]:
         if not self._checks:
@@ -342,14 +399,15 @@ class RhythmCapture:
             self.seconds += time.perf_counter() - t
             return out
         waad, fai_num, span = (self._packed(name) for name in ("waad", "fai_num", "span"))
-        heads = self._heads()
         checks = [c.to(span.device).reshape(()) for _, c in self._checks]
         flags = torch.stack(checks).any() if checks else None
+        span, flags, heads, rows = self._all_heads(span, flags)
         lay = self.batch
         cfg = self.cfg
+        reduce = self._sum_over_group if self.sequence_parallel else None
         waad_tok, fai_tok, local, glob, failed = rhythm_for_tokens(
             waad, fai_num, span, lay.counts, lay.token_seq, cfg.head_quantile, cfg.head_group_scope, flags,
-            lay.has_response,
+            lay.has_response, rows=rows, reduce=reduce,
         )  # fmt: skip
         if failed:
             self._raise_mismatch(self._failed_checks())

@@ -10,6 +10,7 @@ never needs a map, only those vectors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -178,19 +179,26 @@ def rhythm_for_tokens(
     scope: str = "sequence",
     flags: torch.Tensor | None = None,
     has_response: list[bool] | None = None,
+    rows: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """:func:`rhythm_for_sequences` for n sequences whose tokens lie back to back, with one device-to-host copy in all.
 
     Heads must be in ascending (layer, head) order, so that a stable sort by span breaks ties as :func:`group_heads`.
+    The per-head vectors may hold a subset of the K heads (``rows``: a sequence-parallel rank's heads); their group
+    sums are then completed by ``reduce`` (a sum over the ranks), so every rank gets the statistics of all heads.
 
     Args:
-        waad, fai_num: ``(K, T)`` fp32 per-head vectors of the T tokens of all sequences.
+        waad, fai_num: ``(K_r, T)`` fp32 per-head vectors of the T tokens of all sequences, for the heads ``rows``.
         span: ``(n, K)`` fp32 span of every head for every sequence (0 for a sequence without a response row).
         counts: ``(T,)`` fp32, |T(s)|.
         token_seq: ``(T,)`` long, the sequence (row of ``span``) of each token.
         head_quantile: group share; scope: ``sequence`` or ``micro_batch``.
         flags: optional device bool scalar copied to the host with the spans (a deferred check).
         has_response: per sequence, whether it has a response position (host; default: every sequence).
+        rows: ``(K_r,)`` long, the head (column of ``span``) of each row of ``waad`` / ``fai_num``; default all K.
+        reduce: completes a ``(2, T)`` tensor of partial group sums over the heads held elsewhere (e.g. an
+            all-reduce over a sequence-parallel group); default none (every head is here).
 
     Returns:
         ``(waad (T,), fai (T,), local (n, G), global (n, G), flag)``: the token statistics on the input device, the
@@ -209,7 +217,15 @@ def rhythm_for_tokens(
     g = max(1, int(head_quantile * k + 1e-9))
     order = torch.sort(by, dim=1, stable=True).indices.to(span.device)
     local, glob = order[:, :g], order[:, k - g :]
-    waad_tok = waad.gather(0, local[token_seq].T).mean(0)  # (G, T) rows of each token's own local heads
-    fai_tok = fai_num.gather(0, glob[token_seq].T).mean(0)
+    sums = []
+    for group, vectors in ((local, waad), (glob, fai_num)):
+        member = span.new_zeros(n, k).scatter_(1, group, 1.0)  # (n, K): the group's heads of each sequence
+        if rows is not None:
+            member = member[:, rows]
+        sums.append((vectors * member.T[:, token_seq]).sum(0))  # (T,): each token's sum over its group's heads
+    sums = torch.stack(sums)
+    if reduce is not None:
+        sums = reduce(sums)
+    waad_tok, fai_tok = sums / g
     fai_tok = torch.where(counts > 0, fai_tok / counts.clamp_min(1.0), torch.zeros_like(fai_tok))
     return waad_tok, fai_tok, local, glob, flag

@@ -89,10 +89,58 @@ def wrap_attention_function(fn: Callable) -> Callable:
             else:
                 output = fn(module, query, key, value, attention_mask, *args, **kwargs)
                 if not handled[0]:  # no wrapper further in captured this call
+                    if capture.sequence_parallel:
+                        raise RuntimeError(
+                            f"rhythm capture: layer {layer_idx}'s attention ran on a sequence shard outside verl's "
+                            "Ulysses FlashAttention-2 path, so no rank saw whole rows; sequence parallelism needs "
+                            "actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2"
+                        )
                     segments = _segment_kwargs(module, kwargs)
                     capture.record(layer_idx, query, key, scaling, attention_mask=attention_mask, **variant, **segments)
         finally:
             _HANDLED.reset(token)
+        if outer is not None:
+            outer[0] = True
+        return output
+
+    setattr(wrapper, _WRAPPED_FLAG, True)
+    wrapper.__wrapped__ = fn
+    _wrappers[fn] = wrapper
+    return wrapper
+
+
+def wrap_flash_attention_forward(fn: Callable) -> Callable:
+    """The capturing wrapper of transformers' ``modeling_flash_attention_utils._flash_attention_forward`` (or a
+    function with its signature), for where it is called below a sequence-parallel all-to-all.
+
+    verl's Ulysses (``verl/models/transformers/monkey_patch.py:_ulysses_flash_attention_forward``) gathers each
+    sequence-sharded q/k/v into whole sequences for H / sp heads with an all-to-all, then calls this function: a
+    selected layer recorded here reads whole attention rows of its rank's heads, with no communication of its own.
+    The attention-function wrapper around it then records nothing (innermost wins). Cached like
+    :func:`wrap_attention_function`.
+
+    The wrapped function receives ``query_states (B, S, H, D)``, ``key_states (B, S, H_kv, D)``, ``attention_mask``,
+    ``query_length`` and, in keywords, ``position_ids``, ``softmax_scale``, ``layer_idx`` and the variant keywords.
+    """
+    if getattr(fn, _WRAPPED_FLAG, False):
+        return fn
+    cached = _wrappers.get(fn)
+    if cached is not None:
+        return cached
+
+    @functools.wraps(fn)
+    def wrapper(query_states, key_states, value_states, attention_mask, *args, **kwargs):
+        capture = _ACTIVE.get()
+        layer_idx = kwargs.get("layer_idx")
+        output = fn(query_states, key_states, value_states, attention_mask, *args, **kwargs)
+        if capture is None or not capture.wants(layer_idx):
+            return output
+        variant = {name: kwargs.get(name) for name in VARIANT_KWARGS}
+        segments = {"position_ids": kwargs.get("position_ids"), "cu_seq_lens_q": kwargs.get("cu_seq_lens_q")}
+        query, key = query_states.transpose(1, 2), key_states.transpose(1, 2)  # (B, heads, S, D) views
+        capture.record(layer_idx, query, key, kwargs.get("softmax_scale"), attention_mask=attention_mask,
+                       **variant, **segments)  # fmt: skip
+        outer = _HANDLED.get()
         if outer is not None:
             outer[0] = True
         return output

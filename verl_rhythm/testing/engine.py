@@ -29,10 +29,11 @@ def build_engine(
     param_dtype: str = "fp32",
     strategy: str = "fsdp2",
     enable_gradient_checkpointing: bool = True,
+    ulysses_sequence_parallel_size: int = 1,
 ):
     """An initialised :class:`~verl_rhythm.glue.fsdp_engine.RhythmFSDPEngineWithLMHead` for the actor.
 
-    Needs a ``torch.distributed`` process group (one process is enough).
+    Needs a ``torch.distributed`` process group (one process is enough; Ulysses needs its sp ranks).
 
     Args:
         model_path: a local HF model folder.
@@ -42,6 +43,7 @@ def build_engine(
         param_dtype: FSDP mixed-precision parameter dtype (``fp32``, ``bf16``); sets the forward's autocast.
         strategy: ``fsdp`` or ``fsdp2``.
         enable_gradient_checkpointing: as verl's actor default (on).
+        ulysses_sequence_parallel_size: verl's Ulysses sequence parallelism (packed rows, FlashAttention-2).
     """
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
@@ -62,6 +64,7 @@ def build_engine(
         model_dtype="fp32",
         use_torch_compile=False,
         mixed_precision=precision,
+        ulysses_sequence_parallel_size=ulysses_sequence_parallel_size,
     )
     engine = RhythmFSDPEngineWithLMHead(
         model_config=model_config,

@@ -13,18 +13,22 @@ SYNC_OPS = ("_local_scalar_dense", "nonzero", "item", "is_nonzero", "equal", "al
 
 class OpCounter(TorchDispatchMode):
     """Counts aten ops, and the ones that would make the host wait for a device (listed in ``syncs``): host reads
-    (:data:`SYNC_OPS`) and copies between devices."""
+    (:data:`SYNC_OPS`) and copies between devices; and the collectives (``c10d`` ops, listed in ``collectives`` with
+    the bytes this process contributes)."""
 
     def __init__(self):
         super().__init__()
         self.ops = 0
         self.syncs: list[str] = []
+        self.collectives: list[tuple[str, int]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.ops += 1
         name = func.__name__.split(".")[0]
+        if func.namespace == "c10d":
+            self.collectives.append((name, _contributed_bytes(name, args)))
         if name in SYNC_OPS:
             self.syncs.append(name)
         if name in ("_to_copy", "copy_", "to"):
@@ -34,6 +38,14 @@ class OpCounter(TorchDispatchMode):
             if len(devices) > 1:
                 self.syncs.append(f"{name} {sorted(map(str, devices))}")
         return out
+
+
+def _contributed_bytes(name: str, args: tuple) -> int:
+    """Bytes this process puts into a c10d op: its input tensors (the second argument of a gather, the first else)."""
+    data = args[1] if name.startswith(("allgather", "all_gather", "_allgather")) and len(args) > 1 else args[0]
+    tensors = data if isinstance(data, (list, tuple)) else [data]
+    flat = [t for x in tensors for t in (x if isinstance(x, (list, tuple)) else [x]) if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in flat)
 
 
 class AllocationCounter(OpCounter):
