@@ -309,6 +309,7 @@ def test_plugin_entry_point_loads_and_patches_inside_a_ray_actor(tq_cluster):
             "verl.trainer.ppo.v1.trainer_base",
             "verl.trainer.ppo.ray_trainer",
             "verl.workers.engine.fsdp.transformer_impl",
+            "verl.models.transformers.monkey_patch",  # imported by the engine; its Ulysses seam is wrapped
         ],
         True,
     )

@@ -36,7 +36,7 @@ _WRAPPED_FLAG = "__verl_rhythm_wrapped__"
 VARIANT_KWARGS = ("sliding_window", "softcap", "s_aux")
 """Attention-variant keywords transformers' attention modules pass to the attention function (Mistral/Qwen2/Gemma
 ``sliding_window``, Gemma 2 ``softcap``, gpt-oss ``s_aux`` sinks); handed on to :meth:`RhythmCapture.record`."""
-_wrappers: dict[Callable, Callable] = {}
+_wrappers: dict[tuple[Callable, Callable], Callable] = {}
 _installed = False
 
 
@@ -60,13 +60,28 @@ def capture_active(capture: RhythmCapture) -> Iterator[RhythmCapture]:
         _ACTIVE.reset(token)
 
 
+def _cached(make: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    """A wrapper factory that wraps each function once: a wrapper is returned as is, a function wrapped before gets
+    the same wrapper again, and every wrapper carries the mark and ``__wrapped__``."""
+
+    @functools.wraps(make)
+    def wrap(fn: Callable) -> Callable:
+        if getattr(fn, _WRAPPED_FLAG, False):
+            return fn
+        key = (make, fn)
+        if key not in _wrappers:
+            wrapper = make(fn)
+            setattr(wrapper, _WRAPPED_FLAG, True)
+            wrapper.__wrapped__ = fn
+            _wrappers[key] = wrapper
+        return _wrappers[key]
+
+    return wrap
+
+
+@_cached
 def wrap_attention_function(fn: Callable) -> Callable:
     """The capturing wrapper of one attention function (cached: wrapping twice returns the same wrapper)."""
-    if getattr(fn, _WRAPPED_FLAG, False):
-        return fn
-    cached = _wrappers.get(fn)
-    if cached is not None:
-        return cached
 
     @functools.wraps(fn)
     def wrapper(module, query, key, value, attention_mask, *args, **kwargs):
@@ -103,12 +118,10 @@ def wrap_attention_function(fn: Callable) -> Callable:
             outer[0] = True
         return output
 
-    setattr(wrapper, _WRAPPED_FLAG, True)
-    wrapper.__wrapped__ = fn
-    _wrappers[fn] = wrapper
     return wrapper
 
 
+@_cached
 def wrap_flash_attention_forward(fn: Callable) -> Callable:
     """The capturing wrapper of transformers' ``modeling_flash_attention_utils._flash_attention_forward`` (or a
     function with its signature), for where it is called below a sequence-parallel all-to-all.
@@ -122,11 +135,6 @@ def wrap_flash_attention_forward(fn: Callable) -> Callable:
     The wrapped function receives ``query_states (B, S, H, D)``, ``key_states (B, S, H_kv, D)``, ``attention_mask``,
     ``query_length`` and, in keywords, ``position_ids``, ``softmax_scale``, ``layer_idx`` and the variant keywords.
     """
-    if getattr(fn, _WRAPPED_FLAG, False):
-        return fn
-    cached = _wrappers.get(fn)
-    if cached is not None:
-        return cached
 
     @functools.wraps(fn)
     def wrapper(query_states, key_states, value_states, attention_mask, *args, **kwargs):
@@ -136,18 +144,14 @@ def wrap_flash_attention_forward(fn: Callable) -> Callable:
         if capture is None or not capture.wants(layer_idx):
             return output
         variant = {name: kwargs.get(name) for name in VARIANT_KWARGS}
-        segments = {"position_ids": kwargs.get("position_ids"), "cu_seq_lens_q": kwargs.get("cu_seq_lens_q")}
         query, key = query_states.transpose(1, 2), key_states.transpose(1, 2)  # (B, heads, S, D) views
         capture.record(layer_idx, query, key, kwargs.get("softmax_scale"), attention_mask=attention_mask,
-                       **variant, **segments)  # fmt: skip
+                       **variant, **_flash_segments(kwargs))  # fmt: skip
         outer = _HANDLED.get()
         if outer is not None:
             outer[0] = True
         return output
 
-    setattr(wrapper, _WRAPPED_FLAG, True)
-    wrapper.__wrapped__ = fn
-    _wrappers[fn] = wrapper
     return wrapper
 
 
@@ -156,8 +160,11 @@ def _segment_kwargs(module, kwargs: dict) -> dict:
     0) and precomputed ``cu_seq_lens_q``; handed to :meth:`RhythmCapture.record` for the layout check. SDPA and eager
     calls derive their sequences from the mask alone (transformers builds the mask from the position ids)."""
     implementation = str(getattr(getattr(module, "config", None), "_attn_implementation", "") or "")
-    if "flash" not in implementation:
-        return {}
+    return _flash_segments(kwargs) if "flash" in implementation else {}
+
+
+def _flash_segments(kwargs: dict) -> dict:
+    """The keywords of a FlashAttention call that decide its sequences without a mask."""
     return {"position_ids": kwargs.get("position_ids"), "cu_seq_lens_q": kwargs.get("cu_seq_lens_q")}
 
 
