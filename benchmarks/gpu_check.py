@@ -22,9 +22,10 @@ anything else). Models are random and built in-process; ``--smollm2 DIR`` adds t
    equal length through SDPA. The batched
    capture is checked against float64 maps of its own q/k (one head at a time) and timed against the stock forward;
    the overhead is also scaled to the full 36-layer model with 5 captured layers (the target: at most 2 %). On
-   CUDA each row also times the other bf16 full-row mode (``Kernels.low_precision_grid``: fp32-output gemm vs fp32
-   grid through the attention kernel) and the other band schedule (``Kernels.tiled_bands``: tiles vs the block
-   loop), to settle both defaults (:mod:`verl_rhythm.measure.kernels`).
+   CUDA the default capture (the fused Triton kernels where Triton is installed) is also timed against the batched
+   path and, on that path, against the other bf16 full-row mode (``Kernels.low_precision_grid``: fp32-output gemm vs
+   fp32 grid through the attention kernel) and the other band schedule (``Kernels.tiled_bands``: tiles vs the block
+   loop), to settle the defaults (:mod:`verl_rhythm.measure.kernels`).
 
 Usage (a GPU machine): ``bash benchmarks/gpu_check.sh``; CPU dry run in a reduced size: ``python
 benchmarks/gpu_check.py --device cpu --sizes 512 --regime 4x256 --regime-scale 16``. Exit status 1 if an exactness
@@ -325,20 +326,28 @@ def regime(device, specs, report, layers, scale, repeats):
             for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 times[k].append(timed(runs[k], device)[0])
         t0, t1 = min(times["stock"]), min(times["capture"])
-        if device.type == "cuda":  # each CUDA default against its alternative, to settle it
+        if device.type == "cuda":  # each CUDA default against its alternatives, to settle them
             default = plain.kernels
-            for field, key, names in (  # names: (the choice off, the choice on)
-                ("low_precision_grid", "full_rows", ("fp32 kernel", "bf16 gemm")),  # the bf16 full-row pass
-                ("tiled_bands", "bands", ("block loop", "tiles")),  # the band schedule
-            ):
-                plain.kernels = dataclasses.replace(default, **{field: not getattr(default, field)})
+            batched_path = dataclasses.replace(default, triton=False)
+            alternatives = {  # the fused kernels vs the batched path, and each batched-path choice flipped
+                "batched": batched_path,
+                "batched_fp32_grid" if default.low_precision_grid else "batched_bf16_grid": dataclasses.replace(
+                    batched_path, low_precision_grid=not default.low_precision_grid
+                ),
+                "batched_block_loop" if default.tiled_bands else "batched_tiles": dataclasses.replace(
+                    batched_path, tiled_bands=not default.tiled_bands
+                ),
+            }
+            if not default.triton:
+                alternatives["triton"] = dataclasses.replace(default, triton=True)
+            for label, kernels in alternatives.items():
+                plain.kernels = kernels
                 try:
                     runs["capture"]()
-                    other = min(timed(runs["capture"], device)[0] for _ in range(repeats))
+                    row[f"ratio_{label}"] = min(timed(runs["capture"], device)[0] for _ in range(repeats)) / t0
                 finally:
                     plain.kernels = default
-                row[f"ratio_other_{key}"] = other / t0
-                row[f"other_{key}"] = names[not getattr(default, field)]  # the alternative that was timed
+            row["default"] = "triton" if default.triton else "batched"
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
         row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))

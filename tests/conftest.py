@@ -1,12 +1,17 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Shared pytest setup: the tests folder on sys.path (for ``models``), markers, torch threads."""
+"""Shared pytest setup: the tests folder on sys.path (for ``models``), markers, torch threads, Triton's interpreter."""
 
 import os
 import sys
 
-import pytest
-import torch
+# Triton's CPU interpreter for the fused statistics kernels (tests/test_capture_triton_on_cpu.py): Triton reads this
+# when it is first imported, so it is set before anything imports it; the GPU compile test runs in a subprocess
+# without it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -430,6 +430,12 @@ def layer_stats(
     if (lse is None) != (dist is None):
         raise ValueError("pass lse and dist together (both from the attention kernel) or neither")
     check_qk(query, key, batch)
+    if kernels.triton and lse is None:  # the fused kernels: no grid, no logit in memory
+        from verl_rhythm.measure import triton_stats
+
+        return triton_stats.layer_stats(query, key, scaling, batch, waad_window=waad_window,
+                                        fai_horizon_lo=fai_horizon_lo, fai_horizon_hi=fai_horizon_hi,
+                                        window=window, softcap=softcap, sinks=sinks)  # fmt: skip
     h, tokens = query.shape[1], batch.tokens
     out = LayerStats(*(query.new_empty(h, tokens, dtype=torch.float32) for _ in range(3)),
                      span=query.new_empty(len(batch.order), h, dtype=torch.float32))  # fmt: skip

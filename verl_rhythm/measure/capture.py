@@ -2,9 +2,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """:class:`RhythmCapture`: collects the per-head statistics of the selected layers during one forward pass.
 
-Each selected layer's call (routed here by :mod:`verl_rhythm.measure.hook`) takes one of three paths:
+Each selected layer's call (routed here by :mod:`verl_rhythm.measure.hook`) takes one of four paths:
 
-- ``batched`` (default): one computation for every sequence of the micro-batch (:mod:`.batched`), no host sync;
+- ``triton`` (default on CUDA with Triton): the fused kernels (:mod:`.triton_stats`), one pass over the keys;
+- ``batched`` (default elsewhere): one computation for every sequence of the micro-batch (:mod:`.batched`), no host
+  sync;
 - ``fused``: the same, but the full-row statistics come from the layer's own SDPA call (:mod:`.fused`: fp32, and
   no memory beyond what the stock call allocates), so only the two bands are computed here;
 - ``chunked``: the per-sequence reference (:mod:`.chunked`), with ``batched=False``; plain causal attention only.
@@ -67,7 +69,7 @@ class RhythmCapture:
         layouts: the sequences of the current forward, or ``None`` until :meth:`set_layouts`.
         seconds: wall time spent inside :meth:`record` and :meth:`finalize` since the last :meth:`reset` (on a GPU
             this is launch time: the work itself runs asynchronously).
-        paths: per recorded layer, ``"batched"``, ``"fused"`` or ``"chunked"``.
+        paths: per recorded layer, ``"triton"`` (the fused kernels), ``"batched"``, ``"fused"`` or ``"chunked"``.
         fused: let the hook take the full-row statistics from the layer's own SDPA call where that is exact.
         batched: ``False`` selects the per-sequence reference path (``chunked``).
         kernels: the :class:`Kernels` in use: the ``kernels`` argument, else :func:`kernels_for` the device of the
@@ -232,7 +234,12 @@ class RhythmCapture:
                 self._check_segments(layer_idx, query.device, window, kwargs)
         if kwargs.get("leak") is not None:
             self._checks.append((layer_idx, kwargs["leak"]))
-        self.paths[layer_idx] = ("batched" if self.batched else "chunked") if lse is None else "fused"
+        if lse is not None:
+            self.paths[layer_idx] = "fused"
+        elif not self.batched:
+            self.paths[layer_idx] = "chunked"
+        else:
+            self.paths[layer_idx] = "triton" if self.kernels_on(query.device).triton else "batched"
         self.seconds += time.perf_counter() - t
 
     def _check_segments(self, layer_idx: int, device: torch.device, window, kwargs) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import logging
 
 import torch
@@ -51,6 +52,10 @@ class Kernels:
             call; ``False``: explicit logits in query chunks, and no fused path.
         tiled_bands: band schedule of :func:`verl_rhythm.measure.batched.band_stats`: tiles of many blocks (few
             launches: CUDA) or the block loop (cache-friendly: CPU).
+        triton: every per-head vector of a layer from the fused Triton kernels
+            (:mod:`verl_rhythm.measure.triton_stats`: one pass over the keys, no logit in memory, no padded grid)
+            instead of the batched path; every attention variant is covered. On CPU tensors only in Triton's
+            interpreter (tests).
     """
 
     device_type: str
@@ -58,6 +63,7 @@ class Kernels:
     fp32_output_gemm: bool
     lse_attention: bool
     tiled_bands: bool
+    triton: bool = False
 
     def grid_dtype(self, query: torch.Tensor) -> torch.dtype:
         """The dtype of the padded q/k: the query's bf16/fp16 with :attr:`low_precision_grid`, else fp32."""
@@ -112,10 +118,11 @@ class Kernels:
 def kernels_for(device: torch.device | str) -> Kernels:
     """The default :class:`Kernels` of ``device``, from what this torch build offers there.
 
-    CUDA: bf16/fp16 grids with the fp32-output gemm, tiled bands, the memory-efficient kernel for fp32 grids. CPU:
-    fp32 grids (no fp32-output bf16 gemm on CPU), the block loop, the CPU flash kernel. Other devices (``meta``):
-    fp32 grids, the block loop, explicit logits. A CUDA build without one of the CUDA kernels falls back, with a
-    warning (once per process).
+    CUDA: the fused Triton kernels where Triton is importable and the GPU has bf16 tensor cores (sm_80 and newer);
+    for the batched path, bf16/fp16 grids with the fp32-output gemm, tiled bands, the memory-efficient kernel for
+    fp32 grids. CPU: fp32 grids (no fp32-output bf16 gemm on CPU), the block loop, the CPU flash kernel. Other devices
+    (``meta``): fp32 grids, the block loop, explicit logits. A CUDA build without one of the CUDA kernels falls back,
+    with a warning (once per process).
     """
     kind = torch.device(device).type
     gemm = _has_kernel("aten::bmm.dtype", kind)
@@ -132,7 +139,16 @@ def kernels_for(device: torch.device | str) -> Kernels:
         fp32_output_gemm=gemm,
         lse_attention=lse,
         tiled_bands=kind == "cuda",
+        triton=kind == "cuda" and _triton_runs_here(),
     )
+
+
+def _triton_runs_here() -> bool:
+    """Triton is importable and the current GPU has bf16 tensor cores (compute capability 8.0 or newer)."""
+    if importlib.util.find_spec("triton") is None:
+        warn_once("rhythm capture: Triton is not installed; the batched path computes the statistics")
+        return False
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 @functools.cache

@@ -131,6 +131,8 @@ def layouts_from_attention_mask(
     return layouts
 
 
+KERNEL_TILE = 64
+"""Rows (and columns) per program of the fused statistics kernels (:mod:`verl_rhythm.measure.triton_stats`)."""
 GRID_FLOOR = 4096
 """Padded positions a grid may hold whatever its tokens (small micro-batches stay one grid: fewer ops)."""
 
@@ -262,6 +264,11 @@ class BatchLayout(_Moveable):
         alone: ``(n,)`` bool, the sequence is the only one in its batch row.
         plain_causal: every sequence starts its own batch row at column 0 (host bool): what a causal kernel without
             a mask computes.
+        n_resp: ``(n,)`` fp32, the number of response positions of each sorted sequence.
+        kernel_tiles: for the fused kernels, ``(tiles (P, 5) int32, tile_index (n, max tiles) long)``: per tile of
+            :data:`KERNEL_TILE` positions its batch row, first column, sequence length, first position and the
+            sequence's first token in the token order; per sorted sequence its tiles' rows (padded with P).
+        kernel_resp: ``(T,)`` int8, ``resp`` for the kernels.
         max_row, max_end: the largest row and ``start + length`` (to check the forward's shapes without a sync).
     """
 
@@ -277,6 +284,10 @@ class BatchLayout(_Moveable):
         "first_cols",
         "last_cols",
         "alone",
+        "n_resp",
+        "kernel_resp",
+        "_tiles",
+        "_tile_index",
     )
 
     def __init__(self, layouts: list[SequenceLayout], horizon_lo: int, horizon_hi: int, rows_per_block: int):
@@ -309,9 +320,24 @@ class BatchLayout(_Moveable):
         per_row = Counter(x.row for x in seqs)
         self.alone = torch.tensor([per_row[x.row] == 1 for x in seqs], dtype=torch.bool)
         self.plain_causal = all(x.start == 0 and per_row[x.row] == 1 for x in seqs)
+        self.n_resp = torch.tensor([float(x.response_mask.sum()) for x in seqs], dtype=torch.float32)
+        self.kernel_resp = self.resp.to(torch.int8)
+        tiles, index = [], []
+        for x, offset in zip(seqs, self.offsets, strict=True):
+            index.append(list(range(len(tiles), len(tiles) + -(-x.length // KERNEL_TILE))))
+            tiles += [(x.row, x.start, x.length, r0, offset) for r0 in range(0, x.length, KERNEL_TILE)]
+        width = max((len(i) for i in index), default=0)
+        self._tiles = torch.tensor(tiles, dtype=torch.int32).reshape(-1, 5)
+        padded = [ids + [len(tiles)] * (width - len(ids)) for ids in index]
+        self._tile_index = torch.tensor(padded, dtype=torch.long).reshape(len(seqs), width)
         self.max_row = max((x.row for x in self.layouts), default=-1)
         self.max_end = max((x.start + x.length for x in self.layouts), default=0)
         self.device = torch.device("cpu")
+
+    @property
+    def kernel_tiles(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tiles, tile_index)`` for the fused kernels (see the class attributes)."""
+        return self._tiles, self._tile_index
 
     def check_shape(self, batch: int, seq_len: int) -> None:
         """Raise if a layout lies outside a ``(batch, seq_len)`` forward (host ints only, no device read)."""
