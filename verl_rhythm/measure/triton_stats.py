@@ -38,6 +38,40 @@ BLOCK_N = 64
 NUM_WARPS = 4
 
 
+@triton.jit
+def _tile(tiles_ptr, tile):
+    """One tile's metadata: batch row, first column, sequence length, first position, first token."""
+    base = tiles_ptr + tile * 5
+    return tl.load(base), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 4)
+
+
+@triton.jit
+def _block(ptr, b, head, start, idx, n, s_b, s_h, s_s, s_d,
+           D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """Rows ``idx`` (positions of a sequence starting at column ``start`` of batch row ``b``) of one head of q or
+    k, ``(len(idx), BLOCK_D)``, zero past the sequence and the head dim; upcast to fp32 with ``UPCAST``."""
+    dims = tl.arange(0, BLOCK_D)
+    x = tl.load(
+        ptr + b * s_b + head * s_h + (start + idx)[:, None] * s_s + dims[None, :] * s_d,
+        mask=(idx < n)[:, None] & (dims[None, :] < D), other=0.0,
+    )  # fmt: skip
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _logits(q, k, scale, softcap, SOFTCAP: tl.constexpr, IEEE: tl.constexpr):
+    """fp32 ``q kᵀ · scale`` (IEEE products for fp32 inputs), soft-capped with ``SOFTCAP``."""
+    if IEEE:
+        z = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    else:
+        z = tl.dot(q, tl.trans(k)) * scale
+    if SOFTCAP:
+        z = softcap * (1.0 - 2.0 / (tl.exp(2.0 * z / softcap) + 1.0))  # softcap · tanh(z / softcap)
+    return z
+
+
 def _rows(
     q_ptr, k_ptr, tiles_ptr, resp_ptr, sinks_ptr,
     lse_ptr, dist_ptr, waad_ptr, span_ptr,
@@ -49,20 +83,10 @@ def _rows(
 ):  # fmt: skip
     tile = tl.program_id(0)
     h = tl.program_id(1)
-    b = tl.load(tiles_ptr + tile * 5 + 0)
-    start = tl.load(tiles_ptr + tile * 5 + 1)
-    n = tl.load(tiles_ptr + tile * 5 + 2)
-    row0 = tl.load(tiles_ptr + tile * 5 + 3)
-    tok = tl.load(tiles_ptr + tile * 5 + 4)
+    b, start, n, row0, tok = _tile(tiles_ptr, tile)
     rows = row0 + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
     row_ok = rows < n
-    q = tl.load(
-        q_ptr + b * sq_b + h * sq_h + (start + rows)[:, None] * sq_s + dims[None, :] * sq_d,
-        mask=row_ok[:, None] & (dims[None, :] < D), other=0.0,
-    )  # fmt: skip
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _block(q_ptr, b, h, start, rows, n, sq_b, sq_h, sq_s, sq_d, D, BLOCK_D, UPCAST)
     kh = h // G
     m = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -74,18 +98,8 @@ def _rows(
     hi = tl.minimum(row0 + BLOCK_M, n)
     for c0 in range(lo, hi, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
-        k = tl.load(
-            k_ptr + b * sk_b + kh * sk_h + (start + cols)[:, None] * sk_s + dims[None, :] * sk_d,
-            mask=(cols < n)[:, None] & (dims[None, :] < D), other=0.0,
-        )  # fmt: skip
-        if UPCAST:
-            k = k.to(tl.float32)
-        if IEEE:
-            z = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-        else:
-            z = tl.dot(q, tl.trans(k)) * scale
-        if SOFTCAP:
-            z = softcap * (1.0 - 2.0 / (tl.exp(2.0 * z / softcap) + 1.0))  # softcap · tanh(z / softcap)
+        k = _block(k_ptr, b, kh, start, cols, n, sk_b, sk_h, sk_s, sk_d, D, BLOCK_D, UPCAST)
+        z = _logits(q, k, scale, softcap, SOFTCAP, IEEE)
         delta = rows[:, None] - cols[None, :]
         ok = (delta >= 0) & (cols[None, :] < n)
         if WINDOW:
@@ -131,39 +145,18 @@ def _columns(
 ):  # fmt: skip
     tile = tl.program_id(0)
     h = tl.program_id(1)
-    b = tl.load(tiles_ptr + tile * 5 + 0)
-    start = tl.load(tiles_ptr + tile * 5 + 1)
-    n = tl.load(tiles_ptr + tile * 5 + 2)
-    col0 = tl.load(tiles_ptr + tile * 5 + 3)
-    tok = tl.load(tiles_ptr + tile * 5 + 4)
+    b, start, n, col0, tok = _tile(tiles_ptr, tile)
     cols = col0 + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
     col_ok = cols < n
-    kh = h // G
-    k = tl.load(
-        k_ptr + b * sk_b + kh * sk_h + (start + cols)[:, None] * sk_s + dims[None, :] * sk_d,
-        mask=col_ok[:, None] & (dims[None, :] < D), other=0.0,
-    )  # fmt: skip
-    if UPCAST:
-        k = k.to(tl.float32)
+    k = _block(k_ptr, b, h // G, start, cols, n, sk_b, sk_h, sk_s, sk_d, D, BLOCK_D, UPCAST)
     fai = tl.zeros([BLOCK_M], tl.float32)
     r_lo = (col0 + horizon_lo) // BLOCK_N * BLOCK_N
     r_hi = tl.minimum(col0 + BLOCK_M + horizon_hi, n)
     for r0 in range(r_lo, r_hi, BLOCK_N):
         rows = r0 + tl.arange(0, BLOCK_N)
         row_ok = rows < n
-        q = tl.load(
-            q_ptr + b * sq_b + h * sq_h + (start + rows)[:, None] * sq_s + dims[None, :] * sq_d,
-            mask=row_ok[:, None] & (dims[None, :] < D), other=0.0,
-        )  # fmt: skip
-        if UPCAST:
-            q = q.to(tl.float32)
-        if IEEE:
-            z = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # (rows, cols)
-        else:
-            z = tl.dot(q, tl.trans(k)) * scale
-        if SOFTCAP:
-            z = softcap * (1.0 - 2.0 / (tl.exp(2.0 * z / softcap) + 1.0))
+        q = _block(q_ptr, b, h, start, rows, n, sq_b, sq_h, sq_s, sq_d, D, BLOCK_D, UPCAST)
+        z = _logits(q, k, scale, softcap, SOFTCAP, IEEE)  # (rows, cols)
         lse = tl.load(lse_ptr + h * tokens + tok + rows, mask=row_ok, other=0.0)
         resp = tl.load(resp_ptr + tok + rows, mask=row_ok, other=0)
         delta = rows[:, None] - cols[None, :]
