@@ -30,9 +30,9 @@ def install(module: ModuleType | None = None) -> bool:
     the wrapper is in place."""
     if module is None:
         from verl.models.transformers import monkey_patch as module
-    contract.warn_if_changed("verl.models.transformers.monkey_patch")
     stock = getattr(module, ATTRIBUTE)
     if not is_wrapped(stock):
+        contract.warn_if_changed("verl.models.transformers.monkey_patch")
         setattr(module, ATTRIBUTE, mark(wrap_flash_attention_forward(stock), stock))
     return is_installed(module)
 

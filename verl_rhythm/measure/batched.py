@@ -458,7 +458,8 @@ def layer_stats(
         for dst, src in ((out.dist, grid_dist), (out.waad, waad), (out.fai_num, fai_num)):
             dst[:, tok] = src[grid.token_seq, :, grid.token_pos].T  # (tokens, H) -> (H, tokens)
         resp = grid.resp[:, None].float()
-        out.span[grid.first : grid.stop] = (grid_dist * resp).sum(-1) / grid.n_resp.clamp_min(1.0)[:, None]
+        n_resp = batch.n_resp[grid.first : grid.stop].clamp_min(1.0)[:, None]
+        out.span[grid.first : grid.stop] = (grid_dist * resp).sum(-1) / n_resp
     return out
 
 

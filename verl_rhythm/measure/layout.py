@@ -185,12 +185,12 @@ class Grid(_Moveable):
         offset, tokens: the grid's range of the batch's token order.
         rows, cols: ``(n, L)`` long, batch row and column of grid position (i, t); positions past N_i point at the
             sequence's own last column (any valid column: their results are never read).
-        resp: ``(n, L)`` bool, response positions (False past N_i); n_resp: ``(n,)`` fp32, their number.
+        resp: ``(n, L)`` bool, response positions (False past N_i).
         token_seq, token_pos: ``(tokens,)`` long, the grid position (i, t) of each of the grid's tokens, in order.
         rows_per_block: query rows per band block; block_has_response: per block, whether a response row is in it.
     """
 
-    _TENSORS = ("rows", "cols", "resp", "n_resp", "token_seq", "token_pos")
+    _TENSORS = ("rows", "cols", "resp", "token_seq", "token_pos")
 
     def __init__(self, layouts: list[SequenceLayout], first: int, offset: int, rows_per_block: int):
         self.first, self.stop = first, first + len(layouts)
@@ -204,7 +204,6 @@ class Grid(_Moveable):
         self.resp = torch.zeros(n, big, dtype=torch.bool)
         for i, x in enumerate(layouts):
             self.resp[i, : x.length] = x.response_mask.detach().to("cpu")
-        self.n_resp = self.resp.sum(1).float()
         self.token_seq = torch.cat([torch.full((x.length,), i) for i, x in enumerate(layouts)])
         self.token_pos = torch.cat([torch.arange(x.length) for x in layouts])
         self.rows_per_block = rows_per_block

@@ -32,7 +32,6 @@ from verl_rhythm.backends.cpu import platform as _platform  # noqa: F401  (regis
 from verl_rhythm.post_import import when_imported
 
 ROLLOUT_NAME = "hf"
-FLASH_ATTENTION_NOTICE = "verl-rhythm CPU backend: flash_attention_2 runs the CPU implementation of flash-attn's API"
 ADAPTER_FQN = "verl_rhythm.backends.cpu.rollout.HFServerAdapter"
 
 
@@ -73,7 +72,7 @@ def _serve_flash_attention(module) -> None:
 
     if not install.is_installed() and importlib.util.find_spec("flash_attn") is None:
         install.install(strict=False)
-        logging.getLogger(__name__).info(FLASH_ATTENTION_NOTICE)
+        logging.getLogger(__name__).info("flash_attention_2 runs verl-rhythm's CPU implementation of flash-attn's API")
 
 
 def _patch(name: str):
