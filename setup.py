@@ -15,7 +15,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # recipes/ (hydra configs + launch scripts) ships as verl_rhythm.recipes: --config-path pkg://verl_rhythm.recipes
-    packages=find_packages(include=["verl_rhythm", "verl_rhythm.*"]) + ["verl_rhythm.recipes"],
+    # verl_rhythm.testing (harnesses and the reference implementations the tests hold the capture against) stays in
+    # the repository: a training run never imports it
+    packages=find_packages(include=["verl_rhythm", "verl_rhythm.*"], exclude=["verl_rhythm.testing"])
+    + ["verl_rhythm.recipes"],
     package_dir={"verl_rhythm.recipes": "recipes"},
     include_package_data=True,
     package_data={
@@ -40,7 +43,7 @@ setup(
     entry_points={
         "verl.plugins": [
             "rhythm = verl_rhythm.glue.plugin",
-            "cpu = verl_rhythm.backends.cpu.plugin",  # the CPU platform + hf rollout (VERL_PLATFORM=cpu)
+            "cpu = verl_rhythm.backends.cpu.plugin",  # the CPU platform + hf rollout; idle unless VERL_PLATFORM=cpu
         ],
         "console_scripts": ["verl-rhythm = verl_rhythm.cli:main"],
     },

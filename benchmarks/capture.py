@@ -65,8 +65,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.measure import fused as fused_mod  # noqa: E402
 from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout  # noqa: E402
-from verl_rhythm.measure.dense import attention_maps_for_sequence, rhythm_dense  # noqa: E402
 from verl_rhythm.measure.hook import capture_active, install_attention_hook  # noqa: E402
+from verl_rhythm.testing.dense import attention_maps_for_sequence, rhythm_dense  # noqa: E402
 from verl_rhythm.testing.ops import OpCounter  # noqa: E402
 
 GIB = 2**30

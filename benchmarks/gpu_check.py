@@ -10,9 +10,11 @@ anything else). Models are random and built in-process; ``--smollm2 DIR`` adds t
    - ``chunked`` (the per-sequence reference) and ``batched`` (the training path), the hook on an eager forward,
      vs the dense reference on the same forward's ``output_attentions`` maps (fp32) and vs float64 maps recomputed
      from the q/k the hook saw (both dtypes);
-   - the SDPA forward: unpadded fp32 rows take the fused path (log-sum-exp and expected position from the device's
-     kernel; on CPU fp32 masked batches too), the rest and bf16 the batched one; vs the same references; its logits
-     must equal the stock SDPA forward's.
+   - the SDPA forward with the fused path asked for (``RhythmCapture(fused=True)``; the default on CPU, opt-in on
+     CUDA until this row shows its parity there): unpadded fp32 rows take it (log-sum-exp and expected position from
+     the device's kernel; on CPU fp32 masked batches too), the rest and bf16 the batched path; vs the same
+     references; its logits must equal the stock SDPA forward's (``logits_vs_stock``: the parity that would make it
+     a CUDA default).
 2. Overhead, one sequence: a SmolLM2-shaped random Llama (30 layers, 9 heads / 3 kv heads, hidden 576) in fp32 and
    bf16: SDPA forward alone vs with capture, at each ``--sizes`` N (default 2048 8192); ratio, time inside
    ``record()``, the capture step's extra peak memory (``torch.cuda.max_memory_allocated``) vs the dense maps' size.
@@ -54,16 +56,17 @@ from verl_rhythm.measure.capture import (  # noqa: E402
     layouts_from_attention_mask,
     layouts_from_position_ids,
 )
-from verl_rhythm.measure.dense import attention_maps_for_sequence, head_stats_dense  # noqa: E402
 from verl_rhythm.measure.heads import rhythm_from_head_stats  # noqa: E402
 from verl_rhythm.measure.hook import capture_active, install_attention_hook  # noqa: E402
+from verl_rhythm.testing.chunked import ChunkedCapture  # noqa: E402
+from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense  # noqa: E402
 
 CFG = RhythmConfig(layers=(1, 2, 4), chunk_size=64)
 EPS32 = torch.finfo(torch.float32).eps
 
 
-class QKCapture(RhythmCapture):
-    """A RhythmCapture that also keeps the q/k each selected layer handed over (for a float64 reference)."""
+class KeepQK:
+    """Mixin for a capture: also keep the q/k each selected layer handed over (for a float64 reference)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -73,6 +76,14 @@ class QKCapture(RhythmCapture):
         super().record(layer_idx, query, key, scaling, **kwargs)
         if self.wants(layer_idx):
             self.qk[layer_idx] = (query.detach().clone(), key.detach().clone(), scaling)
+
+
+class QKCapture(KeepQK, RhythmCapture):
+    """The capture (its ``batched`` or ``fused`` path), keeping q/k."""
+
+
+class QKChunked(KeepQK, ChunkedCapture):
+    """The per-sequence test reference, keeping q/k."""
 
 
 def llama(device, dtype, *, layers, hidden, heads, kv_heads, inter, vocab, impl, seed=0):
@@ -177,7 +188,7 @@ def exactness(device, report):
             checks = []
             bound = None
             for path in ("chunked", "batched"):
-                cap = QKCapture(CFG, 6, batch["layouts"], fused=False, batched=path == "batched")
+                cap = (QKChunked if path == "chunked" else QKCapture)(CFG, 6, batch["layouts"], fused=False)
                 out = run(model, cap, batch["inputs"], attentions=True)
                 ref64 = [[dense64(*cap.qk[layer], lay) for layer in cap.layers] for lay in batch["layouts"]]
                 zmax = max(z for per in ref64 for _, z in per)
@@ -194,7 +205,7 @@ def exactness(device, report):
             # the SDPA forward: fused (fp32) or batched
             model.set_attn_implementation("sdpa")
             stock = run(model, None, batch["inputs"]).logits
-            cap2 = QKCapture(CFG, 6, batch["layouts"])
+            cap2 = QKCapture(CFG, 6, batch["layouts"], fused=True)  # opt-in on CUDA: this row measures its parity
             logits = run(model, cap2, batch["inputs"]).logits
             row["sdpa_paths"] = sorted(set(cap2.paths.values()))
             keep = valid.bool() if valid is not None else torch.ones(logits.shape[:2], dtype=torch.bool, device=device)
@@ -456,6 +467,7 @@ def main(argv=None):
     report = {"torch": torch.__version__, "transformers": transformers.__version__, "device": name,
               "exactness": [], "overhead": [], "regime": []}  # fmt: skip
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {name}", flush=True)
+
     def save(stage: str) -> None:  # each stage's rows reach --out as soon as it finishes
         report["finished"] = [*report.get("finished", []), stage]
         if args.out:

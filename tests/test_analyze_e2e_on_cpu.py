@@ -20,8 +20,8 @@ from test_analyze_coupling_on_cpu import peaks_brute
 
 from verl_rhythm.cli import main
 from verl_rhythm.credit import compute_gamma
-from verl_rhythm.measure.dense import attention_maps_for_sequence, rhythm_dense
 from verl_rhythm.measure.heads import group_heads
+from verl_rhythm.testing.dense import attention_maps_for_sequence, rhythm_dense
 
 EOS = "<|im_end|>"
 PROMPTS = ["What is 12 + 7? Think step by step.", "Tom has 3 apples and buys 5 more. How many now?", "Hi"]

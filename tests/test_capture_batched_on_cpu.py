@@ -3,7 +3,7 @@
 """The batched path at training scale: exact, constant work per layer in the number of sequences, no host sync.
 
 - Exactness: :func:`verl_rhythm.measure.batched.layer_stats` on packed and padded layouts of random q/k equals the
-  per-sequence reference (:mod:`verl_rhythm.measure.chunked`) and float64 dense maps of the same q/k, also with a
+  per-sequence reference (:mod:`verl_rhythm.testing.chunked`) and float64 dense maps of the same q/k, also with a
   sliding window, soft-capping and sinks (dense maps built with the variant, the sink column dropped as eager does).
 - Work: a ``TorchDispatchMode`` counts the aten ops of a real forward of a tiny transformers model with and without
   the capture, for packed micro-batches of 1, 16 and 64 sequences: the ops the capture adds per selected layer are
@@ -24,12 +24,12 @@ from models import tiny_model
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure import batched
 from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout, layouts_from_position_ids
-from verl_rhythm.measure.chunked import layer_head_stats
-from verl_rhythm.measure.dense import head_stats_dense
 from verl_rhythm.measure.heads import rhythm_from_head_stats
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
 from verl_rhythm.measure.kernels import kernels_for
 from verl_rhythm.measure.layout import BatchLayout
+from verl_rhythm.testing.chunked import ChunkedCapture, layer_head_stats
+from verl_rhythm.testing.dense import head_stats_dense
 from verl_rhythm.testing.ops import OpCounter
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -268,7 +268,7 @@ def test_finalize_equals_the_per_sequence_grouping():
     for scope in ("sequence", "micro_batch"):
         cfg = RhythmConfig(layers=(0, 2), chunk_size=16, head_group_scope=scope)
         capture = RhythmCapture(cfg, 3, layouts)
-        reference = RhythmCapture(cfg, 3, layouts, batched=False)
+        reference = ChunkedCapture(cfg, 3, layouts)
         for layer in (0, 2):
             for c in (capture, reference):
                 c.record(layer, q * (1 + layer), k, 0.4)

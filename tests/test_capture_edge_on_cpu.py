@@ -3,7 +3,7 @@
 """Edge cases of the chunked capture against the dense reference on explicit maps from the same q/k.
 
 Reference maps here are softmax(q kᵀ · scaling + causal mask) computed in float64 from the (upcast) q/k, then
-:func:`verl_rhythm.measure.dense.head_stats_dense`; a hypothesis sweep covers shapes, GQA, chunk sizes and band
+:func:`verl_rhythm.testing.dense.head_stats_dense`; a hypothesis sweep covers shapes, GQA, chunk sizes and band
 settings, the named tests cover the behaviour the spec leaves to us.
 """
 
@@ -18,12 +18,12 @@ from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure.capture import (
     RhythmCapture,
     SequenceLayout,
-    layer_head_stats,
     layouts_from_attention_mask,
     layouts_from_position_ids,
 )
-from verl_rhythm.measure.dense import head_stats_dense
 from verl_rhythm.measure.heads import rhythm_from_head_stats
+from verl_rhythm.testing.chunked import layer_head_stats
+from verl_rhythm.testing.dense import head_stats_dense
 
 ATOL = 1e-5
 EPS32 = torch.finfo(torch.float32).eps

@@ -240,3 +240,15 @@ def test_flash_attention_segments_from_position_ids_are_checked():
         _record_packed(good, layouts).finalize()
     rows = [SequenceLayout(0, 0, 30, torch.ones(30, dtype=torch.bool))]
     assert len(_record_packed(good, rows).finalize()) == 1
+
+
+def test_the_fused_sdpa_replacement_is_the_default_on_cpu_and_opt_in_elsewhere():
+    """The fused path replaces a selected layer's SDPA call (its output is the layer's output): on by default only
+    where its parity with the stock call is tested (CPU); on CUDA only when asked for (gpu_check measures it)."""
+    default = RhythmCapture(RhythmConfig(), 4)
+    assert default.fused is None and default.fuses_on("cpu")
+    assert (
+        not default.fuses_on("cuda") and not default.fuses_on(torch.device("cuda", 1)) and not default.fuses_on("meta")
+    )
+    assert RhythmCapture(RhythmConfig(), 4, fused=True).fuses_on("cuda")
+    assert not RhythmCapture(RhythmConfig(), 4, fused=False).fuses_on("cpu")

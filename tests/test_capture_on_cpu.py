@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The capture equals the dense reference on eager ``output_attentions`` maps of real transformers models.
 
-Ground truth: :func:`verl_rhythm.measure.dense.head_stats_dense` on the maps transformers' eager attention returns.
+Ground truth: :func:`verl_rhythm.testing.dense.head_stats_dense` on the maps transformers' eager attention returns.
 Every capture path is checked on padded (left, right) and packed batches of unequal lengths:
 
 - ``chunked``: the hook sees the eager forward's post-RoPE q/k and runs the per-sequence reference path; maps and
@@ -24,9 +24,10 @@ from models import ARCHS, tiny_model
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure.capture import RhythmCapture, layouts_from_attention_mask, layouts_from_position_ids
-from verl_rhythm.measure.dense import attention_maps_for_sequence, head_stats_dense
 from verl_rhythm.measure.heads import rhythm_from_head_stats
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
+from verl_rhythm.testing.chunked import ChunkedCapture
+from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense
 
 ATOL = 1e-5
 CFG = RhythmConfig(layers=(1, 3, 4), waad_window=4, fai_horizon_lo=3, fai_horizon_hi=12, chunk_size=7)
@@ -61,7 +62,8 @@ def capture_and_maps(arch, path, cfg, layouts, **inputs):
         torch.testing.assert_close(logits[valid], out.logits[valid], atol=1e-5, rtol=1e-5)
         return capture, out.attentions
     if path in ("chunked", "batched"):
-        capture = RhythmCapture(cfg, eager.config.num_hidden_layers, layouts, fused=False, batched=path == "batched")
+        kind = ChunkedCapture if path == "chunked" else RhythmCapture
+        capture = kind(cfg, eager.config.num_hidden_layers, layouts, fused=False)
         maps = forward(eager, capture, **inputs).attentions
         assert capture.paths == dict.fromkeys(capture.layers, path)
         return capture, maps

@@ -18,7 +18,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure import fused
 from verl_rhythm.measure.capture import RhythmCapture, SequenceLayout
-from verl_rhythm.measure.chunked import exact_fp32
+from verl_rhythm.measure.logits import exact_fp32
 from verl_rhythm.testing.ops import AllocationCounter
 
 

@@ -24,6 +24,7 @@ from verl_rhythm.measure.capture import (
     layouts_from_attention_mask,
     layouts_from_position_ids,
 )
+from verl_rhythm.testing.chunked import ChunkedCapture
 
 pytestmark = pytest.mark.slow
 FUSED_ATOL = 5e-5
@@ -85,10 +86,9 @@ def test_smollm2_chunked_and_fused_match_dense(smollm2):
     model, tokenizer = smollm2
     cfg = RhythmConfig(chunk_size=64)
     for name, (inputs, layouts, columns) in _batches(tokenizer).items():
-        for batched in (False, True):
-            capture = RhythmCapture(cfg, model.config.num_hidden_layers, layouts, fused=False, batched=batched)
+        for kind, path in ((ChunkedCapture, "chunked"), (RhythmCapture, "batched")):
+            capture = kind(cfg, model.config.num_hidden_layers, layouts, fused=False)
             maps = forward(model, capture, **inputs).attentions
-            path = "batched" if batched else "chunked"
             assert capture.layers == [10, 12, 15, 18, 20] and set(capture.paths.values()) == {path}, name
             assert_matches_dense(capture, maps, cfg, columns)
 

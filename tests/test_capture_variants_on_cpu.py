@@ -6,7 +6,7 @@ refused at start-up by name.
 - Sliding windows: Mistral (every layer), Qwen2 with ``use_sliding_window`` (upper layers), Gemma 2 and 3
   (alternating sliding/full layers); soft-capping: Gemma 2; sinks: gpt-oss (``s_aux``); hybrid layers: Qwen3-Next,
   whose default layer choice reads the middle third of its softmax-attention layers only.
-- Ground truth: :func:`verl_rhythm.measure.dense.head_stats_dense` on the ``output_attentions`` maps of the same eager
+- Ground truth: :func:`verl_rhythm.testing.dense.head_stats_dense` on the ``output_attentions`` maps of the same eager
   forward (the model family's own eager attention, which applies the window, the cap and the sinks).
 - Refusals: an explicit linear-attention layer in ``algorithm.rhythm.layers`` and configs with attention the capture
   does not reproduce (chunked local attention, bidirectional attention) fail in the start-up check, naming the key.
@@ -159,3 +159,25 @@ def test_unsupported_attention_is_refused_by_key(key, value):
     setattr(config, key, value)
     (problem,) = attention_variant_problems(config)
     assert f"{key}={value!r}" in problem and "MistralConfig" in problem
+
+
+@pytest.mark.parametrize("arch", VARIANT_ARCHS)
+def test_the_report_heatmap_is_the_models_own_attention(arch):
+    """The report's window maps (``verl-rhythm analyze``'s heatmap) under each family's attention rule (sliding window,
+    soft-cap, sinks) equal the eager forward's own ``output_attentions`` rows of that window."""
+    from verl_rhythm.analyze.measure import WindowCapture
+
+    model = variant_model(arch, seed=2)
+    cfg = _all_softmax_layers(model)
+    torch.manual_seed(7)
+    n, lo, hi = 40, 20, 36  # a window far enough in for a sliding window to cut rows short
+    ids = torch.randint(0, 128, (1, n))
+    layouts = layouts_from_attention_mask(torch.ones(1, n, dtype=torch.long), [torch.arange(n) >= 8])
+    capture = WindowCapture(cfg, model.config.num_hidden_layers, layer_types=text_layer_types(model.config))
+    capture.set_layouts(layouts)
+    capture.set_window((0, 0, lo, hi))
+    maps = _per_layer(model, forward(model, capture, input_ids=ids).attentions)
+    heads = [(layer, h) for layer in capture.layers for h in range(model.config.num_attention_heads)]
+    got = capture.window_maps(heads)
+    want = torch.stack([maps[layer][0, h, lo:hi, lo:hi] for layer, h in heads]).float()
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)

@@ -4,12 +4,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from verl_rhythm.cli import _flag, build_parser, main
-from verl_rhythm.config import RhythmConfig, RhythmConfigError, select_layers
+from verl_rhythm.config import KEYS, CaptureSettings, CreditSettings, RhythmConfig, RhythmConfigError, select_layers
 
 
 @pytest.mark.parametrize(
@@ -47,10 +45,11 @@ def test_every_field_has_its_help_in_the_metadata_the_docstring_and_the_cli():
     parser = build_parser()
     analyze = parser._subparsers._group_actions[0].choices["analyze"]
     actions = {a.dest: a for a in analyze._actions}
-    for f in dataclasses.fields(RhythmConfig):
+    for f in RhythmConfig.fields():
         text = f.metadata.get("help", "")
         assert text, f"RhythmConfig.{f.name} has no help metadata"
-        assert f"{f.name}: {text}" in RhythmConfig.__doc__
+        owner = {"capture": CaptureSettings, "credit": CreditSettings}[KEYS[f.name]]
+        assert f"{f.name}: {text}" in owner.__doc__
         action = actions[f"rhythm_{f.name}"]
         assert action.help.startswith(text.replace("%", "%%")) and _flag(f.name) in action.option_strings
 

@@ -257,7 +257,6 @@ def cpu_recipe():
     [
         ("actor_rollout_ref.rollout.name=vllm", True, "actor_rollout_ref.rollout.name=vllm needs a GPU"),
         (None, False, "runs only on the CPU platform: set VERL_PLATFORM=cpu"),
-        ("trainer.v1.trainer_mode=colocate_async", True, "trainer.v1.trainer_mode=colocate_async is not supported"),
         ("trainer.v1.trainer_mode=separate_async", True, "trainer.v1.trainer_mode=separate_async is not supported"),
         ("actor_rollout_ref.actor.strategy=fsdp", True, "actor_rollout_ref.actor.strategy=fsdp is not supported"),
         ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", True, "tensor_model_parallel_size=2 must be 1"),
@@ -274,16 +273,20 @@ def test_unsupported_settings_are_refused_naming_the_key(cpu_recipe, monkeypatch
         patches.check_config(config)
 
 
-def test_the_recipe_passes_the_checks(cpu_recipe, monkeypatch):
+@pytest.mark.parametrize("override", [None, "trainer.v1.trainer_mode=colocate_async", "trainer.use_v1=false"])
+def test_the_recipe_passes_the_checks_in_every_trainer_that_runs_here(cpu_recipe, monkeypatch, override):
+    config = cpu_recipe.copy()
+    if override:
+        key, value = override.split("=")
+        OmegaConf.update(config, key, {"false": False}.get(value, value), force_add=True)
     monkeypatch.setattr(patches, "is_selected", lambda: True)
-    patches.check_config(cpu_recipe)
+    patches.check_config(config)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "override, match",
     [
-        ("trainer.v1.trainer_mode=colocate_async", "trainer.v1.trainer_mode=colocate_async is not supported"),
         ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm needs a GPU"),
     ],
 )
@@ -298,8 +301,8 @@ def test_main_ppo_refuses_before_any_worker_starts(tmp_path, override, match):
 
 
 def test_registrations_wait_for_the_verl_modules_they_belong_to():
-    """``import verl`` loads the backend's entry point but none of the rollout or engine modules; each registration
-    lands when verl imports its module."""
+    """On the CPU platform, ``import verl`` loads the backend's entry point but none of the rollout or engine modules;
+    each registration lands when verl imports its module."""
     code = """
 import sys
 import verl
@@ -312,9 +315,10 @@ from verl.workers.engine.base import EngineRegistry
 import verl.workers.engine.fsdp.transformer_impl
 print("replica", get_rollout_replica_class("hf").__name__)
 print("adapter", get_rollout_class("hf", "async").__name__)
-print("engine", EngineRegistry._engines["language_model"]["fsdp2"]["cpu"].__name__)
+print("engine", EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "VERL_PLATFORM": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
     assert lines["early"] == "[]"

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from verl_rhythm.config import select_layers
-from verl_rhythm.measure.dense import (
+from verl_rhythm.measure.heads import HeadStats, fai_count, group_heads, head_spans, rhythm_for_sequences
+from verl_rhythm.testing.dense import (
     attention_maps_for_sequence,
     head_stats_dense,
     rhythm_dense,
     rhythm_dense_group_maps,
 )
-from verl_rhythm.measure.heads import HeadStats, fai_count, group_heads, head_spans, rhythm_for_sequences
 
 # One head, N = 4: position 0 is the prompt, R = {1, 2, 3}.
 A = torch.tensor(

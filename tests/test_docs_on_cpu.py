@@ -5,7 +5,6 @@ launch script and ``python -m`` module it names exists, and the README's table o
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ TABLE_ROW = re.compile(r"^\| `algorithm\.rhythm\.(\w+)` \| `([^`]*)` \| (.+) \|$
 def test_config_table_lists_exactly_the_rhythm_config_fields_with_their_defaults():
     rows = TABLE_ROW.findall(TEXT)
     documented = [key for key, _, _ in rows]
-    fields = [f.name for f in dataclasses.fields(RhythmConfig)]
+    fields = [f.name for f in RhythmConfig.fields()]
     assert len(documented) == len(set(documented)), "a key is documented twice"
     assert set(documented) - set(fields) == set(), "documented keys that RhythmConfig does not have"
     assert set(fields) - set(documented) == set(), "RhythmConfig fields missing from docs/rhythm.md"

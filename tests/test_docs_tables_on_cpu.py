@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def test_every_strategy_row_of_the_config_tables_names_every_registered_strategy
 def test_the_readme_config_table_is_rhythm_config():
     section = README.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
     rows = README_ROW.findall(section)
-    assert [key for key, *_ in rows] == [f.name for f in dataclasses.fields(RhythmConfig)]
+    assert [key for key, *_ in rows] == [f.name for f in RhythmConfig.fields()]
     defaults = RhythmConfig()
     for key, default, meaning, paper in rows:
         assert yaml.safe_load(default) == getattr(defaults, key), f"README: {key} default {default}"

@@ -3,7 +3,7 @@
 """Fail-fast start-up checks of a rhythm run, on configs composed from verl 0.9.1's own ``ppo_trainer.yaml``.
 
 Each unsupported setting must stop the run before any worker starts, with an error naming the key. The checks run
-inside verl's real ``PPOTrainer.init`` (wrapped) and ``RayPPOTrainer.__init__`` (the v0 guard).
+inside verl's real ``PPOTrainer.init`` and ``RayPPOTrainer.__init__`` (both wrapped).
 """
 
 import copy
@@ -119,7 +119,6 @@ def test_flash_attention_without_the_package_stops_at_start_up(compose, monkeypa
         ),
         (["algorithm.rollout_correction.bypass_mode=true"], "algorithm.rollout_correction.bypass_mode=true"),
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),
-        (["trainer.use_v1=false"], "trainer.use_v1=false"),
     ],
 )
 def test_each_unsupported_setting_fails_by_key(compose, overrides, key):
@@ -203,10 +202,18 @@ def test_the_v1_trainer_init_checks_before_any_worker_starts(compose, monkeypatc
     assert started == ["setup", "init_end"]
 
 
-def test_the_legacy_v0_trainer_refuses_a_rhythm_run(compose):
-    config = compose("trainer.use_v1=false")
-    with pytest.raises(RhythmSetupError, match="trainer.use_v1=false"):
+def test_the_legacy_trainer_runs_the_start_up_checks(compose):
+    """``RayPPOTrainer.__init__`` (``trainer.use_v1=false`` and recipe trainers) checks before its workers exist; a
+    supported config passes the checks, and every trainer and mode is one (none skips the old-log-prob pass)."""
+    config = compose("trainer.use_v1=false", "actor_rollout_ref.rollout.n=1")
+    with pytest.raises(RhythmSetupError, match="actor_rollout_ref.rollout.n=1"):
         RayPPOTrainer(config, tokenizer=None, role_worker_mapping={}, resource_pool_manager=None)
+    for override in (
+        "trainer.use_v1=false",
+        "trainer.v1.trainer_mode=colocate_async",
+        "trainer.v1.trainer_mode=separate_async",
+    ):
+        assert check_rhythm_run(compose(override)) is not None
 
 
 def test_the_estimator_refuses_statistics_laid_out_on_other_rows():

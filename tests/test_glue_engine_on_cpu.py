@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The rhythm capture inside verl 0.9.1's real FSDP engine, against the dense reference.
 
-The engine is verl's own ``FSDPEngineWithLMHead`` (our subclass adds one branch to ``forward_step``), initialised for
+The engine is verl's own ``FSDPEngineWithLMHead`` (the glue wraps its ``forward_step`` on the class), initialised for
 real: FSDP2 wrapping on a one-process gloo group, with verl's platform set to a CPU platform
 (``verl_rhythm.backends.cpu.platform``; verl would otherwise fall back to CUDA). ``infer_batch`` runs verl's
 micro-batching (fixed and dynamic), packing (``use_remove_padding``), forward step, output post-processing and
@@ -15,11 +15,12 @@ from models import tiny_model
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.glue import fsdp_engine
+from verl_rhythm.glue import transformer_impl
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
 from verl_rhythm.measure import capture as capture_mod
 from verl_rhythm.testing.engine import build_engine, dense_rhythm, log_prob_batch, run_log_prob_pass
 from verl_rhythm.testing.process_group import cpu_process_group
+from verl_rhythm.wrapping import is_wrapped
 
 CFG = RhythmConfig(fai_horizon_hi=30, chunk_size=16)
 LENGTHS = [(20, 40), (15, 60), (30, 25), (10, 70), (25, 35), (12, 48)]
@@ -135,6 +136,34 @@ def test_engine_log_prob_pass_returns_the_dense_reference_statistics(
         torch.testing.assert_close(out[key].values(), stock[key].values(), atol=1e-5, rtol=1e-5)
 
 
+class TurboWithoutItsPackage:
+    """verl's ``FSDPTurboEngineWithLMHead`` (``actor.strategy=fsdp_turbo``) with the methods that import the
+    ``fsdp_turbo`` package (GPU-only, not installable here) replaced by the stock FSDP engine's; everything the
+    old-log-prob pass runs (``forward_step`` included) is verl's turbo class as it resolves through its MRO."""
+
+    @staticmethod
+    def make():
+        from verl.workers.engine.fsdp.fsdp_turbo_impl import FSDPTurboEngineWithLMHead
+
+        stock = FSDPEngineWithLMHead
+        replaced = ("_init_parallel_state", "_build_module", "_build_fsdp_module", "optimizer_step")
+        body = {name: getattr(stock, name) for name in replaced if hasattr(stock, name)}
+        body["_init_parallel_state"] = lambda self: None
+        return type("TurboEngineForTest", (FSDPTurboEngineWithLMHead,), body)
+
+
+@pytest.mark.slow
+def test_the_fsdp_turbo_engine_captures_through_the_inherited_forward_step(process_group, models):
+    """verl's FSDP-Turbo engine class (no vendor slot, no subclass of ours) returns the dense reference statistics."""
+    engine = build_engine(models["qwen2"][0], attn_implementation="sdpa", engine_class=TurboWithoutItsPackage.make())
+    assert type(engine).__mro__[1].__name__ == "FSDPTurboEngineWithLMHead"
+    sequences = make_sequences(seed=3)
+    out = run_log_prob_pass(engine, log_prob_batch(sequences, capture=CFG, micro_batch_size=3))
+    for i, r in enumerate(dense_rhythm(models["qwen2"][1], sequences, CFG)):
+        torch.testing.assert_close(out[WAAD_FULL][i], r.waad, atol=2e-5, rtol=1e-5, msg=f"WAAD of sequence {i}")
+        torch.testing.assert_close(out[FAI_FULL][i], r.fai, atol=2e-6, rtol=1e-5, msg=f"FAI of sequence {i}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
 def test_pad_to_length_adds_a_pad_segment_the_capture_ignores(engines, models, attention, attn):
@@ -218,15 +247,20 @@ def test_layers_outside_the_model_fail_in_the_engine_by_key(engines):
         run_log_prob_pass(engine, log_prob_batch(make_sequences(), capture=bad))
 
 
-def test_engine_registration_prefers_the_rhythm_engine_on_nvidia(monkeypatch):
-    """verl's own EngineRegistry lookup (as TrainingWorker builds the actor) returns the rhythm engine."""
+def test_verl_registry_keeps_its_engines_and_every_fsdp_engine_gets_the_capture(monkeypatch):
+    """verl's own EngineRegistry lookup (as TrainingWorker builds the actor) returns verl's classes on every vendor;
+    the capture is in the class method they all share (fsdp_turbo's engine inherits it)."""
     from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp import transformer_impl as verl_impl
+    from verl.workers.engine.fsdp.fsdp_turbo_impl import FSDPTurboEngineWithLMHead
 
-    assert fsdp_engine.install()
+    transformer_impl.install(verl_impl)
+    assert transformer_impl.is_installed(verl_impl)
     monkeypatch.setenv("VERL_ENGINE_DEVICE", "cuda")
-    monkeypatch.setenv("VERL_ENGINE_VENDOR", "nvidia")
-    for backend in ("fsdp", "fsdp2"):
-        assert EngineRegistry.get_engine_cls("language_model", backend) is fsdp_engine.RhythmFSDPEngineWithLMHead
-    monkeypatch.setenv("VERL_ENGINE_VENDOR", "amd")  # other vendors keep verl's engine (the trainer then stops)
-    assert EngineRegistry.get_engine_cls("language_model", "fsdp") is FSDPEngineWithLMHead
-    assert issubclass(fsdp_engine.RhythmFSDPEngineWithLMHead, FSDPEngineWithLMHead)
+    for vendor in ("nvidia", "amd", "metax"):
+        monkeypatch.setenv("VERL_ENGINE_VENDOR", vendor)
+        for backend in ("fsdp", "fsdp2"):
+            assert EngineRegistry.get_engine_cls("language_model", backend) is FSDPEngineWithLMHead
+        assert EngineRegistry.get_engine_cls("language_model", "fsdp_turbo") is FSDPTurboEngineWithLMHead
+    assert FSDPTurboEngineWithLMHead.forward_step is FSDPEngineWithLMHead.forward_step
+    assert is_wrapped(FSDPEngineWithLMHead.forward_step)

@@ -67,14 +67,17 @@ def test_the_plugin_registers_the_estimator_and_its_patches():
 
 
 def test_the_verl_internals_the_glue_relies_on_are_unchanged():
-    """Fails when a verl upgrade changes any function the glue wraps or relies on: re-read them, then re-pin."""
+    """On a pinned verl release every hash holds (a mismatch is an error in the table). On another 0.9.x release the
+    changed functions are reported and the test skips: the behavioural tests gate (glue/contract.py)."""
+    import verl
+
     diff = contract.changed()
-    assert diff == {}, (
-        "verl internals changed since verl "
-        + ", ".join(contract.VERL_VERSIONS)
-        + ": "
-        + "; ".join(f"{name} ({change}): {contract.PINNED[name][1]}" for name, change in sorted(diff.items()))
-    )
+    report = "; ".join(f"{name} ({change}): {contract.PINNED[name][1]}" for name, change in sorted(diff.items()))
+    if verl.__version__ not in contract.VERL_VERSIONS:
+        pytest.skip(
+            f"verl {verl.__version__} (pins from {', '.join(contract.VERL_VERSIONS)}); changed: {report or 'none'}"
+        )
+    assert diff == {}, f"verl {verl.__version__}: pinned internals differ: {report}"
 
 
 def test_the_wrapped_trainer_methods_keep_verl_signatures():

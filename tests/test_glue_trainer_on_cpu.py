@@ -29,10 +29,10 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.credit import apply_gamma, compute_gamma
 from verl_rhythm.glue import trainer_base as glue_trainer
-from verl_rhythm.glue.fsdp_engine import RhythmFSDPEngineWithLMHead
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI, WAAD
 from verl_rhythm.testing.engine import build_engine, dense_rhythm
 from verl_rhythm.testing.process_group import cpu_process_group
+from verl_rhythm.wrapping import stock as unwrapped
 
 pytestmark = pytest.mark.slow
 
@@ -270,17 +270,14 @@ def test_a_grpo_run_through_the_wrapped_trainer_is_unchanged(tq_cluster, engine)
     assert stock_metrics == wrapped_metrics
 
 
-def test_missing_capture_in_the_workers_stops_the_run(tq_cluster, engine):
-    """A worker without the plugin runs verl's stock engine: the step stops instead of training plain GRPO."""
+def test_missing_capture_in_the_workers_stops_the_run(tq_cluster, engine, monkeypatch):
+    """A worker without the plugin runs verl's stock forward step: the step stops instead of training plain GRPO."""
     tq = tq_cluster
     trainer = make_trainer(engine, strategy="coupled")
     batch, _ = put_rollouts(tq, seed=5)
-    engine.__class__ = FSDPEngineWithLMHead
-    try:
-        with pytest.raises(glue_trainer.RhythmCaptureMissing, match="verl.plugins"):
-            trainer._compute_old_log_prob(batch, metrics={})
-    finally:
-        engine.__class__ = RhythmFSDPEngineWithLMHead
+    monkeypatch.setattr(FSDPEngineWithLMHead, "forward_step", unwrapped(FSDPEngineWithLMHead.forward_step))
+    with pytest.raises(glue_trainer.RhythmCaptureMissing, match="verl.plugins"):
+        trainer._compute_old_log_prob(batch, metrics={})
     assert CAPTURE_KEY not in batch.extra_info
 
 
@@ -308,8 +305,8 @@ def test_plugin_entry_point_loads_and_patches_inside_a_ray_actor(tq_cluster):
             "verl.trainer.ppo.core_algos",  # imported by is_loaded() above
             "verl.trainer.ppo.v1.trainer_base",
             "verl.trainer.ppo.ray_trainer",
+            "verl.trainer.ppo.metric_utils",  # imported by the trainers; the legacy trainer's step metrics
             "verl.workers.engine.fsdp.transformer_impl",
-            "verl.models.transformers.monkey_patch",  # imported by the engine; its Ulysses seam is wrapped
         ],
         True,
     )

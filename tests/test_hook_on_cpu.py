@@ -22,6 +22,7 @@ from verl_rhythm.measure.capture import (
     layouts_from_position_ids,
 )
 from verl_rhythm.measure.hook import active_capture, capture_active, install_attention_hook, is_installed
+from verl_rhythm.testing.chunked import ChunkedCapture
 
 CFG = RhythmConfig(layers=(1, 4))
 
@@ -95,7 +96,8 @@ def test_capture_paths_leave_the_forward_bit_identical(path):
     install_attention_hook()
     ids, mask, layouts = _batch()
     model = tiny_model("qwen3", attn_implementation="sdpa")
-    capture = RhythmCapture(CFG, model.config.num_hidden_layers, layouts, fused=False, batched=path == "batched")
+    kind = ChunkedCapture if path == "chunked" else RhythmCapture
+    capture = kind(CFG, model.config.num_hidden_layers, layouts, fused=False)
     with torch.no_grad():
         stock = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         with capture_active(capture):

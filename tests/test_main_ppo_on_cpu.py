@@ -9,7 +9,10 @@ the weight sync, checkpoints. What the actor was trained on is read back from th
 rewards, which are themselves re-scored here from the decoded responses.
 """
 
+import os
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +282,59 @@ def test_the_quickstart_prints_each_step_and_writes_metrics_and_curves(setup, tm
     steps = [json.loads(row)["step"] for row in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+PLUGINS = Path(__file__).parent / "plugins"
+"""A user's package of strategies (``rhythm_test_strategies``, a ``verl.plugins`` entry point)."""
+
+
+@pytest.fixture(scope="module", params=["early_anchor", "early_anchor_driver_only"])
+def custom_run(setup, request, tmp_path_factory):
+    """Two steps with a strategy the plugin does not ship: registered in every process by the user's package's entry
+    point (``early_anchor``), or only where verl's trainer module is imported (``early_anchor_driver_only``)."""
+    root, model, data = setup
+    markers = tmp_path_factory.mktemp("markers")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
+        mp.setenv("RHYTHM_TEST_MARKERS", str(markers))
+        result = run_main_ppo(
+            root / request.param,
+            model,
+            data,
+            [*SMALL, f"algorithm.rhythm.strategy={request.param}", "trainer.total_training_steps=2"],
+        )
+    return request.param, result, [p.name for p in markers.iterdir()]
+
+
+def test_a_custom_strategy_drives_the_update(custom_run):
+    """The update trained on GRPO × γ, γ recomputed here from the statistics the update carried with the same
+    selection rule; when the strategy exists only in the driver, the workers (which imported the user's package but
+    never registered it) captured all the same."""
+    from verl_rhythm.credit.gamma import compute_gamma
+    from verl_rhythm.credit.registry import register_strategy, unregister_strategy
+
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from rhythm_test_strategies import SUMMARY, early_anchors
+    finally:
+        sys.path.remove(str(PLUGINS))
+    name, result, marks = custom_run
+    _check(result)
+    assert result.steps == [1, 2]
+    for _, m in result.metrics:
+        assert all(k in m for k in RHYTHM_KEYS) and m["rhythm/capture_s"] > 0 and m["rhythm/amplified_share"] > 0
+    pids = {what: {m.rsplit("_", 1)[1] for m in marks if m.startswith(what)} for what in ("imported", "driver_only")}
+    actors = set(re.findall(r"\(WorkerDict pid=(\d+)\)", result.log))  # the FSDP workers: the capture ran there
+    runner = set(re.findall(r"\(TaskRunner\w* pid=(\d+)\)", result.log))
+    assert actors and runner and actors <= pids["imported"], "the user's entry point was not imported in the workers"
+    if name == "early_anchor_driver_only":  # known where the trainer module is, never in the capturing workers
+        assert runner <= pids["driver_only"] and not actors & pids["driver_only"], (marks, actors, runner)
+    register_strategy("test_early_anchor", needs=("fai",), summary=SUMMARY)(early_anchors)
+    try:
+        tokenizer = tiny_tokenizer()
+        for dump in result.dumps:
+            grpo, used, mask = grpo_reference(dump, tokenizer)
+            gamma = compute_gamma("test_early_anchor", mask, fai=pad(dump["rhythm_fai"])[:, : mask.shape[1]]).gamma
+            assert torch.allclose(used, grpo * gamma * mask, atol=1e-5)
+    finally:
+        unregister_strategy("test_early_anchor")

@@ -11,7 +11,6 @@ wheel and runs the CLI itself against ``pkg://verl_rhythm.recipes``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from verl_rhythm.data import reward
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 RECIPE_NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-FIELDS = {f.name for f in dataclasses.fields(RhythmConfig)}
+FIELDS = {f.name for f in RhythmConfig.fields()}
 PKG_CASES = ("rhythm_grpo", "rhythm_math_4b_8k")  # the plainest recipe and the one with the most partials
 COMPOSED_SCRIPTS = ("gsm8k", "math", "math_4b_8k", "math_1gpu", "countdown")
 QWEN3_LAYERS = 36  # Qwen3-4B-Base and Qwen3-8B-Base both have 36 decoder layers

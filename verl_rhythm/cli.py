@@ -10,7 +10,6 @@ key is a flag of the same name with dashes (``--top-q 0.3``, ``--layers 10,12,14
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -85,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=analyze, subparser=p)
     rhythm = p.add_argument_group("strategy settings (algorithm.rhythm.*; defaults as in training)")
     choices = _choices()
-    for f in dataclasses.fields(RhythmConfig):
+    for f in RhythmConfig.fields():
         kind = {"int": int, "float": float, "str": str}.get(type(f.default).__name__, _layers)
         text = f.metadata["help"]
         if f.name in choices:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 RECIPE = "rhythm_cpu"
+MAIN_PPO = "verl.trainer.main_ppo"
 RAY_OOM = "killed due to memory pressure"
 """Ray's memory monitor kills workers above its threshold; verl then waits forever on the dead worker."""
 METRICS = "metrics.jsonl"
@@ -71,14 +72,17 @@ def prepare(out: Path, model: str | None) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def main_ppo_command(model_dir: Path | str, data: Path | str, out: Path | str, overrides: list[str] = ()) -> list[str]:
-    """``python -m verl.trainer.main_ppo`` with the CPU recipe on ``model_dir`` and ``data/{train,test}.parquet``,
-    checkpoints, Hydra's folder and verl's ``file`` + ``console`` loggers under ``out``; then ``overrides``."""
+def main_ppo_command(
+    model_dir: Path | str, data: Path | str, out: Path | str, overrides: list[str] = (), *, entry: str = MAIN_PPO
+) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` (or another ``entry`` taking its Hydra arguments) with the CPU recipe on
+    ``model_dir`` and ``data/{train,test}.parquet``, checkpoints, Hydra's folder and verl's ``file`` + ``console``
+    loggers under ``out``; then ``overrides``."""
     data, out = Path(data), Path(out)
     return [
         sys.executable,
         "-m",
-        "verl.trainer.main_ppo",
+        entry,
         "--config-path",
         "pkg://verl_rhythm.recipes",
         "--config-name",
@@ -100,6 +104,26 @@ def command(model_dir: Path, data: Path, out: Path, args, overrides: list[str]) 
         f"algorithm.rhythm.strategy={args.strategy}",
     ]
     return main_ppo_command(model_dir, data, out, [*steps, *overrides])
+
+
+REFUSALS = ("RhythmSetupError", "CPUBackendConfigError", "RhythmConfigError")
+"""Errors that stop a run at start-up, naming the config key."""
+
+
+def trainer_label(overrides: list[str]) -> str:
+    """Which verl trainer the Hydra ``overrides`` select (the last value of a key wins, as in Hydra)."""
+    values = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+    if values.get("trainer.use_v1", "true").lower() in ("false", "0"):
+        return "legacy trainer (RayPPOTrainer)"
+    return f"v1 trainer, mode {values.get('trainer.v1.trainer_mode', 'sync')}"
+
+
+def refusal_line(log_lines: list[str]) -> str | None:
+    """The last line of a failed run's log that names a start-up refusal (the error and its message), if any."""
+    for line in reversed(log_lines):
+        if any(f"{name}:" in line for name in REFUSALS):
+            return line.strip()
+    return None
 
 
 def step_line(step: int, total: int, m: dict) -> str:
@@ -201,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics_path.unlink(missing_ok=True)
     env = dict(os.environ, VERL_PLATFORM="cpu", VERL_FILE_LOGGER_PATH=str(metrics_path))
     cmd = command(model_dir, data, out, args, overrides)
-    print(f"training {args.steps} steps of GRPO + rhythm ({args.strategy}) on {model_dir.name}, CPU backend")
+    print(
+        f"training {args.steps} steps of GRPO + rhythm ({args.strategy}) on {model_dir.name}, CPU backend, "
+        f"{trainer_label(overrides)}"
+    )
     print(f"log: {out / LOG}")
     start = time.time()
     shown = 0
@@ -238,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     elapsed = time.time() - start
     if rc != 0:
-        tail = (out / LOG).read_text(errors="replace").splitlines()[-25:]
-        print("\n".join(tail))
+        lines = (out / LOG).read_text(errors="replace").splitlines()
+        print("\n".join(lines[-25:]))
+        refusal = refusal_line(lines)
+        if refusal:
+            print(f"refused: {refusal}")
         print(f"error: main_ppo exited with status {rc}; full log: {out / LOG}")
         return rc
     png = plot(read_metrics(metrics_path), out / CURVES)

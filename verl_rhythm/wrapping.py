@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The one mark every wrapper of a verl function carries: the stock function it wraps, reachable and recognisable.
 
-Used by the glue (:mod:`verl_rhythm.glue.trainer_base`, :mod:`verl_rhythm.glue.ray_trainer`), the CPU backend
-(:mod:`verl_rhythm.backends.cpu.patches`) and the pinned-source check (:mod:`verl_rhythm.glue.contract`), so a patch
-is applied once however often its installer runs, and the stock code stays reachable.
+Used by every wrapper of the package (the glue, the CPU backend's patches, the test harnesses) and by the
+pinned-source check (:mod:`verl_rhythm.glue.contract`), so a patch is applied once however often its installer runs,
+and the stock code stays reachable.
 """
 
 from __future__ import annotations

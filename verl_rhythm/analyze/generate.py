@@ -16,9 +16,9 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from verl_rhythm.analyze.progress import Progress
-from verl_rhythm.backends.cpu.sampling import left_pad
 from verl_rhythm.config import SEED_MAX
 from verl_rhythm.inputs import SettingError
+from verl_rhythm.tokens import left_pad
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ import torch
 
 from verl_rhythm.analyze.progress import Progress
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.measure.capture import RhythmCapture, chunk_logits, layouts_from_attention_mask
+from verl_rhythm.measure.capture import RhythmCapture, layouts_from_attention_mask
 from verl_rhythm.measure.heads import SequenceRhythm
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
+from verl_rhythm.measure.logits import attention_probs
 
 
 @dataclass
@@ -51,11 +52,11 @@ class WindowCapture(RhythmCapture):
     positions. Memory: O(H · hi · D) per layer, never a map of the whole sequence.
     """
 
-    def __init__(self, cfg: RhythmConfig, num_layers: int):
-        super().__init__(cfg, num_layers)
+    def __init__(self, cfg: RhythmConfig, num_layers: int, **kwargs):
+        super().__init__(cfg, num_layers, **kwargs)
         self.window: tuple[int, int, int, int] | None = None
         self.tapped: tuple[int, int, int, int] | None = None
-        self.taps: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self.taps: dict[int, tuple[torch.Tensor, torch.Tensor, float, dict]] = {}
 
     def set_window(self, window: tuple[int, int, int, int] | None) -> None:
         """Tap ``(row, start, lo, hi)`` in the next forward, or nothing (``None``); kept taps stay."""
@@ -72,29 +73,34 @@ class WindowCapture(RhythmCapture):
         q = query[row, :, start + lo : start + hi].detach().float().cpu()
         k = key[row, :, start : start + hi].detach().float().cpu()
         scale = float(scaling) if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-        self.taps[layer_idx] = (q, k, scale)
+        sinks = kwargs.get("s_aux")
+        variant = {
+            "window": int(kwargs["sliding_window"]) if kwargs.get("sliding_window") else None,
+            "softcap": float(kwargs["softcap"]) if kwargs.get("softcap") else None,
+            "sinks": None if sinks is None else sinks.detach().float().cpu(),
+        }
+        self.taps[layer_idx] = (q, k, scale, variant)
         self.tapped = self.window
 
     def window_maps(self, heads: list[tuple[int, int]]) -> torch.Tensor:
         """Exact attention of the tapped window for the given ``(layer, head)`` pairs.
 
         Returns:
-            ``(len(heads), w, w)`` fp32 with w = hi - lo: A[t, s] for t, s in the window (a row sums to at most 1;
-            the rest of its mass lies before the window).
+            ``(len(heads), w, w)`` fp32 with w = hi - lo: A[t, s] for t, s in the window, under the layer's own
+            attention rule (:func:`verl_rhythm.measure.logits.attention_probs`: sliding window, soft-cap, sinks); a
+            row sums to at most 1, the rest of its mass lying before the window or on a sink.
         """
         if self.tapped is None:
             raise RuntimeError("no heatmap window was tapped (set_window before the forward)")
         _, _, lo, hi = self.tapped
-        causal = torch.arange(hi)[None, :] <= torch.arange(lo, hi)[:, None]
         maps: dict[int, torch.Tensor] = {}
         out = []
         for layer, head in heads:
             if layer not in self.taps:
                 raise RuntimeError(f"layer {layer} was not recorded for the heatmap window")
-            if layer not in maps:  # all heads of the layer at once, GQA handled by the capture's own logits
-                q, k, scale = self.taps[layer]
-                logits = chunk_logits(q, k, slice(None), slice(None), scale)  # (H, w, hi)
-                maps[layer] = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)[..., lo:hi]
+            if layer not in maps:  # all heads of the layer at once, with the layer's variant (window, cap, sinks)
+                q, k, scale, variant = self.taps[layer]
+                maps[layer] = attention_probs(q, k, torch.arange(lo, hi), scale, **variant)[..., lo:hi]
             out.append(maps[layer][head])
         return torch.stack(out)
 

@@ -103,27 +103,6 @@ class AnalyzeSettings:
             raise SettingError("threads", self.threads, f"must be in [1, {MAX_THREADS}]")
 
 
-def load_model(settings: AnalyzeSettings, path: str | None = None, name: str | None = None, device: str | None = None):
-    """``(model, tokenizer, name)`` for the settings; the tokenizer gets a pad token (its eos) when it has none.
-
-    Args:
-        settings: the run's settings.
-        path: the model folder, already resolved by :func:`verl_rhythm.analyze.preflight.resolve_model`; default:
-            resolved here.
-        name: the model's name in messages and the report.
-        device: the checked device; default ``settings.device`` checked here.
-
-    Raises:
-        InputError: no such model folder (nothing is downloaded), no tokenizer, an unreadable config or weights,
-            an encoder-decoder model, an unavailable device.
-    """
-    path, name = _model_path(settings) if path is None else (path, name or path)
-    device = device or check_device(settings.device)
-    load_config(path, name)
-    tokenizer = _tokenizer(path, name)
-    return _weights(settings, path, name, device), tokenizer, name
-
-
 def _model_path(settings: AnalyzeSettings) -> tuple[str, str]:
     if settings.model is None:
         from verl_rhythm.embedded import embedded_model_dir

@@ -92,13 +92,13 @@ def credit_for_responses(
     f, _ = response_batch(fai)
     e, _ = response_batch(entropy)
     credits = {
-        name: rhythm_credit(dataclasses.replace(cfg, strategy=name), mask, waad=w, fai=f, entropy=e)
+        name: rhythm_credit(dataclasses.replace(cfg.credit, strategy=name), mask, waad=w, fai=f, entropy=e)
         for name in shown_strategies(cfg)
     }
     roles = (
         credits[ROLES_FROM]
         if ROLES_FROM in credits
-        else rhythm_credit(dataclasses.replace(cfg, strategy=ROLES_FROM), mask, waad=w, fai=f, entropy=e)
+        else rhythm_credit(dataclasses.replace(cfg.credit, strategy=ROLES_FROM), mask, waad=w, fai=f, entropy=e)
     )
     mine = credits[cfg.strategy]
     out = []

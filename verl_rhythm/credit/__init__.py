@@ -2,48 +2,37 @@
 # SPDX-License-Identifier: Apache-2.0
 """Credit room: per-token statistics → preplan/anchor sets → per-token γ. Pure torch, no verl import.
 
-- :mod:`.registry`: the strategy registry (:func:`register_strategy`); :mod:`.strategies`: the built-in ones.
+- :mod:`.settings`: :class:`CreditSettings`, the credit's ``algorithm.rhythm.*`` keys.
+- :mod:`.registry`: the strategy registry (:func:`register_strategy`); :mod:`.builtin`: the built-in strategies.
 - :mod:`.gamma`: TopQ, ΔWAAD, the coupled rule and :func:`compute_gamma`.
-- :mod:`.rhythm`: :func:`rhythm_credit`, γ under an ``algorithm.rhythm`` config (the estimator and the report).
+- :mod:`.rhythm`: :func:`rhythm_credit`, γ under a run's credit settings (the estimator and the report).
+
+
+Names are imported on first use, so ``from verl_rhythm.credit.settings import CreditSettings`` stays free of torch.
 """
 
-from verl_rhythm.credit.gamma import (
-    Credit,
-    Selection,
-    Settings,
-    Tokens,
-    apply_gamma,
-    compute_gamma,
-    coupled_sets,
-    top_q_mask,
-    waad_delta,
-)
-from verl_rhythm.credit.registry import (
-    Strategy,
-    get_strategy,
-    register_strategy,
-    strategies,
-    strategy_names,
-    unregister_strategy,
-)
-from verl_rhythm.credit.rhythm import credit_metrics, rhythm_credit
+from verl_rhythm.lazy import exports
 
-__all__ = [
-    "Credit",
-    "Selection",
-    "Settings",
-    "Strategy",
-    "Tokens",
-    "apply_gamma",
-    "compute_gamma",
-    "coupled_sets",
-    "credit_metrics",
-    "get_strategy",
-    "register_strategy",
-    "rhythm_credit",
-    "strategies",
-    "strategy_names",
-    "top_q_mask",
-    "unregister_strategy",
-    "waad_delta",
-]
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "Credit": "gamma",
+        "Selection": "gamma",
+        "Tokens": "gamma",
+        "apply_gamma": "gamma",
+        "compute_gamma": "gamma",
+        "coupled_sets": "gamma",
+        "gamma_for": "gamma",
+        "top_q_mask": "gamma",
+        "waad_delta": "gamma",
+        "Strategy": "registry",
+        "get_strategy": "registry",
+        "register_strategy": "registry",
+        "strategies": "registry",
+        "strategy_names": "registry",
+        "unregister_strategy": "registry",
+        "credit_metrics": "rhythm",
+        "rhythm_credit": "rhythm",
+        "CreditSettings": "settings",
+    },
+)

@@ -10,8 +10,11 @@ same response gets the same γ wherever padding or masked-out tokens put it; res
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from verl_rhythm.credit.settings import CreditSettings
 
 _EPS_Q = 1e-9  # q * n computed in float64; 0.7 * 10 = 7.000000000000001 must still give k = 7
 
@@ -54,7 +57,8 @@ class Tokens:
         delta: ``(B, T)`` fp32 ΔWAAD (0 without WAAD).
         preplan: ``(B, T)`` bool, TopQ(ΔWAAD, q) (all False without WAAD).
         anchor: ``(B, T)`` bool, TopQ(FAI, q) (all False without FAI).
-        settings: the knobs (``top_q``, ``gamma_amp``, ``alpha``, ``intro_window``, ``bottom_score``).
+        settings: the run's :class:`~verl_rhythm.credit.settings.CreditSettings` (``top_q``, ``gamma_amp``, ``alpha``,
+            ``intro_window``, ``bottom_score``).
         generator: the torch generator to draw random scores from (``None``: torch's default one).
     """
 
@@ -66,7 +70,7 @@ class Tokens:
     delta: torch.Tensor
     preplan: torch.Tensor
     anchor: torch.Tensor
-    settings: Settings
+    settings: CreditSettings
     generator: torch.Generator | None = None
 
     @property
@@ -85,17 +89,6 @@ class Tokens:
     def rand(self) -> torch.Tensor:
         """``(B, T)`` fp32 uniform scores from :attr:`generator` (drawn on the CPU, so any device draws the same)."""
         return torch.rand(self.valid.shape, generator=self.generator).to(self.valid.device)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The strategy knobs of ``algorithm.rhythm`` (see :class:`verl_rhythm.config.RhythmConfig`)."""
-
-    top_q: float = 0.4
-    gamma_amp: float = 1.5
-    alpha: float = 0.5
-    intro_window: int = 3
-    bottom_score: str = "global"
 
 
 @dataclass
@@ -122,12 +115,8 @@ def compute_gamma(
     fai: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     *,
-    top_q: float = 0.4,
-    gamma_amp: float = 1.5,
-    alpha: float = 0.5,
-    intro_window: int = 3,
-    bottom_score: str = "global",
     generator: torch.Generator | None = None,
+    **knobs: Any,
 ) -> Credit:
     """γ for a batch of responses under one registered strategy (:mod:`verl_rhythm.credit.registry`).
 
@@ -138,12 +127,10 @@ def compute_gamma(
         waad: ``(B, T)`` WAAD of each response token (needed by ``local``, ``coupled``, ``bottom``+``local``).
         fai: ``(B, T)`` FAI of each response token (needed by ``global``, ``coupled``, ``bottom``+``global``).
         entropy: ``(B, T)`` token entropy (needed by ``entropy``).
-        top_q: q; TopQ selects k = ceil(q * n_valid) tokens per response, ties to the earlier position.
-        gamma_amp: γ_amp of a selected token.
-        alpha: coupled: share of a dominated anchor's bonus moved to its introductory token.
-        intro_window: coupled: k, the look-back window [t-k, t-1].
-        bottom_score: ``bottom``: rank the bottom q of this score (``local``: ΔWAAD, ``global``: FAI).
         generator: the torch generator random scores are drawn from (``random``; reproducible from its seed).
+        **knobs: other :class:`~verl_rhythm.credit.settings.CreditSettings` keys (``top_q``: TopQ selects
+            k = ceil(q * n_valid) tokens per response, ties to the earlier position; ``gamma_amp``, ``alpha``,
+            ``intro_window``, ``bottom_score``), their defaults where absent.
 
     Returns:
         a :class:`Credit`.
@@ -153,12 +140,22 @@ def compute_gamma(
             statistic the strategy ranks by. A statistic it does not rank by (WAAD under ``global``, say) only fills
             the ``preplan``/``anchor``/``delta`` roles, and is dropped (roles all False/0) when it is not finite.
     """
-    from verl_rhythm.credit.registry import get_strategy
+    return gamma_for(CreditSettings(strategy=strategy, **knobs), response_mask, waad, fai, entropy, generator=generator)
 
-    settings = Settings(
-        top_q=top_q, gamma_amp=gamma_amp, alpha=alpha, intro_window=intro_window, bottom_score=bottom_score
-    )
-    spec = get_strategy(strategy)
+
+def gamma_for(
+    settings: CreditSettings,
+    response_mask: torch.Tensor,
+    waad: torch.Tensor | None = None,
+    fai: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> Credit:
+    """:func:`compute_gamma` under validated settings (``settings.strategy``, its knobs; ``seed`` is not read: the
+    caller seeds ``generator``)."""
+    strategy = settings.strategy
+    spec = settings.strategy_spec
     needs = spec.needs_for(settings)
     mask = _check_mask(response_mask)
     b, t = mask.shape
@@ -190,9 +187,9 @@ def compute_gamma(
     delta = torch.zeros(b, t, dtype=torch.float32, device=mask.device)
     if stats["waad"] is not None:
         delta = waad_delta(stats["waad"], n_valid)
-        preplan = top_q_mask(delta, cmask, top_q)
+        preplan = top_q_mask(delta, cmask, settings.top_q)
     if stats["fai"] is not None:
-        anchor = top_q_mask(stats["fai"], cmask, top_q)
+        anchor = top_q_mask(stats["fai"], cmask, settings.top_q)
     tokens = Tokens(
         cmask, n_valid, stats["waad"], stats["fai"], stats["entropy"], delta, preplan, anchor, settings, generator
     )
@@ -202,7 +199,7 @@ def compute_gamma(
         picked = Selection(selected=picked)
     selected = picked.selected.to(device=mask.device, dtype=torch.bool) & cmask
     if picked.gamma is None:
-        gamma_c = 1.0 + (gamma_amp - 1.0) * selected.float()
+        gamma_c = 1.0 + (settings.gamma_amp - 1.0) * selected.float()
     else:
         gamma_c = picked.gamma.float()
     dominated = zeros_b if picked.dominated is None else picked.dominated.bool()

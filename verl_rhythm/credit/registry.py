@@ -2,11 +2,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """The strategy registry: one declaration per strategy says which statistics it needs and how it selects tokens.
 
-Everything that depends on the set of strategies reads it from here: config validation
-(:class:`verl_rhythm.config.RhythmConfig`), the estimator's missing-statistics check and the trainer's fetch list
-(:mod:`verl_rhythm.glue`), the ``verl-rhythm analyze`` flag choices and report (:mod:`verl_rhythm.cli`,
+Everything that depends on the set of strategies reads it from here: validation
+(:class:`verl_rhythm.credit.settings.CreditSettings`), the estimator's missing-statistics check and the trainer's
+fetch list (:mod:`verl_rhythm.glue`), the ``verl-rhythm analyze`` flag choices and report (:mod:`verl_rhythm.cli`,
 :mod:`verl_rhythm.analyze.roles`) and the strategy table of ``docs/rhythm.md`` (checked by a test). A new
-strategy is one decorated function, anywhere that is imported before the config is read::
+strategy is one decorated function in a module that the process reading the config imports first (verl's
+TaskRunner, which validates the config and computes γ; the actor workers receive only the capture settings and never
+read a strategy). For a real run, declare the module as your own package's ``verl.plugins`` entry point, which verl
+imports in every process (``docs/rhythm.md``, "Custom strategies")::
 
     @register_strategy("late", needs=("fai",), summary="anchors in the second half of the response")
     def late(tokens):  # tokens: a Tokens (compacted rows; verl_rhythm.credit.gamma)
@@ -57,7 +60,7 @@ class Strategy:
     kind: str = "control"
 
     def needs_for(self, settings: Any = None) -> tuple[str, ...]:
-        """The statistics this strategy needs under ``settings`` (a :class:`RhythmConfig` or the like)."""
+        """The statistics this strategy needs under ``settings`` (``CreditSettings`` or the like)."""
         needs = self.needs(settings) if callable(self.needs) else self.needs
         return _check_needs(self.name, needs)
 

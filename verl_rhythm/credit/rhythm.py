@@ -1,17 +1,17 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""γ under an ``algorithm.rhythm`` config: the function the estimator and ``verl-rhythm analyze`` both call."""
+"""γ under a run's credit settings: the function the estimator and ``verl-rhythm analyze`` both call."""
 
 from __future__ import annotations
 
 import torch
 
-from verl_rhythm.config import RhythmConfig
-from verl_rhythm.credit.gamma import Credit, compute_gamma
+from verl_rhythm.credit.gamma import Credit, gamma_for
+from verl_rhythm.credit.settings import CreditSettings
 
 
 def rhythm_credit(
-    cfg: RhythmConfig,
+    cfg: CreditSettings,
     response_mask: torch.Tensor,
     waad: torch.Tensor | None = None,
     fai: torch.Tensor | None = None,
@@ -26,7 +26,7 @@ def rhythm_credit(
     picked tokens differ from step to step and a resumed run draws exactly what an uninterrupted one drew.
 
     Args:
-        cfg: the run's rhythm settings.
+        cfg: the run's credit settings (``RhythmConfig.credit``).
         response_mask: ``(B, T)`` valid response tokens.
         waad: ``(B, T)`` WAAD, or ``None``.
         fai: ``(B, T)`` FAI, or ``None``.
@@ -39,17 +39,12 @@ def rhythm_credit(
     if step < 0:
         raise ValueError(f"step={step}: the training step must be >= 0")
     device = response_mask.device
-    return compute_gamma(
-        cfg.strategy,
+    return gamma_for(
+        cfg,
         response_mask,
         waad=None if waad is None else waad.to(device),
         fai=None if fai is None else fai.to(device),
         entropy=None if entropy is None else entropy.to(device),
-        top_q=cfg.top_q,
-        gamma_amp=cfg.gamma_amp,
-        alpha=cfg.alpha,
-        intro_window=cfg.intro_window,
-        bottom_score=cfg.bottom_score,
         generator=torch.Generator().manual_seed(cfg.seed + int(step)),
     )
 

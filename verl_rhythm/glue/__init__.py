@@ -7,9 +7,13 @@
 - :mod:`.core_algos`: the ``rhythm`` estimator (``verl/trainer/ppo/core_algos.py:register_adv_est``).
 - :mod:`.trainer_base`: ``verl/trainer/ppo/v1/trainer_base.py:PPOTrainer`` (start-up checks, capture switch,
   statistics to the estimator, ``rhythm/*`` metrics).
-- :mod:`.fsdp_engine`: ``verl/workers/engine/fsdp/transformer_impl.py:FSDPEngineWithLMHead.forward_step`` (the
-  capture in the actor's old-log-prob forward).
-- :mod:`.ray_trainer`: ``verl/trainer/ppo/ray_trainer.py:RayPPOTrainer`` (refuses the legacy v0 trainer).
+- :mod:`.transformer_impl`: ``verl/workers/engine/fsdp/transformer_impl.py:FSDPEngineWithLMHead.forward_step``
+  (the capture in the actor's old-log-prob forward, for every engine of the FSDP family).
+- :mod:`.monkey_patch`: ``verl/models/transformers/monkey_patch.py`` (the capture under Ulysses).
+- :mod:`.ray_trainer`: ``verl/trainer/ppo/ray_trainer.py:RayPPOTrainer`` and ``compute_advantage`` (the legacy
+  trainer and recipe trainers: checks, statistics in the ``DataProto``, hand-off); :mod:`.metric_utils`:
+  ``verl/trainer/ppo/metric_utils.py:compute_data_metrics`` (their ``rhythm/*`` step metrics).
+- :mod:`.statistics`: what every trainer shares (capture switch, response-layout statistics, hand-off, metrics).
 - :mod:`.padding`: ``verl/workers/utils/padding.py`` (response layout without the log-prob shift).
 - :mod:`.checks`: the fail-fast start-up checks; :mod:`.tq_fields`: the field names; :mod:`.contract`: the pinned
   verl internals.

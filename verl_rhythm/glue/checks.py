@@ -2,8 +2,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Start-up checks of a rhythm run, before the first rollout: every unsupported setting fails here, by key.
 
-Called by the trainer glue (:mod:`verl_rhythm.glue.trainer_base`: ``PPOTrainer.init``, before any worker exists)
-and by the legacy-trainer guard (:mod:`verl_rhythm.glue.ray_trainer`). A run whose ``algorithm.adv_estimator`` is not
+Called by the trainer glue before any worker exists: the v1 trainer's ``PPOTrainer.init`` (every
+``trainer.v1.trainer_mode``; :mod:`verl_rhythm.glue.trainer_base`) and the legacy ``RayPPOTrainer.__init__``
+(``trainer.use_v1=false`` and recipe trainers; :mod:`verl_rhythm.glue.ray_trainer`). No trainer or mode is refused
+as such: each runs the actor's old-log-prob pass, where the statistics are computed, unless
+``algorithm.rollout_correction.bypass_mode`` skips it (checked below). A run whose ``algorithm.adv_estimator`` is not
 ``rhythm`` is never looked at. Each problem is reported with the full config key, its value and what to do.
 """
 
@@ -19,7 +22,9 @@ ESTIMATOR_NAME = "rhythm"
 PLUGIN_NAME = "rhythm"
 """The entry-point name in the ``verl.plugins`` group (``setup.py``); ``VERL_USE_EXTERNAL_PLUGINS`` lists names."""
 
-FSDP_STRATEGIES = ("fsdp", "fsdp2")
+FSDP_STRATEGIES = ("fsdp", "fsdp2", "fsdp_turbo")
+"""``actor.strategy`` values whose engine inherits ``FSDPEngineWithLMHead.forward_step`` (the capture's seam)."""
+TURBO_CP_KEY = "actor_rollout_ref.actor.fsdp_config.turbo_config.distributed.ulysses_parallel_size"
 
 
 class RhythmSetupError(ValueError):
@@ -52,11 +57,6 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
     cfg = RhythmConfig.from_algorithm_config(_get(config, "algorithm"))
     problems = []
 
-    if not bool(_select(config, "trainer.use_v1", True)):
-        problems.append(
-            "trainer.use_v1=false: the legacy v0 trainer (main_ppo_v0 / RayPPOTrainer) gives an estimator only four "
-            "fixed fields and is not supported; set trainer.use_v1=true (the verl 0.9 default)"
-        )
     n = _select(config, "actor_rollout_ref.rollout.n", 1)
     if int(n) < 2:
         problems.append(
@@ -94,6 +94,13 @@ def _engine_problems(config: Any) -> list[str]:
             f"actor_rollout_ref.actor.strategy={strategy!r}: the attention capture lives in verl's FSDP engine "
             f"(FSDPEngineWithLMHead); supported: {', '.join(FSDP_STRATEGIES)}. Use algorithm.rhythm.strategy=none, "
             "random, uniform or entropy with other engines"
+        )
+    turbo_cp = _select(config, TURBO_CP_KEY, 1)
+    if strategy == "fsdp_turbo" and turbo_cp is not None and int(turbo_cp) > 1:
+        problems.append(
+            f"{TURBO_CP_KEY}={turbo_cp}: FSDP-Turbo's context parallelism switches attention to eager on its own "
+            "sequence shards (verl/workers/engine/fsdp/fsdp_turbo_impl.py), where the capture cannot see whole rows; "
+            f"set it to 1 (verl's Ulysses, actor_rollout_ref.actor.ulysses_sequence_parallel_size, is supported)"
         )
     attn = _select(config, ATTN_IMPLEMENTATION_KEY, "flash_attention_2")
     packed = bool(_select(config, "actor_rollout_ref.model.use_remove_padding", True))

@@ -33,8 +33,9 @@ CAPTURE_MISSING = (
     "algorithm.rhythm.strategy={strategy!r} needs the per-token attention statistics '{field}' from the actor's "
     "old-log-prob pass, and the batch has none: the rhythm capture did not run. Check that (1) verl-rhythm is "
     "installed in every Ray worker's environment (the 'verl.plugins' entry point loads it; "
-    "VERL_USE_EXTERNAL_PLUGINS must not be 'none'), (2) the run uses the v1 trainer (trainer.use_v1=true) with the "
-    "FSDP engine, and (3) algorithm.rollout_correction.bypass_mode is false (bypass mode skips the log-prob pass). "
+    "VERL_USE_EXTERNAL_PLUGINS must not be 'none'), (2) the actor uses an FSDP engine and the trainer's "
+    "old-log-prob step calls verl's, and (3) algorithm.rollout_correction.bypass_mode is false (bypass mode skips "
+    "the log-prob pass). "
     "To train without attention, set algorithm.rhythm.strategy=none (plain GRPO)."
 )
 ENTROPY_MISSING = (
@@ -92,6 +93,11 @@ def estimator_inputs(response_mask: torch.Tensor, *, step: int = 0, **fields: to
         yield handoff
     finally:
         _HANDOFF.reset(token)
+
+
+def in_handoff() -> bool:
+    """Whether an :func:`estimator_inputs` block is active here (a trainer's glue is already handing over)."""
+    return _HANDOFF.get() is not None
 
 
 def _handoff(response_mask: torch.Tensor) -> Handoff | None:
@@ -199,7 +205,7 @@ def compute_rhythm_outcome_advantage(
     # sampling dropped since then keep the zero advantage verl's GRPO gave them (it multiplies by response_mask)
     captured = response_mask if handoff is None else handoff.response_mask.to(response_mask.device)
     stats = {stat: given[field] for stat, field in STATISTIC_FIELDS.items()}
-    credit = rhythm_credit(cfg, captured, **stats, step=0 if handoff is None else handoff.step)
+    credit = rhythm_credit(cfg.credit, captured, **stats, step=0 if handoff is None else handoff.step)
     scaled = apply_gamma(advantages, credit.gamma.to(advantages.device), cfg.sign)
     if handoff is not None:
         handoff.metrics.clear()

@@ -10,14 +10,14 @@ second all-to-all returns the output. The attention-function entry the capture's
 module wraps that inner call (:func:`verl_rhythm.measure.hook.wrap_flash_attention_forward`), so a selected layer is
 recorded where its rank holds whole rows, with no communication of the capture's own during the forward. The
 wrapper calls straight through outside a capture, and at sp = 1 (verl's function then passes its inputs through)
-it records what the entry would have.
+it records what the entry would have. The engine's first capturing micro-batch under Ulysses installs it
+(:mod:`verl_rhythm.glue.transformer_impl`); a process that never captures keeps verl's function.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from verl_rhythm.glue import contract
 from verl_rhythm.measure.hook import wrap_flash_attention_forward
 from verl_rhythm.wrapping import is_wrapped, mark
 
@@ -32,7 +32,6 @@ def install(module: ModuleType | None = None) -> bool:
         from verl.models.transformers import monkey_patch as module
     stock = getattr(module, ATTRIBUTE)
     if not is_wrapped(stock):
-        contract.warn_if_changed("verl.models.transformers.monkey_patch")
         setattr(module, ATTRIBUTE, mark(wrap_flash_attention_forward(stock), stock))
     return is_installed(module)
 

@@ -5,17 +5,22 @@
 ``import verl`` imports this module in every process (launcher, TaskRunner actor, workers, rollout and reward
 servers) unless ``VERL_USE_EXTERNAL_PLUGINS`` excludes it. It only arranges, for the moment verl imports each module
 below, the registration or patch that belongs to it (:mod:`verl_rhythm.post_import`), so a process that never
-trains pays for nothing (``python benchmarks/import_cost.py`` measures ``import verl`` with and without the plugin):
+trains pays for nothing (``python benchmarks/import_cost.py`` measures ``import verl`` with and without the plugin).
+Every wrapper calls the stock function unchanged unless the run is a rhythm run; the full list of what the plugin
+changes in a process is the table "What the plugin changes in your process" of ``docs/verl-integration.md``:
 
 ====================================================  ============================================================
 verl module                                           patch
 ====================================================  ============================================================
 ``verl.trainer.ppo.core_algos``                       :mod:`verl_rhythm.glue.core_algos` (the ``rhythm`` estimator)
 ``verl.trainer.ppo.v1.trainer_base``                  :mod:`verl_rhythm.glue.trainer_base` (checks, fields, metrics)
-``verl.trainer.ppo.ray_trainer``                      :mod:`verl_rhythm.glue.ray_trainer` (refuses the v0 trainer)
-``verl.workers.engine.fsdp.transformer_impl``         :mod:`verl_rhythm.glue.fsdp_engine` (the capturing engine)
-``verl.models.transformers.monkey_patch``             :mod:`verl_rhythm.glue.monkey_patch` (capture under Ulysses)
+``verl.trainer.ppo.ray_trainer``                      :mod:`verl_rhythm.glue.ray_trainer` (the legacy trainer)
+``verl.trainer.ppo.metric_utils``                     :mod:`verl_rhythm.glue.metric_utils` (legacy step metrics)
+``verl.workers.engine.fsdp.transformer_impl``         :mod:`verl_rhythm.glue.transformer_impl` (the capture)
 ====================================================  ============================================================
+
+Under Ulysses sequence parallelism the engine's first capturing micro-batch also wraps one verl function
+(:mod:`verl_rhythm.glue.monkey_patch`).
 
 verl swallows plugin import errors (logged at debug level); the trainer side therefore stops a rhythm run whose
 workers did not produce the capture (:class:`verl_rhythm.glue.trainer_base.RhythmCaptureMissing`). Importing this
@@ -32,8 +37,8 @@ PATCHES = {
     "verl.trainer.ppo.core_algos": "verl_rhythm.glue.core_algos",
     "verl.trainer.ppo.v1.trainer_base": "verl_rhythm.glue.trainer_base",
     "verl.trainer.ppo.ray_trainer": "verl_rhythm.glue.ray_trainer",
-    "verl.workers.engine.fsdp.transformer_impl": "verl_rhythm.glue.fsdp_engine",
-    "verl.models.transformers.monkey_patch": "verl_rhythm.glue.monkey_patch",
+    "verl.trainer.ppo.metric_utils": "verl_rhythm.glue.metric_utils",
+    "verl.workers.engine.fsdp.transformer_impl": "verl_rhythm.glue.transformer_impl",
 }
 """verl module → glue module imported right after it; its ``install(verl_module)``, if any, patches it."""
 
@@ -43,11 +48,8 @@ _registered = False
 def _installer(glue_module: str):
     def install(verl_module) -> None:
         glue = importlib.import_module(glue_module)
-        if not hasattr(glue, "install"):
-            # registering at import (core_algos' @register_adv_est), or the glue module is itself importing this verl
-            # module (fsdp_engine imports the engine it subclasses): half initialised here, it installs at its end
-            return
-        glue.install(verl_module)
+        if hasattr(glue, "install"):  # core_algos registers at import (@register_adv_est)
+            glue.install(verl_module)
 
     install.__qualname__ = f"install[{glue_module}]"
     return install
@@ -89,16 +91,18 @@ def is_patched() -> dict[str, bool]:
         out["verl.trainer.ppo.v1.trainer_base"] = all(is_wrapped(getattr(trainer.PPOTrainer, n)) for n in WRAPPED)
     ray_trainer = sys.modules.get("verl.trainer.ppo.ray_trainer")
     if ray_trainer is not None:
-        out["verl.trainer.ppo.ray_trainer"] = is_wrapped(ray_trainer.RayPPOTrainer.__init__)
-    monkey_patch = sys.modules.get("verl.models.transformers.monkey_patch")
-    if monkey_patch is not None:
-        from verl_rhythm.glue import monkey_patch as glue_monkey_patch
+        from verl_rhythm.glue.ray_trainer import METHODS
 
-        out["verl.models.transformers.monkey_patch"] = glue_monkey_patch.is_installed(monkey_patch)
-    if "verl.workers.engine.fsdp.transformer_impl" in sys.modules:
-        from verl_rhythm.glue.fsdp_engine import REGISTRY_KEYS, is_registered
+        wrapped = [getattr(ray_trainer.RayPPOTrainer, n) for n in METHODS] + [ray_trainer.compute_advantage]
+        out["verl.trainer.ppo.ray_trainer"] = all(is_wrapped(f) for f in wrapped)
+    metric_utils = sys.modules.get("verl.trainer.ppo.metric_utils")
+    if metric_utils is not None:
+        out["verl.trainer.ppo.metric_utils"] = is_wrapped(metric_utils.compute_data_metrics)
+    engine = sys.modules.get("verl.workers.engine.fsdp.transformer_impl")
+    if engine is not None:
+        from verl_rhythm.glue import transformer_impl
 
-        out["verl.workers.engine.fsdp.transformer_impl"] = all(is_registered(k) for k in REGISTRY_KEYS)
+        out["verl.workers.engine.fsdp.transformer_impl"] = transformer_impl.is_installed(engine)
     return out
 
 

@@ -6,7 +6,7 @@ No verl or torch import, so both sides (trainer in the TaskRunner, engine in the
 
 Flow of one step (verl 0.9.1, v1 trainer):
 
-1. ``PPOTrainer._compute_old_log_prob`` puts :data:`CAPTURE_KEY` (the JSON of the run's ``RhythmConfig``) into
+1. ``PPOTrainer._compute_old_log_prob`` puts :data:`CAPTURE_KEY` (the JSON of the run's capture settings) into
    ``batch.extra_info``; verl's ``tqbridge`` hands ``extra_info`` to the worker as non-tensor data of the TensorDict,
    and the engine's micro-batches carry it. It is removed again right after that call, so the reference pass, the
    actor update and everything else never see it.
@@ -18,7 +18,15 @@ Flow of one step (verl 0.9.1, v1 trainer):
 """
 
 CAPTURE_KEY = "rhythm_capture"
-"""Non-tensor key (``batch.extra_info`` → micro-batch) carrying ``json.dumps(RhythmConfig.to_dict())``."""
+"""Non-tensor key (``batch.extra_info`` → micro-batch) carrying :func:`capture_request` of the run's config."""
+
+
+def capture_request(cfg) -> str:
+    """The value of :data:`CAPTURE_KEY` for a run's ``RhythmConfig``: its capture settings as JSON
+    (``cfg.capture.to_json()``; the workers rebuild them with ``CaptureSettings.from_json``). Nothing of the credit
+    settings goes to the workers, so a strategy registered only in the driver works."""
+    return cfg.capture.to_json()
+
 
 WAAD_FULL = "rhythm_waad_full"
 FAI_FULL = "rhythm_fai_full"

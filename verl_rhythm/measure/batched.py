@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The batched path: one computation per selected layer and grid of similar-length sequences of the micro-batch.
 
-The same statistics as the per-sequence reference (:mod:`verl_rhythm.measure.chunked`), on padded grids: the
+The statistics of :mod:`verl_rhythm.measure.heads` for a whole micro-batch, on padded grids: the
 sequences of a :class:`~verl_rhythm.measure.layout.BatchLayout` (sorted by length, longest first) are cut into
 :class:`~verl_rhythm.measure.layout.Grid` s whose padding is at most their own tokens (or a few thousand positions),
 and each grid's sequences are gathered once per layer from the ``(B, S)`` columns of the attention inputs into
@@ -33,39 +33,25 @@ Numerics: every logit is fp32 and is the fp32 sum of exact products (what FlashA
 On CUDA, bf16/fp16 q/k stay in their dtype and go through cuBLAS with fp32 output (``torch.bmm(..., out_dtype=
 torch.float32)``, tensor cores, fp32 accumulation, reduced-precision reductions off); elsewhere they are upcast to
 fp32 first, which gives the same products (bf16 × bf16 is exact in fp32). fp32 q/k are multiplied in fp32 with TF32
-and oneDNN bf16 modes off (:func:`~verl_rhythm.measure.chunked.exact_fp32`).
+and oneDNN bf16 modes off (:func:`~verl_rhythm.measure.logits.exact_fp32`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-from verl_rhythm.measure.chunked import exact_fp32
+from verl_rhythm.measure.heads import LayerStats
 from verl_rhythm.measure.kernels import Kernels
 from verl_rhythm.measure.layout import BatchLayout, Grid
+from verl_rhythm.measure.logits import exact_fp32, finish_logits_, visible
 
+BAND_ROWS = 64
+"""Query rows per block of :func:`band_stats`: small blocks waste little of the c × (c + B) logits outside the bands
+(B = H_hi = 100 by default), large ones cost Python overhead; 64 is the fastest on CPU at N = 4096."""
 MAX_TILE_ELEMENTS = 2**28
 """Most fp32 logits of one full-row chunk (1 GiB); larger chunks are split over groups of sequences."""
 BAND_TILE_ELEMENTS = 2**25
 """Most fp32 band logits of one tile of the tiled band schedule (128 MiB; about three such tensors are alive)."""
-
-
-class LayerStats(NamedTuple):
-    """Per-head vectors of one layer for every sequence of a :class:`BatchLayout`, in its token order.
-
-    Attributes:
-        dist, waad, fai_num: ``(H, T)`` fp32 (see :class:`~verl_rhythm.measure.heads.HeadStats`); sequence j (sorted
-            order) owns tokens ``[batch.offsets[j], batch.offsets[j] + batch.lengths[j])``.
-        span: ``(n, H)`` fp32, the span of each head for each sorted sequence (mean of ``dist`` over its response
-            rows; 0 without one).
-    """
-
-    dist: torch.Tensor
-    waad: torch.Tensor
-    fai_num: torch.Tensor
-    span: torch.Tensor
 
 
 def check_qk(query: torch.Tensor, key: torch.Tensor, batch: BatchLayout) -> None:
@@ -120,9 +106,7 @@ def grid_logits(
     kc = k[seqs, :, keys]
     hkv = kc.shape[1]
     z = kernels.matmul_fp32(qc.reshape(m, hkv, (h // hkv) * c, d), kc.transpose(-1, -2)).view(m, h, c, -1)
-    if softcap:
-        return z.mul_(scaling / softcap).tanh_().mul_(softcap)
-    return z.mul_(scaling)
+    return finish_logits_(z, scaling, softcap)
 
 
 def _offsets(t0: int, t1: int, s0: int, device) -> torch.Tensor:
@@ -171,7 +155,7 @@ def row_stats(
         s0 = max(0, t0 - window + 1) if window else 0
         m = grid.count_from(t0)
         delta = _offsets(t0, t1, s0, q.device)
-        masked = delta < 0 if not window else (delta < 0) | (delta >= window)
+        masked = ~visible(delta, window)
         weight = delta.clamp_min(0).float()
         for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
             z = grid_logits(q, k, seqs, slice(t0, t1), slice(s0, t1), scaling, softcap, kernels)
@@ -238,7 +222,7 @@ def _band_weights(
         Both are zero outside a sliding window and on keys before the grid's first column (s < 0, the padding).
     """
     delta = torch.arange(c, device=device)[:, None] + back - torch.arange(back + c, device=device)[None, :]
-    allowed = delta >= 0 if not window else (delta >= 0) & (delta < window)
+    allowed = visible(delta, window)
     far = (allowed & (delta >= lo) & (delta <= hi)).float()
     first_key = torch.arange(n_blocks, device=device)[:, None] * c - back
     exists = (first_key + torch.arange(back + c, device=device)[None, :] >= 0).float()[:, None, :]  # (nb, 1, w)
@@ -311,7 +295,7 @@ def _band_stats_blocks(
         s0 = max(0, t0 - (reach if has_resp else w_len - 1))
         m = grid.count_from(t0)
         delta = _offsets(t0, t1, s0, q.device)
-        allowed = delta >= 0 if not window else (delta >= 0) & (delta < window)
+        allowed = visible(delta, window)
         near_weight = torch.where(allowed & (delta < w_len), (delta - w_len).float(), 0.0)
         far = (allowed & (delta >= fai_horizon_lo) & (delta <= fai_horizon_hi)).float()
         for seqs in _groups(m, h * (t1 - t0) * (t1 - s0)):
@@ -430,12 +414,6 @@ def layer_stats(
     if (lse is None) != (dist is None):
         raise ValueError("pass lse and dist together (both from the attention kernel) or neither")
     check_qk(query, key, batch)
-    if kernels.triton and lse is None:  # the fused kernels: no grid, no logit in memory
-        from verl_rhythm.measure import triton_stats
-
-        return triton_stats.layer_stats(query, key, scaling, batch, waad_window=waad_window,
-                                        fai_horizon_lo=fai_horizon_lo, fai_horizon_hi=fai_horizon_hi,
-                                        window=window, softcap=softcap, sinks=sinks)  # fmt: skip
     h, tokens = query.shape[1], batch.tokens
     out = LayerStats(*(query.new_empty(h, tokens, dtype=torch.float32) for _ in range(3)),
                      span=query.new_empty(len(batch.order), h, dtype=torch.float32))  # fmt: skip

@@ -2,14 +2,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """:class:`RhythmCapture`: collects the per-head statistics of the selected layers during one forward pass.
 
-Each selected layer's call (routed here by :mod:`verl_rhythm.measure.hook`) takes one of four paths:
+Each selected layer's call (routed here by :mod:`verl_rhythm.measure.hook`) takes one of three paths, all computing
+the same statistics for every sequence of the micro-batch at once, with no host sync:
 
 - ``triton`` (default on CUDA with Triton): the fused kernels (:mod:`.triton_stats`), one pass over the keys;
-- ``batched`` (default elsewhere): one computation for every sequence of the micro-batch (:mod:`.batched`), no host
-  sync;
-- ``fused``: the same, but the full-row statistics come from the layer's own SDPA call (:mod:`.fused`: fp32, and
-  no memory beyond what the stock call allocates), so only the two bands are computed here;
-- ``chunked``: the per-sequence reference (:mod:`.chunked`), with ``batched=False``; plain causal attention only.
+- ``batched`` (default elsewhere): grids of similar lengths (:mod:`.batched`);
+- ``fused`` (opt-in, see :attr:`RhythmCapture.fused`): the full-row statistics come from the layer's own SDPA call
+  (:mod:`.fused`: fp32, and no memory beyond what the stock call allocates), so only the two bands are computed
+  here.
 
 Layout metadata (:class:`~verl_rhythm.measure.layout.BatchLayout`) is built on the host by :meth:`set_layouts` and
 moved to the device with :meth:`RhythmCapture.to`, before the forward; so are the device's kernel choices
@@ -23,10 +23,8 @@ import time
 
 import torch
 
-from verl_rhythm.config import RhythmConfig, select_layers
 from verl_rhythm.measure import batched
-from verl_rhythm.measure.chunked import BAND_ROWS, band_stats, chunk_logits, exact_fp32, layer_head_stats, row_stats
-from verl_rhythm.measure.heads import HeadStats, SequenceRhythm, rhythm_for_sequences, rhythm_for_tokens
+from verl_rhythm.measure.heads import HeadStats, SequenceRhythm, group_size, rhythm_for_tokens
 from verl_rhythm.measure.kernels import Kernels, kernels_for, warn_once
 from verl_rhythm.measure.layout import (
     BatchLayout,
@@ -35,20 +33,15 @@ from verl_rhythm.measure.layout import (
     layouts_from_attention_mask,
     layouts_from_position_ids,
 )
+from verl_rhythm.measure.settings import CaptureSettings, select_layers
 
 __all__ = [
-    "BAND_ROWS",
     "BatchLayout",
     "Kernels",
     "RhythmCapture",
     "SequenceLayout",
-    "band_stats",
-    "chunk_logits",
-    "exact_fp32",
-    "layer_head_stats",
     "layouts_from_attention_mask",
     "layouts_from_position_ids",
-    "row_stats",
 ]
 
 
@@ -64,14 +57,18 @@ class RhythmCapture:
         rhythms = capture.finalize()
 
     Attributes:
-        cfg: the :class:`RhythmConfig` (W, H_lo, H_hi, head_quantile, head_group_scope, chunk_size, layers).
+        cfg: the :class:`~verl_rhythm.measure.settings.CaptureSettings` (W, H_lo, H_hi, head_quantile,
+            head_group_scope, layers, chunk_size); given a ``RhythmConfig``, its ``capture`` part.
         layers: the selected decoder layers, ``select_layers(num_layers, cfg.layers, layer_types)``.
         layouts: the sequences of the current forward, or ``None`` until :meth:`set_layouts`.
         seconds: wall time spent inside :meth:`record` and :meth:`finalize` since the last :meth:`reset` (on a GPU
             this is launch time: the work itself runs asynchronously).
-        paths: per recorded layer, ``"triton"`` (the fused kernels), ``"batched"``, ``"fused"`` or ``"chunked"``.
-        fused: let the hook take the full-row statistics from the layer's own SDPA call where that is exact.
-        batched: ``False`` selects the per-sequence reference path (``chunked``).
+        paths: per recorded layer, ``"triton"`` (the fused kernels), ``"batched"`` or ``"fused"``.
+        fused: let the hook replace a selected layer's SDPA call by one that also returns the full-row statistics
+            (:mod:`.fused`). ``None`` (the default) decides per device: on CPU, where the replacement's parity with
+            transformers' call is tested; not on CUDA, until a GPU run shows the same parity
+            (``benchmarks/gpu_check.sh`` measures it). The SDPA output is the layer's output, so the forward's
+            log-probs come from the replacement.
         kernels: the :class:`Kernels` in use: the ``kernels`` argument, else :func:`kernels_for` the device of the
             first :meth:`to` / :meth:`record` (``None`` until then).
         fallbacks: why a selected layer took a slower path than the kernels promised (each reason once, also logged
@@ -85,27 +82,23 @@ class RhythmCapture:
 
     def __init__(
         self,
-        cfg: RhythmConfig,
+        cfg: CaptureSettings,
         num_layers: int,
         layouts: list[SequenceLayout] | None = None,
         *,
-        fused: bool = True,
-        batched: bool = True,
+        fused: bool | None = None,
         layer_types: list[str] | None = None,
         kernels: Kernels | None = None,
         group=None,
     ):
-        self.cfg = cfg
+        self.cfg = getattr(cfg, "capture", cfg)  # a whole RhythmConfig also does: its capture part is read
         self.group = group
         self.sequence_parallel = group is not None and torch.distributed.get_world_size(group) > 1
-        if self.sequence_parallel and not batched:
-            raise ValueError("RhythmCapture: sequence parallelism (group) needs the batched path (batched=True)")
         self.fused = fused
-        self.batched = batched
         self.kernels = kernels
         self._fixed_kernels = kernels is not None
         self.fallbacks: list[str] = []
-        self.layers = select_layers(num_layers, cfg.layers, layer_types)
+        self.layers = select_layers(num_layers, self.cfg.layers, layer_types)
         self._selected = frozenset(self.layers)
         self.layouts: list[SequenceLayout] | None = None
         self.batch: BatchLayout | None = None
@@ -132,7 +125,9 @@ class RhythmCapture:
             raise TypeError("layouts must be a list of SequenceLayout")
         self.layouts = list(layouts)
         cfg = self.cfg
-        self.batch = BatchLayout(self.layouts, cfg.fai_horizon_lo, cfg.fai_horizon_hi, min(cfg.chunk_size, BAND_ROWS))
+        self.batch = BatchLayout(
+            self.layouts, cfg.fai_horizon_lo, cfg.fai_horizon_hi, min(cfg.chunk_size, batched.BAND_ROWS)
+        )
         self._columns = {}  # the fused path's per-column positions belong to the old layouts
         self.reset()
         self.seconds = 0.0
@@ -154,6 +149,10 @@ class RhythmCapture:
         if self.kernels is None or (not self._fixed_kernels and self.kernels.device_type != kind):
             self.kernels = kernels_for(kind)
         return self.kernels
+
+    def fuses_on(self, device: torch.device | str) -> bool:
+        """Whether the hook may take the ``fused`` path on ``device`` (:attr:`fused`; ``None``: on CPU only)."""
+        return self.fused if self.fused is not None else torch.device(device).type == "cpu"
 
     def fall_back(self, reason: str) -> None:
         """Note (once on this capture, and in the log once per process) that a layer took a slower path."""
@@ -212,34 +211,34 @@ class RhythmCapture:
         scaling = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
         lse, dist = kwargs.get("lse"), kwargs.get("dist")
         window, softcap, sinks = kwargs.get("sliding_window"), kwargs.get("softcap"), kwargs.get("s_aux")
+        kernels = self.kernels_on(query.device)
+        variant = {
+            "window": int(window) if window else None,
+            "softcap": float(softcap) if softcap else None,
+            "sinks": sinks.detach() if sinks is not None else None,
+        }
         with torch.no_grad():
-            if self.batched:
-                lay = self.batch.to(query.device)
-                self._stats[layer_idx] = batched.layer_stats(
-                    query,
-                    key,
-                    scaling,
-                    lay,
-                    self.kernels_on(query.device),
-                    **self._band_settings(),
-                    window=int(window) if window else None,
-                    softcap=float(softcap) if softcap else None,
-                    sinks=sinks.detach() if sinks is not None else None,
-                    lse=lse,
-                    dist=dist,
-                )
+            lay = self.batch.to(query.device)
+            cfg = self.cfg
+            bands = {"waad_window": cfg.waad_window, "fai_horizon_lo": cfg.fai_horizon_lo,
+                     "fai_horizon_hi": cfg.fai_horizon_hi}  # fmt: skip
+            if kernels.triton and lse is None:  # the fused kernels: no grid, no logit in memory
+                from verl_rhythm.measure import triton_stats
+
+                batched.check_qk(query, key, lay)
+                stats = triton_stats.layer_stats(query, key, scaling, lay, **bands, **variant)
             else:
-                self._stats[layer_idx] = self._record_chunked(layer_idx, query, key, scaling, lse, dist, kwargs)
+                stats = batched.layer_stats(query, key, scaling, lay, kernels, **bands, chunk_size=cfg.chunk_size,
+                                            **variant, lse=lse, dist=dist)  # fmt: skip
+            self._stats[layer_idx] = stats
             if lse is None and "attention_mask" in kwargs:  # the fused path checks its own call (``leak``)
                 self._check_segments(layer_idx, query.device, window, kwargs)
         if kwargs.get("leak") is not None:
             self._checks.append((layer_idx, kwargs["leak"]))
         if lse is not None:
             self.paths[layer_idx] = "fused"
-        elif not self.batched:
-            self.paths[layer_idx] = "chunked"
         else:
-            self.paths[layer_idx] = "triton" if self.kernels_on(query.device).triton else "batched"
+            self.paths[layer_idx] = "triton" if kernels.triton else "batched"
         self.seconds += time.perf_counter() - t
 
     def _check_segments(self, layer_idx: int, device: torch.device, window, kwargs) -> None:
@@ -252,40 +251,6 @@ class RhythmCapture:
             check = batched.segment_mismatch(lay, kwargs.get("position_ids"), kwargs.get("cu_seq_lens_q"))
         if check is not None:
             self._checks.append((layer_idx, check))
-
-    def _band_settings(self) -> dict:
-        """W, H_lo, H_hi and the chunk size, as both paths' keyword arguments."""
-        cfg = self.cfg
-        return {
-            "waad_window": cfg.waad_window,
-            "fai_horizon_lo": cfg.fai_horizon_lo,
-            "fai_horizon_hi": cfg.fai_horizon_hi,
-            "chunk_size": cfg.chunk_size,
-        }
-
-    def _record_chunked(self, layer_idx, query, key, scaling, lse, dist, kwargs) -> list[HeadStats]:
-        variant = {k: kwargs[k] for k in ("sliding_window", "softcap", "s_aux") if kwargs.get(k) is not None}
-        if variant:
-            raise ValueError(
-                f"layer {layer_idx} uses {sorted(variant)}: the per-sequence reference path (batched=False) handles "
-                "plain causal softmax attention only; use the batched path"
-            )
-        out = []
-        for lay in self.layouts:
-            cols = slice(lay.start, lay.start + lay.length)
-            out.append(
-                layer_head_stats(
-                    query,
-                    key,
-                    scaling,
-                    lay,
-                    layer_idx,
-                    **self._band_settings(),
-                    lse=None if lse is None else lse[lay.row, :, cols],
-                    dist=None if dist is None else dist[lay.row, :, cols],
-                )
-            )
-        return out
 
     def _missing(self) -> None:
         missing = [layer for layer in self.layers if layer not in self._stats]
@@ -378,10 +343,6 @@ class RhythmCapture:
         bad = self._failed_checks()
         if bad:
             self._raise_mismatch(bad)
-        if not self.batched:
-            return [
-                HeadStats.concat([self._stats[layer][i] for layer in self.layers]) for i in range(len(self.layouts))
-            ]
         dist, waad, fai_num = (self._packed(name) for name in ("dist", "waad", "fai_num"))
         heads = self._heads()
         where = {i: j for j, i in enumerate(self.batch.order)}
@@ -397,14 +358,10 @@ class RhythmCapture:
     def finalize(self) -> list[SequenceRhythm]:
         """Per-token WAAD and FAI of every layout, in order (grouping scope from ``cfg.head_group_scope``).
 
-        The batched paths copy to the host once (the spans, for the head groups, and the deferred layout checks).
+        One copy to the host (the spans, for the head groups, and the deferred layout checks).
         """
         t = time.perf_counter()
         self._missing()
-        if not self.batched:
-            out = rhythm_for_sequences(self.head_stats(), self.cfg.head_quantile, self.cfg.head_group_scope)
-            self.seconds += time.perf_counter() - t
-            return out
         waad, fai_num, span = (self._packed(name) for name in ("waad", "fai_num", "span"))
         checks = [c.to(span.device).reshape(()) for _, c in self._checks]
         flags = torch.stack(checks).any() if checks else None
@@ -438,7 +395,7 @@ class RhythmCapture:
                 continue
             if empty is None:  # a sequence with no position: span 0, groups as group_heads gives them for ties
                 k = len(heads)
-                g = max(1, int(cfg.head_quantile * k + 1e-9))
+                g = group_size(k, cfg.head_quantile)
                 idx = torch.arange(k, device=span.device)
                 empty = (span.new_zeros(0), span.new_zeros(k), idx[:g], idx[k - g :])
             out.append(SequenceRhythm(empty[0], empty[0], empty[1], empty[2], empty[3], list(heads)))

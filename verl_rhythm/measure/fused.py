@@ -13,7 +13,8 @@ expected position within the sequence in ``out[..., D]`` and, as a check of the 
 in ``out[..., D + 1]``. The two diagonal bands are then computed by
 :func:`verl_rhythm.measure.batched.band_stats` in O(N · H_hi) per head.
 
-Used only where it is exact and equal to the stock output (checked by ``tests/test_capture_on_cpu.py`` and
+Opt-in on CUDA (:attr:`verl_rhythm.measure.capture.RhythmCapture.fused`); used only where it is exact and equal to
+the stock output (checked by ``tests/test_capture_on_cpu.py`` and
 ``tests/test_hook_on_cpu.py``): transformers' own ``sdpa_attention_forward``, fp32 query, no autocast, causal attention
 without a mask (``is_causal``; one sequence per batch row from column 0) or with a 4-D mask that costs no more memory
 than the stock call: an additive mask already in the query's dtype, or, on CPU, a bool mask, which stock SDPA turns
@@ -44,7 +45,7 @@ def _stock_sdpa() -> Callable:
 
 def eligible(fn: Callable, capture, module, query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs) -> bool:
     """Whether :func:`attention_with_stats` may replace this call of ``fn``."""
-    if not capture.fused or fn is not _stock_sdpa() or query.dtype != torch.float32:
+    if not capture.fuses_on(query.device) or fn is not _stock_sdpa() or query.dtype != torch.float32:
         return False
     if not capture.kernels_on(query.device).lse_attention or query.shape[2] < 2 or kwargs.get("dropout", 0.0):
         return False

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Per-head statistics → head spans, local/global groups, per-token WAAD and FAI (spec Sec. 2-3).
 
-Every attention path (the dense reference in :mod:`.dense`, the chunked q/k capture in :mod:`.capture`) reduces one
-sequence's attention to the same per-head vectors, :class:`HeadStats`. WAAD and FAI are linear in the attention
+Every attention path (the capture's :mod:`.batched` and :mod:`.triton_stats`, and the references of
+:mod:`verl_rhythm.testing`) reduces a sequence's attention to the same per-head vectors (:class:`HeadStats` per
+sequence, :class:`LayerStats` for a micro-batch in token order). WAAD and FAI are linear in the attention
 map, so averaging per-head WAAD/FAI vectors over a head group equals WAAD/FAI of the group-averaged map: this module
 never needs a map, only those vectors.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -55,6 +57,27 @@ class HeadStats:
         )
 
 
+class LayerStats(NamedTuple):
+    """Per-head vectors of one layer for every sequence of a :class:`BatchLayout`, in its token order.
+
+    Attributes:
+        dist, waad, fai_num: ``(H, T)`` fp32 (see :class:`~verl_rhythm.measure.heads.HeadStats`); sequence j (sorted
+            order) owns tokens ``[batch.offsets[j], batch.offsets[j] + batch.lengths[j])``.
+        span: ``(n, H)`` fp32, the span of each head for each sorted sequence (mean of ``dist`` over its response
+            rows; 0 without one).
+    """
+
+    dist: torch.Tensor
+    waad: torch.Tensor
+    fai_num: torch.Tensor
+    span: torch.Tensor
+
+
+def group_size(num_heads: int, quantile: float) -> int:
+    """G, the heads in each group: ``max(1, floor(quantile · K))`` (the epsilon absorbs 0.3 · 10 = 2.9999...)."""
+    return max(1, int(quantile * num_heads + 1e-9))
+
+
 @dataclass
 class SequenceRhythm:
     """Per-token rhythm signals of one sequence.
@@ -91,7 +114,7 @@ def head_spans(stats: HeadStats) -> torch.Tensor:
 def group_heads(span: torch.Tensor, heads: list[tuple[int, int]], quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Split heads by span: the bottom ``quantile`` are local, the top ``quantile`` are global.
 
-    Group size is ``max(1, floor(quantile * K))``; heads are ordered by (span, layer, head) so ties are
+    Group size is :func:`group_size`; heads are ordered by (span, layer, head) so ties are
     deterministic (spec Sec. 2, project decision).
 
     Args:
@@ -105,7 +128,7 @@ def group_heads(span: torch.Tensor, heads: list[tuple[int, int]], quantile: floa
     k = span.numel()
     if k != len(heads):
         raise ValueError(f"span has {k} heads but heads lists {len(heads)}")
-    g = max(1, int(quantile * k + 1e-9))
+    g = group_size(k, quantile)
     order = sorted(range(k), key=lambda i: (float(span[i]), heads[i][0], heads[i][1]))
     order = torch.tensor(order, dtype=torch.long, device=span.device)
     return order[:g], order[k - g :]
@@ -214,7 +237,7 @@ def rhythm_for_tokens(
         has = torch.tensor(has_response if has_response is not None else [True] * n, dtype=torch.bool)
         if bool(has.any()):
             by = by[has].mean(0, keepdim=True).expand(n, k)
-    g = max(1, int(head_quantile * k + 1e-9))
+    g = group_size(k, head_quantile)
     order = torch.sort(by, dim=1, stable=True).indices.to(span.device)
     local, glob = order[:, :g], order[:, k - g :]
     sums = []

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from verl_rhythm.measure.heads import LayerStats
 from verl_rhythm.measure.layout import KERNEL_TILE as BLOCK_M  # rows (columns) per program
 
 BLOCK_N = 64
@@ -210,9 +211,8 @@ def layer_stats(
         waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi; window, softcap, sinks: the layer's variant.
 
     Returns:
-        a :class:`~verl_rhythm.measure.batched.LayerStats` in the batch's token order.
+        a :class:`~verl_rhythm.measure.heads.LayerStats` in the batch's token order.
     """
-    from verl_rhythm.measure.batched import LayerStats
 
     h, d = query.shape[1], query.shape[3]
     tokens = batch.tokens

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from verl_rhythm.post_import import when_imported
+from verl_rhythm.wrapping import is_wrapped, mark
 
 DUMP_DIR_ENV = "VERL_RHYTHM_DUMP_DIR"
 _calls = itertools.count()
@@ -39,7 +40,7 @@ def _dump(data) -> None:
 
 def _install(module) -> None:
     stock = module.TrainingWorker.train_mini_batch
-    if getattr(stock, "__dump_update__", False):
+    if is_wrapped(stock):
         return
 
     @functools.wraps(stock)
@@ -48,8 +49,7 @@ def _install(module) -> None:
             _dump(data)
         return stock(self, data, *args, **kwargs)
 
-    train_mini_batch.__dump_update__ = True
-    module.TrainingWorker.train_mini_batch = train_mini_batch
+    module.TrainingWorker.train_mini_batch = mark(train_mini_batch, stock)
 
 
 when_imported("verl.workers.engine_workers", _install)

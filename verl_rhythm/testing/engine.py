@@ -10,7 +10,6 @@ data (:func:`log_prob_batch` sets them) and ``eval_mode`` around ``infer_batch``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +17,7 @@ from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 
 from verl_rhythm.config import RhythmConfig
-from verl_rhythm.glue.tq_fields import CAPTURE_KEY
+from verl_rhythm.glue.tq_fields import CAPTURE_KEY, capture_request
 
 
 def build_engine(
@@ -30,8 +29,10 @@ def build_engine(
     strategy: str = "fsdp2",
     enable_gradient_checkpointing: bool = True,
     ulysses_sequence_parallel_size: int = 1,
+    engine_class: type | None = None,
 ):
-    """An initialised :class:`~verl_rhythm.glue.fsdp_engine.RhythmFSDPEngineWithLMHead` for the actor.
+    """An initialised verl ``FSDPEngineWithLMHead`` for the actor, its ``forward_step`` wrapped by the rhythm glue
+    (:mod:`verl_rhythm.glue.transformer_impl`).
 
     Needs a ``torch.distributed`` process group (one process is enough; Ulysses needs its sp ranks).
 
@@ -42,13 +43,18 @@ def build_engine(
         use_remove_padding: pack each micro-batch into one row (verl's default) or pad it.
         param_dtype: FSDP mixed-precision parameter dtype (``fp32``, ``bf16``); sets the forward's autocast.
         strategy: ``fsdp`` or ``fsdp2``.
+        engine_class: the engine class to build (default verl's ``FSDPEngineWithLMHead``; a subclass that keeps its
+            ``forward_step`` and module building, e.g. to stand for ``fsdp_turbo``'s engine).
         enable_gradient_checkpointing: as verl's actor default (on).
         ulysses_sequence_parallel_size: verl's Ulysses sequence parallelism (packed rows, FlashAttention-2).
     """
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.engine.fsdp import transformer_impl
 
-    from verl_rhythm.glue.fsdp_engine import RhythmFSDPEngineWithLMHead
+    from verl_rhythm.glue import transformer_impl as glue
+
+    glue.install(transformer_impl)  # idempotent: the plugin did it when verl imported the engine
 
     model_config = HFModelConfig(
         path=model_path,
@@ -66,7 +72,7 @@ def build_engine(
         mixed_precision=precision,
         ulysses_sequence_parallel_size=ulysses_sequence_parallel_size,
     )
-    engine = RhythmFSDPEngineWithLMHead(
+    engine = (engine_class or transformer_impl.FSDPEngineWithLMHead)(
         model_config=model_config,
         engine_config=engine_config,
         optimizer_config=FSDPOptimizerConfig(lr=1e-6),
@@ -124,7 +130,7 @@ def log_prob_batch(
         "use_fused_kernels": False,
     }
     if capture is not None:
-        extra[CAPTURE_KEY] = json.dumps(capture.to_dict(), sort_keys=True)
+        extra[CAPTURE_KEY] = capture_request(capture)
     tu.assign_non_tensor(td, **extra)
     return td
 
@@ -138,7 +144,7 @@ def run_log_prob_pass(engine, batch: TensorDict) -> dict[str, torch.Tensor]:
 
 def dense_rhythm(model, sequences, cfg: RhythmConfig) -> list:
     """The dense reference for :func:`log_prob_batch`'s sequences: each run alone through ``model`` (eager attention,
-    ``output_attentions=True``), maps of the selected layers → :mod:`verl_rhythm.measure.dense` → shared grouping.
+    ``output_attentions=True``), maps of the selected layers → :mod:`verl_rhythm.testing.dense` → shared grouping.
 
     Args:
         model: a transformers causal LM with eager attention, on the device the sequences go to.
@@ -150,8 +156,8 @@ def dense_rhythm(model, sequences, cfg: RhythmConfig) -> list:
     """
     from verl_rhythm.config import select_layers
     from verl_rhythm.glue.checks import text_num_layers
-    from verl_rhythm.measure.dense import attention_maps_for_sequence, head_stats_dense
     from verl_rhythm.measure.heads import rhythm_for_sequences
+    from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense
 
     device = next(model.parameters()).device
     layers = select_layers(text_num_layers(model.config), cfg.layers)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from verl_rhythm.quickstart import main_ppo_command
+from verl_rhythm.quickstart import MAIN_PPO, main_ppo_command
 from verl_rhythm.testing.dump_update import DUMP_DIR_ENV
 
 
@@ -40,6 +41,8 @@ def run_main_ppo(
     overrides: list[str] = (),
     *,
     timeout: float = 900,
+    entry: str = MAIN_PPO,
+    modules: Sequence[str] = (),
 ) -> RunResult:
     """Train with ``main_ppo`` into ``out`` (checkpoints under ``out/checkpoints``); returns its log, metrics, dumps.
 
@@ -49,6 +52,10 @@ def run_main_ppo(
         data_dir: a folder with ``train.parquet`` and ``test.parquet``.
         overrides: further Hydra overrides.
         timeout: seconds before the run is killed (``subprocess.TimeoutExpired``).
+        entry: the module run with ``python -m`` (verl's ``main_ppo``, or a recipe's entry point taking the same
+            Hydra arguments, e.g. :mod:`verl_rhythm.testing.recipe_trainer`).
+        modules: further modules every verl process imports (``VERL_USE_EXTERNAL_MODULES``, added to those the
+            variable already lists).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,12 +64,13 @@ def run_main_ppo(
     dump_dir = out / "dumps"
     for old in dump_dir.glob("*.pt") if dump_dir.exists() else []:
         old.unlink()
-    cmd = main_ppo_command(model_dir, data_dir, out, list(overrides))
+    cmd = main_ppo_command(model_dir, data_dir, out, list(overrides), entry=entry)
+    extra_modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
     env = {
         **os.environ,
         "VERL_PLATFORM": "cpu",
         "VERL_FILE_LOGGER_PATH": str(metrics_path),
-        "VERL_USE_EXTERNAL_MODULES": "verl_rhythm.testing.dump_update",
+        "VERL_USE_EXTERNAL_MODULES": ",".join(["verl_rhythm.testing.dump_update", *extra_modules, *modules]),
         DUMP_DIR_ENV: str(dump_dir),
         "HYDRA_FULL_ERROR": "1",
     }

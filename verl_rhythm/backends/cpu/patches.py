@@ -113,14 +113,11 @@ def check_config(config) -> None:
     if not on_cpu:
         return
     mode = config.trainer.get("v1", {}).get("trainer_mode", "sync")
-    if config.trainer.get("use_v1", True) and mode != "sync":
+    if config.trainer.get("use_v1", True) and mode == "separate_async":
         raise CPUBackendConfigError(
-            f"trainer.v1.trainer_mode={mode} is not supported on the CPU platform (the hf rollout runs inside the "
-            "training workers only): set trainer.v1.trainer_mode=sync"
-        )
-    if not config.trainer.get("use_v1", True):
-        raise CPUBackendConfigError(
-            "trainer.use_v1=false is not supported on the CPU platform: set trainer.use_v1=true"
+            f"trainer.v1.trainer_mode={mode} is not supported on the CPU platform: it needs standalone rollout "
+            "replicas (the hf rollout runs inside the training workers only) and a non-naive checkpoint engine "
+            "(nccl, nixl or mooncake); set trainer.v1.trainer_mode=sync or colocate_async"
         )
     for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
         if int(rollout.get(key, 1) or 1) != 1:

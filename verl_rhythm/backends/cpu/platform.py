@@ -17,8 +17,7 @@ from types import ModuleType
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
-PLATFORM_NAME = "cpu"
-"""The name under :class:`PlatformRegistry` and the value of ``VERL_PLATFORM`` that selects it."""
+from verl_rhythm.backends.cpu import PLATFORM_NAME, requested
 
 
 class _CPUDeviceModule(ModuleType):
@@ -154,11 +153,9 @@ class PlatformCPU(PlatformBase):
 
 def is_selected() -> bool:
     """Whether this process's verl platform is (or, once resolved, will be) the CPU platform."""
-    import os
-
     from verl.plugin.platform import platform_manager
 
     current = platform_manager._current_platform
     if current is not None:
         return isinstance(current, PlatformCPU)
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME
+    return requested()

@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """``verl.plugins`` entry point of the CPU backend: registrations only, each deferred to the verl module it belongs to.
 
-``import verl`` imports this module in every process. It registers the ``cpu`` platform at once (verl's platform
-module is already imported by then) and arranges the rest for the moment verl imports the module concerned
+``import verl`` imports this module in every process. Unless the process selects the CPU platform
+(``VERL_PLATFORM=cpu``, which Ray workers inherit from the launcher) it does nothing at all: no platform, no rollout,
+no patch, so a GPU user's verl is verl. On the CPU platform it registers the ``cpu`` platform at once (verl's
+platform module is already imported by then) and arranges the rest for the moment verl imports the module concerned
 (:func:`verl_rhythm.post_import.when_imported`), so a process that never trains or never builds a rollout pays
 nothing:
 
@@ -11,8 +13,9 @@ nothing:
 verl module                                        registration
 =================================================  ==================================================================
 ``verl.workers.rollout.replica``                   ``RolloutReplicaRegistry.register("hf", loader)``
-``verl.workers.rollout.base``                      ``_ROLLOUT_REGISTRY[("hf", "async")]`` (a plain dict; pinned)
-``verl.workers.engine.fsdp.transformer_impl``      the stock FSDP engine under ``EngineRegistry`` device ``cpu``
+``verl.workers.rollout.base``                      ``_ROLLOUT_REGISTRY[("hf", "async")]`` (a plain dict, no public
+                                                   API; pinned)
+``verl.workers.engine.fsdp.transformer_impl``      the stock FSDP engines under ``EngineRegistry`` device ``cpu``
 ``verl.single_controller.ray.base``                the resource check counts CPUs on the CPU platform (patches.py)
 ``verl.utils.distributed``                         a ``gloo`` process group on the CPU platform (patches.py)
 ``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
@@ -20,15 +23,14 @@ verl module                                        registration
                                                    CPU implementation of flash-attn's API (:mod:`.flash_attn`)
 =================================================  ==================================================================
 
-Every patch in :mod:`.patches` changes behaviour only when the CPU platform is selected (``VERL_PLATFORM=cpu``) or
-the ``hf`` rollout is asked for; everything else passes through to verl unchanged.
+The wrappers of :mod:`.patches` act on the CPU platform only, and pass everything else through to verl unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 
-from verl_rhythm.backends.cpu import platform as _platform  # noqa: F401  (registers PlatformRegistry "cpu")
+from verl_rhythm.backends.cpu import PLATFORM_NAME, requested
 from verl_rhythm.post_import import when_imported
 
 ROLLOUT_NAME = "hf"
@@ -52,20 +54,19 @@ def _register_adapter(module) -> None:
 def _register_engine(module) -> None:
     from verl.workers.engine.base import EngineRegistry
 
-    registry = EngineRegistry._engines.get("language_model", {})
-    backends = [b for b in ("fsdp", "fsdp2") if _platform.PLATFORM_NAME not in registry.get(b, {})]
-    if backends:
-        EngineRegistry.register(model_type="language_model", backend=backends, device=_platform.PLATFORM_NAME)(
-            module.FSDPEngineWithLMHead
-        )
+    for backend in ("fsdp", "fsdp2"):
+        try:
+            EngineRegistry.register(model_type="language_model", backend=backend, device=PLATFORM_NAME)(
+                module.FSDPEngineWithLMHead
+            )
+        except AssertionError:  # verl's answer to a key registered before (by another plugin): keep theirs
+            logging.getLogger(__name__).info("EngineRegistry already holds a %s engine for device cpu", backend)
 
 
 def _serve_flash_attention(module) -> None:
     """On the CPU platform, FlashAttention-2 (verl's default attention) is the CPU flash-attn, fp32 allowed (the
     CPU recipe trains in fp32). A real flash_attn package is never shadowed: its CUDA kernels then refuse CPU
     tensors themselves."""
-    if not _platform.is_selected():
-        return
     import importlib.util
 
     from verl_rhythm.backends.cpu.flash_attn import install
@@ -88,11 +89,14 @@ _registered = False
 
 
 def register() -> None:
-    """Arrange every registration (at once for verl modules already imported); idempotent."""
+    """On the CPU platform, register it and arrange every other registration (at once for verl modules already
+    imported); elsewhere nothing. Idempotent."""
     global _registered
-    if _registered:
+    if _registered or not requested():
         return
     _registered = True
+    from verl_rhythm.backends.cpu import platform  # noqa: F401  (registers PlatformRegistry "cpu")
+
     when_imported("verl.workers.rollout.replica", _register_replica)
     when_imported("verl.workers.rollout.base", _register_adapter)
     when_imported("verl.workers.engine.fsdp.transformer_impl", _register_engine)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_rhythm.tokens import left_pad
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -81,18 +83,6 @@ class Completion:
     log_probs: list[float]
     finished: bool
     """``True`` when it ended on a stop token, ``False`` when it hit ``max_tokens``."""
-
-
-def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token-id lists into ``(input_ids, attention_mask)``, both ``(B, max_len)`` long, as ``generate``
-    expects for a batch of prompts (the padding is masked out)."""
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        attention_mask[i, width - len(p) :] = 1
-    return input_ids, attention_mask
 
 
 @torch.no_grad()

@@ -12,15 +12,19 @@ from __future__ import annotations
 import torch
 
 from verl_rhythm.measure.heads import HeadStats, SequenceRhythm, fai_count, rhythm_from_head_stats
+from verl_rhythm.measure.settings import CaptureSettings
+
+DEFAULT = CaptureSettings()
+"""The capture's defaults (one source: :class:`CaptureSettings`)."""
 
 
 def head_stats_dense(
     attn: torch.Tensor,
     response_mask: torch.Tensor,
     heads: list[tuple[int, int]],
-    waad_window: int = 10,
-    fai_horizon_lo: int = 10,
-    fai_horizon_hi: int = 100,
+    waad_window: int = DEFAULT.waad_window,
+    fai_horizon_lo: int = DEFAULT.fai_horizon_lo,
+    fai_horizon_hi: int = DEFAULT.fai_horizon_hi,
 ) -> HeadStats:
     """Per-head statistics of one sequence from its attention maps.
 
@@ -76,8 +80,9 @@ def attention_maps_for_sequence(
             packed row, the sequence's slice).
 
     Returns:
-        ``(maps, heads)``: maps ``(K, N, N)`` with K = len(layers) * H, renormalised over the sequence's own keys
-        (a no-op for a correct mask), and the ``(layer, head)`` pairs.
+        ``(maps, heads)``: maps ``(K, N, N)`` with K = len(layers) * H, the rows and columns of the sequence's own
+        positions as the model computed them (not renormalised: a wrong mask shows as rows that do not sum to 1), and
+        the ``(layer, head)`` pairs.
     """
     maps, heads = [], []
     for layer in layers:
@@ -92,10 +97,10 @@ def rhythm_dense(
     attn: torch.Tensor,
     response_mask: torch.Tensor,
     heads: list[tuple[int, int]],
-    waad_window: int = 10,
-    fai_horizon_lo: int = 10,
-    fai_horizon_hi: int = 100,
-    head_quantile: float = 0.3,
+    waad_window: int = DEFAULT.waad_window,
+    fai_horizon_lo: int = DEFAULT.fai_horizon_lo,
+    fai_horizon_hi: int = DEFAULT.fai_horizon_hi,
+    head_quantile: float = DEFAULT.head_quantile,
 ) -> SequenceRhythm:
     """WAAD and FAI of one sequence from dense maps: :func:`head_stats_dense` then the shared grouping.
 
@@ -111,9 +116,9 @@ def rhythm_dense_group_maps(
     response_mask: torch.Tensor,
     local_heads: torch.Tensor,
     global_heads: torch.Tensor,
-    waad_window: int = 10,
-    fai_horizon_lo: int = 10,
-    fai_horizon_hi: int = 100,
+    waad_window: int = DEFAULT.waad_window,
+    fai_horizon_lo: int = DEFAULT.fai_horizon_lo,
+    fai_horizon_hi: int = DEFAULT.fai_horizon_hi,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 9 and Eq. 10 written literally on the group-averaged maps A_loc and A_glob.
 

@@ -1,9 +1,10 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""The per-sequence reference path: exact rhythm statistics of one sequence from post-RoPE q/k, in query chunks.
+"""Test reference: exact rhythm statistics of one sequence from post-RoPE q/k, in query chunks, one sequence at a time.
 
-Readable and sequence by sequence; the batched path (:mod:`verl_rhythm.measure.batched`) computes the same numbers
-for a whole micro-batch at once and is tested against this one and the dense reference (:mod:`.dense`).
+Readable and sequence by sequence; the capture's path (:mod:`verl_rhythm.measure.batched`) computes the same numbers
+for a whole micro-batch at once and is tested against this one and the dense reference (:mod:`.dense`). Not part of
+the capture.
 
 For one sequence and one query head with logits z[t, s] = scaling * q_t · k_s (s <= t), everything the method
 needs is
@@ -21,62 +22,17 @@ causal softmax attention only: sliding windows, soft-capping and sinks are handl
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from verl_rhythm.measure.heads import HeadStats, fai_count
+from verl_rhythm.measure.batched import BAND_ROWS
+from verl_rhythm.measure.capture import RhythmCapture
+from verl_rhythm.measure.heads import HeadStats, SequenceRhythm, fai_count, rhythm_for_sequences
 from verl_rhythm.measure.layout import SequenceLayout
+from verl_rhythm.measure.logits import exact_fp32
+from verl_rhythm.measure.settings import CaptureSettings
 
-BAND_ROWS = 64
-"""Query rows per block of :func:`band_stats`: small blocks waste little of the c × (c + B) logits outside the bands
-(B = H_hi = 100 by default), large ones cost Python overhead; 64 is the fastest on CPU at N = 4096."""
-
-
-def _precision_backend(device: torch.device):
-    """The backend whose ``fp32_precision`` governs fp32 matmuls on ``device`` (TF32 on CUDA, bf16 in oneDNN)."""
-    if device.type == "cuda":
-        return torch.backends.cuda.matmul
-    if device.type == "cpu":
-        return getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.matmul
-    return None
-
-
-@contextlib.contextmanager
-def exact_fp32(device: torch.device):
-    """fp32 matmuls really in fp32 inside, whatever the process set; restored afterwards.
-
-    Turns off autocast (verl runs the forward under bf16 autocast, which would round the capture's logits to bf16)
-    and sets the device's matmul ``fp32_precision`` to ``"ieee"`` (no TF32 on CUDA, no bf16 in oneDNN, as
-    ``torch.set_float32_matmul_precision("medium")`` would give). Only torch's newer ``fp32_precision`` API is read
-    and written where it exists: reading the legacy ``allow_tf32`` after a process set the new API raises, while
-    setting and restoring the new API leaves a legacy setting readable. Older torch: the legacy ``allow_tf32``.
-    """
-    backend = _precision_backend(device)
-    attr = "fp32_precision" if backend is not None and hasattr(backend, "fp32_precision") else None
-    if attr is None and device.type == "cuda":
-        attr = "allow_tf32"
-    saved = getattr(backend, attr) if attr else None
-    # bf16/fp16 gemms with fp32 output (the batched path on CUDA) must not reduce in the low precision either
-    reduced = [f"allow_{x}_reduced_precision_reduction" for x in ("bf16", "fp16")] if device.type == "cuda" else []
-    reduced = [(x, getattr(backend, x)) for x in reduced if hasattr(backend, x)]
-    try:
-        if attr == "fp32_precision":
-            backend.fp32_precision = "ieee"
-        elif attr == "allow_tf32":
-            backend.allow_tf32 = False
-        for name, _ in reduced:
-            setattr(backend, name, False)
-        if torch.amp.is_autocast_available(device.type):
-            with torch.autocast(device_type=device.type, enabled=False):
-                yield
-        else:
-            yield
-    finally:
-        if attr:
-            setattr(backend, attr, saved)
-        for name, value in reduced:
-            setattr(backend, name, value)
+DEFAULT = CaptureSettings()
+"""The capture's defaults (one source: :class:`CaptureSettings`)."""
 
 
 def _sequence_qk(query, key, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,10 +105,10 @@ def band_stats(
     scaling: float,
     lse: torch.Tensor,
     response_mask: torch.Tensor,
-    waad_window: int,
-    fai_horizon_lo: int,
-    fai_horizon_hi: int,
-    chunk_size: int,
+    waad_window: int = DEFAULT.waad_window,
+    fai_horizon_lo: int = DEFAULT.fai_horizon_lo,
+    fai_horizon_hi: int = DEFAULT.fai_horizon_hi,
+    chunk_size: int = DEFAULT.chunk_size,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WAAD of every row and the FAI numerator of every column from the two diagonal bands of A.
 
@@ -203,10 +159,10 @@ def layer_head_stats(
     layout: SequenceLayout,
     layer: int,
     *,
-    waad_window: int = 10,
-    fai_horizon_lo: int = 10,
-    fai_horizon_hi: int = 100,
-    chunk_size: int = 256,
+    waad_window: int = DEFAULT.waad_window,
+    fai_horizon_lo: int = DEFAULT.fai_horizon_lo,
+    fai_horizon_hi: int = DEFAULT.fai_horizon_hi,
+    chunk_size: int = DEFAULT.chunk_size,
     lse: torch.Tensor | None = None,
     dist: torch.Tensor | None = None,
 ) -> HeadStats:
@@ -250,3 +206,49 @@ def layer_head_stats(
         response_mask=resp,
         heads=[(layer, i) for i in range(h)],
     )
+
+
+class ChunkedCapture(RhythmCapture):
+    """A :class:`~verl_rhythm.measure.capture.RhythmCapture` that records with this module's reference, sequence by
+    sequence (``paths`` say ``chunked``): what the tests run beside the capture's own paths. Plain causal softmax
+    attention only; no layout check."""
+
+    def record(self, layer_idx, query: torch.Tensor, key: torch.Tensor, scaling, **kwargs) -> None:
+        if not self.wants(layer_idx):
+            return
+        if self.layouts is None:
+            raise RuntimeError("ChunkedCapture.record called before set_layouts()")
+        variant = sorted(k for k in ("sliding_window", "softcap", "s_aux") if kwargs.get(k) is not None)
+        if variant:
+            raise ValueError(f"layer {layer_idx} uses {variant}: the per-sequence reference handles plain attention")
+        scaling = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
+        lse, dist = kwargs.get("lse"), kwargs.get("dist")
+        cfg = self.cfg
+        out = []
+        with torch.no_grad():
+            for lay in self.layouts:
+                cols = slice(lay.start, lay.start + lay.length)
+                out.append(
+                    layer_head_stats(
+                        query,
+                        key,
+                        scaling,
+                        lay,
+                        layer_idx,
+                        waad_window=cfg.waad_window,
+                        fai_horizon_lo=cfg.fai_horizon_lo,
+                        fai_horizon_hi=cfg.fai_horizon_hi,
+                        chunk_size=cfg.chunk_size,
+                        lse=None if lse is None else lse[lay.row, :, cols],
+                        dist=None if dist is None else dist[lay.row, :, cols],
+                    )  # fmt: skip
+                )
+        self._stats[layer_idx] = out
+        self.paths[layer_idx] = "chunked"
+
+    def head_stats(self) -> list[HeadStats]:
+        self._missing()
+        return [HeadStats.concat([self._stats[layer][i] for layer in self.layers]) for i in range(len(self.layouts))]
+
+    def finalize(self) -> list[SequenceRhythm]:
+        return rhythm_for_sequences(self.head_stats(), self.cfg.head_quantile, self.cfg.head_group_scope)

@@ -1,0 +1,171 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Every verl trainer runs rhythm end to end on the CPU backend: the legacy ``RayPPOTrainer``
+(``trainer.use_v1=false``), a recipe trainer built on it with its own ``fit``
+(:mod:`verl_rhythm.testing.recipe_trainer`), and the v1 trainer's ``colocate_async`` mode; ``separate_async`` is
+refused at start-up on the CPU platform.
+
+Same harness and checks as ``test_main_ppo_on_cpu.py``: two steps of the coupled strategy in a subprocess, the batch
+each actor update received read back, its advantages compared with verl's GRPO advantage re-computed here.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_main_ppo_on_cpu import RHYTHM_KEYS, SMALL, gamma_of_updates
+
+from verl_rhythm.data import arithmetic
+from verl_rhythm.data.parquet import write_parquet
+from verl_rhythm.testing.main_ppo import run_main_ppo
+from verl_rhythm.testing.recipe_trainer import REVERSED_METRIC
+
+pytestmark = pytest.mark.slow
+
+LEGACY = "trainer.use_v1=false"
+
+
+def _check(result):
+    assert result.returncode == 0, result.log[-6000:]
+
+
+def _assert_rhythm_trained(result, steps):
+    """``rhythm/*`` metrics every step, and every update used GRPO × γ with γ a coupled-strategy value, > 1
+    somewhere."""
+    _check(result)
+    assert result.steps == steps
+    for step, m in result.metrics:
+        missing = [k for k in (*RHYTHM_KEYS, "rhythm/span_local_mean", "rhythm/capture_share") if k not in m]
+        assert not missing, f"step {step} lacks {missing}"
+    assert len(result.dumps) == len(steps)
+    gamma = gamma_of_updates(result.dumps)
+    assert gamma.numel() > 0 and torch.all(gamma > 1 - 1e-5)
+    assert torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
+    assert torch.any(gamma > 1 + 1e-5), "γ = 1 everywhere: the rhythm credit never reached the update"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The tiny model and data of ``test_main_ppo_on_cpu.py`` (unique problems: a prompt identifies its group)."""
+    from verl_rhythm.testing.tiny import save_tiny_model
+
+    root = tmp_path_factory.mktemp("trainers")
+    model = save_tiny_model(root / "model", num_layers=4)
+    problems = sorted(set(arithmetic.make_problems(400, seed=0)))[:64]
+    data = root / "data"
+    write_parquet([arithmetic.to_row(p, "train", i) for i, p in enumerate(problems)], data / "train.parquet")
+    write_parquet([arithmetic.to_row(p, "test", i) for i, p in enumerate(problems[:8])], data / "test.parquet")
+    return root, model, data
+
+
+@pytest.fixture(scope="module")
+def legacy_run(setup):
+    root, model, data = setup
+    return run_main_ppo(
+        root / "legacy", model, data, [*SMALL, LEGACY, "trainer.total_training_steps=2", "trainer.save_freq=2"]
+    )
+
+
+def test_the_legacy_trainer_trains_on_grpo_times_gamma(legacy_run):
+    _assert_rhythm_trained(legacy_run, [1, 2])
+    # the statistics rode in the DataProto, right-padded like verl's other response fields
+    dump = legacy_run.dumps[0]
+    for row, mask, waad in zip(dump["responses"], dump["rhythm_response_mask"], dump["rhythm_waad"], strict=True):
+        assert waad.shape == row.shape and torch.all(waad[~mask.bool()] == 0)
+
+
+def test_the_legacy_trainer_captures_the_dense_reference_statistics(setup, legacy_run):
+    """The WAAD/FAI of step 1 (the initial weights) equal the dense reference of the same sequences: the legacy
+    trainer slices the engine's outputs to each token's own position, rows in the batch's order."""
+    from transformers import AutoModelForCausalLM
+
+    from verl_rhythm.config import RhythmConfig
+    from verl_rhythm.testing.engine import dense_rhythm
+
+    _check(legacy_run)
+    _, model_dir, _ = setup
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    dump = legacy_run.dumps[0]
+    sequences, lengths = [], []
+    for prompt, response, attention in zip(dump["prompts"], dump["responses"], dump["attention_mask"], strict=True):
+        attention = attention.bool()
+        n = int(attention[len(prompt) :].sum())  # verl's no_padding_2_padding: response tokens of the row
+        sequences.append((prompt[attention[: len(prompt)]], response[:n], torch.ones(n, dtype=torch.long)))
+        lengths.append(n)
+    reference = dense_rhythm(model, sequences, RhythmConfig(waad_window=4, fai_horizon_lo=2, fai_horizon_hi=8))
+    for i, ((prompt, _, _), n, ref) in enumerate(zip(sequences, lengths, reference, strict=True)):
+        span = slice(len(prompt), len(prompt) + n)
+        for key, want in (("rhythm_waad", ref.waad[span]), ("rhythm_fai", ref.fai[span])):
+            assert torch.allclose(dump[key][i][:n], want.float(), atol=2e-5), f"{key} of row {i}"
+
+
+def test_the_legacy_trainer_resumes_at_step_3(setup, legacy_run):
+    _check(legacy_run)
+    root, model, data = setup
+    assert (root / "legacy" / "checkpoints" / "global_step_2").is_dir()
+    resumed = run_main_ppo(
+        root / "legacy", model, data, [*SMALL, LEGACY, "trainer.total_training_steps=3", "trainer.resume_mode=auto"]
+    )
+    _check(resumed)
+    assert resumed.steps == [3]
+    assert all(k in resumed.metrics[0][1] for k in RHYTHM_KEYS)
+
+
+def test_a_recipe_trainer_with_its_own_fit_trains_rhythm_unchanged(setup):
+    """A ``RayPPOTrainer`` subclass with its own loop (and a row reordering between the passes) gets the
+    statistics, the GRPO × γ advantages and the metrics without any change to the plugin."""
+    root, model, data = setup
+    result = run_main_ppo(
+        root / "recipe",
+        model,
+        data,
+        [*SMALL, LEGACY, "trainer.total_training_steps=2"],
+        entry="verl_rhythm.testing.recipe_trainer",
+    )
+    _assert_rhythm_trained(result, [1, 2])
+    assert all(m.get(REVERSED_METRIC) == 1.0 for _, m in result.metrics)  # the recipe's own fit ran
+
+
+def test_the_colocate_async_mode_trains_on_grpo_times_gamma(setup):
+    root, model, data = setup
+    result = run_main_ppo(
+        root / "colocate_async",
+        model,
+        data,
+        [*SMALL, "trainer.v1.trainer_mode=colocate_async", "trainer.total_training_steps=2"],
+    )
+    _assert_rhythm_trained(result, [1, 2])
+
+
+def test_the_separate_async_mode_is_refused_at_start_up_on_cpu(tmp_path):
+    """``separate_async`` needs standalone rollout replicas and a non-naive checkpoint engine (NCCL and the like):
+    the CPU backend has neither, and the launcher stops before Ray starts, naming the key."""
+    from verl_rhythm.quickstart import main_ppo_command
+
+    cmd = main_ppo_command("/nonexistent", tmp_path, tmp_path, ["trainer.v1.trainer_mode=separate_async"])
+    out = subprocess.run(
+        cmd,
+        env={**os.environ, "VERL_PLATFORM": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode != 0
+    assert "trainer.v1.trainer_mode=separate_async" in out.stderr + out.stdout
+    assert "ray init kwargs" not in out.stdout  # stopped before Ray started
+
+
+def test_the_quickstart_trains_the_legacy_trainer(setup, tmp_path):
+    """``python -m verl_rhythm.quickstart --steps 1 trainer.use_v1=false``: the override reaches main_ppo, the step
+    line carries the rhythm metrics."""
+    _, model, _ = setup
+    cmd = [sys.executable, "-m", "verl_rhythm.quickstart", "--model", str(model), "--steps", "1"]
+    cmd += ["--out", str(tmp_path), *SMALL, LEGACY]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "legacy trainer (RayPPOTrainer)" in out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert len(lines) == 1 and "gamma mean 1." in lines[0] and "capture" in lines[0], out.stdout
