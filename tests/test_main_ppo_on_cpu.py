@@ -42,9 +42,8 @@ RHYTHM_KEYS = ("rhythm/gamma_mean", "rhythm/amplified_share", "rhythm/capture_s"
 QUESTION = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("main_ppo")
+def model_and_data(root: Path) -> tuple[Path, Path, Path]:
+    """``(root, model folder, data folder)``: the tiny model and the arithmetic data every main_ppo test trains on."""
     model = save_tiny_model(root / "model", num_layers=4)
     # unique problems, so that a prompt identifies its GRPO group in the dumped batch
     problems = sorted(set(arithmetic.make_problems(400, seed=0)))[:64]
@@ -52,6 +51,11 @@ def setup(tmp_path_factory):
     write_parquet([arithmetic.to_row(p, "train", i) for i, p in enumerate(problems)], data / "train.parquet")
     write_parquet([arithmetic.to_row(p, "test", i) for i, p in enumerate(problems[:8])], data / "test.parquet")
     return root, model, data
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return model_and_data(tmp_path_factory.mktemp("main_ppo"))
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ import sys
 
 import pytest
 import torch
-from test_main_ppo_on_cpu import RHYTHM_KEYS, SMALL, gamma_of_updates
+from test_main_ppo_on_cpu import RHYTHM_KEYS, SMALL, gamma_of_updates, model_and_data
 
-from verl_rhythm.data import arithmetic
-from verl_rhythm.data.parquet import write_parquet
 from verl_rhythm.testing.main_ppo import run_main_ppo
 from verl_rhythm.testing.recipe_trainer import REVERSED_METRIC
 
@@ -49,15 +47,7 @@ def _assert_rhythm_trained(result, steps):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The tiny model and data of ``test_main_ppo_on_cpu.py`` (unique problems: a prompt identifies its group)."""
-    from verl_rhythm.testing.tiny import save_tiny_model
-
-    root = tmp_path_factory.mktemp("trainers")
-    model = save_tiny_model(root / "model", num_layers=4)
-    problems = sorted(set(arithmetic.make_problems(400, seed=0)))[:64]
-    data = root / "data"
-    write_parquet([arithmetic.to_row(p, "train", i) for i, p in enumerate(problems)], data / "train.parquet")
-    write_parquet([arithmetic.to_row(p, "test", i) for i, p in enumerate(problems[:8])], data / "test.parquet")
-    return root, model, data
+    return model_and_data(tmp_path_factory.mktemp("trainers"))
 
 
 @pytest.fixture(scope="module")
