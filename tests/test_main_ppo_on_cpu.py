@@ -101,6 +101,27 @@ def pad(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
 
+def response_statistic(dump: dict, key: str, width: int) -> torch.Tensor:
+    """A dumped response-layout statistic as ``(bs, width)``, zero past each row's end."""
+    x = pad(dump[key]).float()[:, :width]
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled") -> None:
+    """Every dumped update trained on GRPO × γ, with γ recomputed here by ``strategy`` (default knobs) from the WAAD
+    and FAI the update carried: exact on every token, including those whose GRPO advantage is 0."""
+    from verl_rhythm.credit.gamma import compute_gamma
+
+    tokenizer = tiny_tokenizer()
+    for dump in dumps:
+        grpo, used, mask = grpo_reference(dump, tokenizer)
+        width = mask.shape[1]
+        waad, fai = (response_statistic(dump, k, width) for k in ("rhythm_waad", "rhythm_fai"))
+        gamma = compute_gamma(strategy, mask, waad=waad, fai=fai).gamma
+        assert torch.any(gamma > 1), "the strategy selected nothing: the check would not see γ"
+        assert torch.allclose(used, grpo * gamma * mask, atol=1e-5)
+
+
 def test_every_step_reports_rhythm_metrics(coupled_run):
     assert coupled_run.steps == [1, 2]
     for step, m in coupled_run.metrics:
@@ -125,6 +146,7 @@ def gamma_of_updates(dumps: list[dict]) -> torch.Tensor:
 
 def test_the_update_trained_on_grpo_advantages_times_gamma(coupled_run):
     assert len(coupled_run.dumps) == 2  # one update per step (ppo_mini_batch_size = the batch)
+    assert_grpo_times_gamma(coupled_run.dumps)
     gamma = gamma_of_updates(coupled_run.dumps)
     assert gamma.numel() > 0, "no group with varied rewards in either step: nothing to check"
     assert torch.all(gamma > 1 - 1e-5)
@@ -338,7 +360,8 @@ def test_a_custom_strategy_drives_the_update(custom_run):
         tokenizer = tiny_tokenizer()
         for dump in result.dumps:
             grpo, used, mask = grpo_reference(dump, tokenizer)
-            gamma = compute_gamma("test_early_anchor", mask, fai=pad(dump["rhythm_fai"])[:, : mask.shape[1]]).gamma
+            gamma = compute_gamma("test_early_anchor", mask, fai=response_statistic(dump, "rhythm_fai", mask.shape[1]))
+            gamma = gamma.gamma
             assert torch.allclose(used, grpo * gamma * mask, atol=1e-5)
     finally:
         unregister_strategy("test_early_anchor")

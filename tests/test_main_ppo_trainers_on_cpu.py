@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from test_main_ppo_on_cpu import RHYTHM_KEYS, SMALL, gamma_of_updates, model_and_data
+from test_main_ppo_on_cpu import RHYTHM_KEYS, SMALL, assert_grpo_times_gamma, gamma_of_updates, model_and_data
 
 from verl_rhythm.testing.main_ppo import run_main_ppo
 from verl_rhythm.testing.recipe_trainer import REVERSED_METRIC
@@ -30,18 +30,18 @@ def _check(result):
 
 
 def _assert_rhythm_trained(result, steps):
-    """``rhythm/*`` metrics every step, and every update used GRPO × γ with γ a coupled-strategy value, > 1
-    somewhere."""
+    """``rhythm/*`` metrics every step, and every update used GRPO × γ, γ recomputed from the statistics it carried.
+    (Whether a group's rewards vary depends on the sampled responses; the exact check holds either way.)"""
     _check(result)
     assert result.steps == steps
     for step, m in result.metrics:
         missing = [k for k in (*RHYTHM_KEYS, "rhythm/span_local_mean", "rhythm/capture_share") if k not in m]
         assert not missing, f"step {step} lacks {missing}"
+        assert m["rhythm/amplified_share"] > 0 and m["rhythm/gamma_mean"] > 1
     assert len(result.dumps) == len(steps)
-    gamma = gamma_of_updates(result.dumps)
-    assert gamma.numel() > 0 and torch.all(gamma > 1 - 1e-5)
-    assert torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
-    assert torch.any(gamma > 1 + 1e-5), "γ = 1 everywhere: the rhythm credit never reached the update"
+    assert_grpo_times_gamma(result.dumps)
+    gamma = gamma_of_updates(result.dumps)  # where GRPO is non-zero: a coupled-strategy value
+    assert torch.all(gamma > 1 - 1e-5) and torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
 
 
 @pytest.fixture(scope="module")

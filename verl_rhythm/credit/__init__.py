@@ -7,7 +7,6 @@
 - :mod:`.gamma`: TopQ, ΔWAAD, the coupled rule and :func:`compute_gamma`.
 - :mod:`.rhythm`: :func:`rhythm_credit`, γ under a run's credit settings (the estimator and the report).
 
-
 Names are imported on first use, so ``from verl_rhythm.credit.settings import CreditSettings`` stays free of torch.
 """
 
