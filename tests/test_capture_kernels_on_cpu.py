@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import types
 
 import pytest
 import torch
@@ -252,3 +253,37 @@ def test_the_fused_sdpa_replacement_is_the_default_on_cpu_and_opt_in_elsewhere()
     )
     assert RhythmCapture(RhythmConfig(), 4, fused=True).fuses_on("cuda")
     assert not RhythmCapture(RhythmConfig(), 4, fused=False).fuses_on("cpu")
+
+
+@pytest.mark.parametrize(
+    ("hip", "arch", "capability", "triton"),
+    [
+        (None, "", (9, 0), True),  # NVIDIA Hopper
+        (None, "", (7, 5), False),  # NVIDIA Turing: no bf16 tensor cores
+        ("6.4.0", "gfx942:sramecc+:xnack-", (9, 4), True),  # MI300: compiled in the tests
+        ("6.4.0", "gfx90a:sramecc+:xnack-", (9, 0), True),  # MI200: compiled in the tests
+        ("6.4.0", "gfx1100", (11, 0), False),  # RDNA3: not compiled for; the batched path
+    ],
+)
+def test_the_triton_default_follows_the_gpus_it_is_compiled_for(monkeypatch, caplog, hip, arch, capability, triton):
+    """A ROCm build reports ``device_type == "cuda"`` and a 9.x capability for any AMD GPU: the architecture decides
+    (forced: this machine has no GPU; the compile tests cover the named targets)."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(gcnArchName=arch))
+    monkeypatch.setattr(torch.version, "hip", hip)
+    kernels_mod.warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        kernels = kernels_for("cuda")
+    assert kernels.triton is triton and kernels.tiled_bands
+    assert any("not compiled for the AMD GPU" in r.message for r in caplog.records) == (hip is not None and not triton)
+
+
+@pytest.mark.parametrize("device", ["cuda", "xpu", "hpu", "mps", "privateuseone"])  # NPU registers as privateuseone
+def test_every_accelerator_gets_the_tiled_band_schedule(device):
+    """The block loop is for host memory (CPU, and ``meta`` for the memory bound); every accelerator, whatever its
+    vendor, gets the tiled schedule (few launches)."""
+    assert kernels_for(device).tiled_bands
+    assert not kernels_for("cpu").tiled_bands and not kernels_for("meta").tiled_bands

@@ -144,3 +144,28 @@ def test_compiled_for_sm80_and_sm90_with_tensor_cores_and_no_spills():
         assert mma > 0, (key, r)  # tensor cores: mma.sync on Ampere, wgmma on Hopper
         assert r["LOCAL"] == 0 and r["STACK"] == 0, (key, r)  # no register spills
         assert r["REG"] <= 255 and r["SHARED"] + r["shared_dynamic"] <= SHARED_LIMIT[arch], (key, r)
+
+
+@pytest.mark.slow
+def test_compiled_for_amd_mi200_and_mi300_with_matrix_cores_and_no_spills():
+    """``triton.compile`` for AMD targets (the ROCm GPUs the kernels are the default on: ``kernels.ROCM_ARCHS``); the
+    resources are those the ``amdgcn`` assembly declares. Compile-only: no AMD GPU has run them."""
+    from verl_rhythm.measure.kernels import ROCM_ARCHS
+
+    code = (
+        "import json\nfrom verl_rhythm.testing.triton_compile import compile_kernel_amd\n"
+        "print(json.dumps({f'{n} {a} {t}': compile_kernel_amd(n, a, 128, t) for n in ('rows', 'columns') "
+        f"for a in {ROCM_ARCHS!r} for t in ('bf16', 'fp32')}}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from verl_rhythm.testing.triton_compile import LDS_LIMIT
+
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 4 * len(ROCM_ARCHS)
+    for key, r in results.items():
+        assert r["MFMA"] > 0, (key, r)  # matrix cores
+        assert r["vgpr_spill_count"] == 0 and r["private_segment_fixed_size"] == 0, (key, r)  # no spills to memory
+        assert r["vgpr_count"] <= 512 and r["shared"] <= LDS_LIMIT, (key, r)

@@ -15,12 +15,13 @@ import torch
 import yaml
 from models import tiny_config
 from omegaconf import OmegaConf, open_dict
+from transformers.modeling_flash_attention_utils import FLASH_ATTENTION_COMPATIBILITY_MATRIX, FLASH_ATTN_KERNEL_FALLBACK
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_rhythm.config import RhythmConfig, RhythmConfigError
 from verl_rhythm.glue import core_algos as rhythm_algos
-from verl_rhythm.glue.checks import RhythmSetupError, check_rhythm_run
+from verl_rhythm.glue.checks import RhythmSetupError, check_rhythm_run, flash_attention_2_source, warn_if_ignored
 
 ATTN = "actor_rollout_ref.model.override_config.attn_implementation"
 
@@ -83,24 +84,43 @@ def test_flash_attention_without_the_package_stops_at_start_up(compose, monkeypa
     import importlib.util
 
     assert importlib.util.find_spec("flash_attn") is None  # this machine: no GPU, no flash-attn
+    assert flash_attention_2_source() is None
     with pytest.raises(RhythmSetupError) as err:
         check_rhythm_run(compose(f"{ATTN}=flash_attention_2"))
     (line,) = [x for x in str(err.value).splitlines() if ATTN in x]
-    assert "flash_attention_2" in line and "flash_attn package cannot be imported" in line
+    assert "flash_attention_2" in line and "transformers has no FlashAttention-2 to load here" in line
     assert "pip install 'verl[fsdp]==0.9.1'" in line and f"+{ATTN}=sdpa" in line
     default = compose()
     with open_dict(default):
         del default.actor_rollout_ref.model.override_config["attn_implementation"]  # verl's default applies
-    with pytest.raises(RhythmSetupError, match="flash_attention_2 .verl's default. but the flash_attn package"):
+    with pytest.raises(RhythmSetupError, match="flash_attention_2 .verl's default. but transformers has no"):
         check_rhythm_run(default)
     assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2", "trainer.device=cpu"))  # the CPU backend's own
-    real = importlib.util.find_spec
-    found = object()
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: found if name == "flash_attn" else real(name, *a))
-    assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2"))  # installed: nothing to say
-    # Ulysses sequence parallelism on FlashAttention-2 with packed rows: supported
+    # Ulysses sequence parallelism on FlashAttention-2 with packed rows: supported once FA2 is there
     sp2 = "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"
+    matrix = FLASH_ATTENTION_COMPATIBILITY_MATRIX[2]
+    monkeypatch.setitem(matrix, "pkg_availability_check", lambda *a, **k: True)  # transformers' own package check
+    assert flash_attention_2_source() == "flash_attn"
+    assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2"))  # installed: nothing to say
     assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2", sp2))
+
+
+@pytest.mark.parametrize("served_by", ["kernels", "npu"])
+def test_flash_attention_served_without_the_flash_attn_package_is_accepted(compose, monkeypatch, served_by):
+    """transformers also serves ``flash_attention_2`` without flash-attn: from its hub kernel when the ``kernels``
+    package is installed (XPU's native path too), and natively on Ascend NPU. A check of the package alone would
+    refuse those runs; the check asks what transformers would load (the device itself is not probed: the driver
+    that runs the check may see none)."""
+    from transformers.utils import import_utils
+
+    if served_by == "kernels":
+        monkeypatch.setattr(import_utils, "is_kernels_available", lambda *a, **k: True)
+        expected = "kernels:" + FLASH_ATTN_KERNEL_FALLBACK["flash_attention_2"]
+    else:
+        monkeypatch.setattr(import_utils, "is_torch_npu_available", lambda *a, **k: True)
+        expected = "npu"
+    assert flash_attention_2_source() == expected
+    assert check_rhythm_run(compose(f"{ATTN}=flash_attention_2")) == RhythmConfig()
 
 
 @pytest.mark.parametrize(
@@ -260,3 +280,73 @@ def test_hybrid_and_variant_models_pass_with_default_layers(compose, tmp_path, a
 
     variant_config(arch).save_pretrained(tmp_path)
     assert check_rhythm_run(compose(f"actor_rollout_ref.model.path={tmp_path}")) == RhythmConfig()
+
+
+def test_a_remote_model_path_is_read_where_verl_localises_it(compose, model_dir, monkeypatch, tmp_path):
+    """``hdfs://`` (any path verl's ``copy_to_local`` localises) is resolved as verl resolves it, not refused.
+
+    The HDFS client cannot run here: verl's own copy function (``verl.utils.fs.copy``, which shells out to
+    ``hdfs dfs -get``) is replaced by a local copy from a folder standing in for the remote store; the rest is
+    verl's ``copy_to_local`` (cache folder, lock, directory record)."""
+    import shutil
+
+    from verl.utils import fs
+
+    store = {"hdfs://cluster/models/tiny": model_dir}
+    copied = []
+
+    def hdfs_get(src, dst, **kwargs):
+        copied.append(src)
+        return shutil.copytree(store[src], dst)
+
+    monkeypatch.setattr(fs, "copy", hdfs_get)
+    monkeypatch.setattr(fs.tempfile, "gettempdir", lambda: str(tmp_path))  # verl's cache folder for remote copies
+    remote = compose("actor_rollout_ref.model.path=hdfs://cluster/models/tiny", rhythm={"layers": [1, 5]})
+    assert check_rhythm_run(remote).layers == (1, 5)
+    assert check_rhythm_run(remote).layers == (1, 5)
+    assert copied == ["hdfs://cluster/models/tiny"]  # copied once, then verl's cache (where HFModelConfig looks)
+    too_deep = compose("actor_rollout_ref.model.path=hdfs://cluster/models/tiny", rhythm={"layers": [6]})
+    with pytest.raises(RhythmSetupError, match=r"algorithm.rhythm.layers"):
+        check_rhythm_run(too_deep)
+    with pytest.raises(RhythmSetupError, match=r"actor_rollout_ref.model.path='/no/such/model'"):
+        check_rhythm_run(compose("actor_rollout_ref.model.path=/no/such/model"))
+
+
+def test_rhythm_keys_on_another_estimator_warn_once(compose, caplog):
+    """``algorithm.rhythm.*`` set while ``adv_estimator`` is not ``rhythm``: one warning line, nothing else."""
+    grpo = compose("algorithm.adv_estimator=grpo", rhythm={"strategy": "global"})
+    with caplog.at_level("WARNING", logger="verl_rhythm.glue.checks"):
+        assert check_rhythm_run(grpo) is None
+    (record,) = caplog.records
+    assert "algorithm.rhythm is set but algorithm.adv_estimator=grpo" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    caplog.clear()
+    plain = compose("algorithm.adv_estimator=grpo")
+    with open_dict(plain):
+        plain.algorithm.pop("rhythm", None)
+    with caplog.at_level("WARNING", logger="verl_rhythm.glue.checks"):
+        assert check_rhythm_run(plain) is None and not warn_if_ignored(plain)
+    assert caplog.records == []
+
+
+def test_an_interpolation_error_in_the_config_surfaces(compose):
+    """A config value that cannot resolve is the user's error to see, not an absent key silently defaulted."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    config = compose()
+    with open_dict(config):
+        config.actor_rollout_ref.rollout.n = "${oc.env:RHYTHM_TEST_UNSET_VARIABLE}"
+    with pytest.raises(InterpolationResolutionError, match="RHYTHM_TEST_UNSET_VARIABLE"):
+        check_rhythm_run(config)
+
+
+def test_the_estimator_without_a_config_refuses_instead_of_training_a_default():
+    """Called without verl's ``algorithm`` config, the estimator would train the default ``coupled`` strategy
+    whatever the run asked for; it raises, naming the argument."""
+    mask = torch.ones(4, 6)
+    index = np.array(["a", "a", "b", "b"], dtype=object)
+    stats = {"rhythm_waad": torch.rand(4, 6), "rhythm_fai": torch.rand(4, 6)}
+    with pytest.raises(ValueError, match="config"):
+        rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, None, index, **stats)
+    with pytest.raises(ValueError, match="config"):
+        rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, index=index, **stats)

@@ -13,10 +13,13 @@ as such: each runs the actor's old-log-prob pass, where the statistics are compu
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import Any
 
 from verl_rhythm.config import RhythmConfig, RhythmConfigError, select_layers
+
+logger = logging.getLogger(__name__)
 
 ESTIMATOR_NAME = "rhythm"
 PLUGIN_NAME = "rhythm"
@@ -53,6 +56,7 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
         RhythmSetupError: one or more unsupported settings, all listed in one message.
     """
     if not is_rhythm_run(config):
+        warn_if_ignored(config)
         return None
     cfg = RhythmConfig.from_algorithm_config(_get(config, "algorithm"))
     problems = []
@@ -84,6 +88,30 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
             + "\n  - ".join(problems)
         )
     return cfg
+
+
+def warn_if_ignored(config: Any) -> bool:
+    """One warning line when ``algorithm.rhythm`` is set but ``algorithm.adv_estimator`` is not ``rhythm``.
+
+    The keys then have no effect (the run is the named estimator's own); a recipe that declares the block and a
+    baseline run that switches the estimator both land here, and so does a typo in the estimator's name.
+
+    Returns:
+        whether it warned.
+    """
+    algorithm = _get(config, "algorithm")
+    block = _get(algorithm, "rhythm")
+    if not block:
+        return False
+    estimator = _get(algorithm, "adv_estimator")
+    logger.warning(
+        "verl-rhythm: algorithm.rhythm is set but algorithm.adv_estimator=%s: the rhythm keys are ignored and this "
+        "run trains with %s's advantages (set algorithm.adv_estimator=%s to use them)",
+        estimator,
+        estimator,
+        ESTIMATOR_NAME,
+    )
+    return True
 
 
 def _engine_problems(config: Any) -> list[str]:
@@ -131,22 +159,50 @@ FLASH_ATTN_INSTALL = (
 
 
 def flash_attention_problems(config: Any) -> list[str]:
-    """FlashAttention-2 asked for (verl's default) where the ``flash_attn`` package cannot be imported.
+    """FlashAttention-2 asked for (verl's default) where transformers would have nothing to serve it with.
 
     verl builds the actor with ``attn_implementation=flash_attention_2`` unless the config overrides it
     (``verl/workers/config/model.py:HFModelConfig``), and ``pip install 'verl[vllm]==0.9.1'`` installs no flash-attn:
     without this check the run would start Ray, the rollout servers and the workers before the actor's model fails to
-    build. On ``trainer.device=cpu`` (verl-rhythm's CPU backend) FlashAttention-2 is the backend's CPU implementation.
+    build. What transformers would load is :func:`flash_attention_2_source`. On ``trainer.device=cpu``
+    (verl-rhythm's CPU backend) FlashAttention-2 is the backend's CPU implementation.
     """
     attn = _select(config, ATTN_IMPLEMENTATION_KEY, "flash_attention_2")
     if str(attn) != "flash_attention_2" or str(_select(config, "trainer.device", "cuda")) == "cpu":
         return []
-    if importlib.util.find_spec("flash_attn") is not None:
+    if flash_attention_2_source() is not None:
         return []
     return [
-        f"{ATTN_IMPLEMENTATION_KEY}={attn} (verl's default) but the flash_attn package cannot be imported here: "
-        f"install it next to verl ({FLASH_ATTN_INSTALL}), or set +{ATTN_IMPLEMENTATION_KEY}=sdpa"
+        f"{ATTN_IMPLEMENTATION_KEY}={attn} (verl's default) but transformers has no FlashAttention-2 to load here (no "
+        f"flash_attn package, no 'kernels' package for its hub kernel, no Ascend NPU): install flash-attn next to verl "
+        f"({FLASH_ATTN_INSTALL}), or set +{ATTN_IMPLEMENTATION_KEY}=sdpa"
     ]
+
+
+def flash_attention_2_source() -> str | None:
+    """What transformers would load for ``attn_implementation="flash_attention_2"`` here, or ``None``.
+
+    Mirrors ``transformers/modeling_utils.py:PreTrainedModel._check_and_adjust_attn_implementation`` (transformers
+    5.5-5.10): the ``flash_attn`` package (transformers' own package check, ``FLASH_ATTENTION_COMPATIBILITY_MATRIX[2]
+    ["pkg_availability_check"]``); else, with the ``kernels`` package and no NPU, the hub kernel
+    ``FLASH_ATTN_KERNEL_FALLBACK["flash_attention_2"]`` (also XPU's native path); else Ascend NPU's built-in
+    FlashAttention. Only package checks, no device check: the driver that runs this check may see no accelerator,
+    and the workers that build the model do.
+
+    Returns:
+        ``"flash_attn"``, ``"kernels:<hub repo>"``, ``"npu"`` or ``None``.
+    """
+    from transformers import modeling_flash_attention_utils as fa_utils
+    from transformers.utils import import_utils
+
+    matrix = getattr(fa_utils, "FLASH_ATTENTION_COMPATIBILITY_MATRIX", {}).get(2, {})
+    package_check = matrix.get("pkg_availability_check", lambda: importlib.util.find_spec("flash_attn") is not None)
+    if package_check():
+        return "flash_attn"
+    npu = import_utils.is_torch_npu_available()
+    if import_utils.is_kernels_available() and not npu:
+        return "kernels:" + getattr(fa_utils, "FLASH_ATTN_KERNEL_FALLBACK", {}).get("flash_attention_2", "hub kernel")
+    return "npu" if npu else None
 
 
 def _model_problems(config: Any, cfg: RhythmConfig, num_layers: int | None) -> list[str]:
@@ -202,15 +258,22 @@ def attention_variant_problems(hf_config: Any) -> list[str]:
 
 
 def load_hf_config(config: Any):
-    """The policy's transformers config, from ``actor_rollout_ref.model.hf_config_path`` or ``.path``."""
+    """The policy's transformers config, from ``actor_rollout_ref.model.hf_config_path`` or ``.path``.
+
+    The path is localised the way verl does it before reading it (``verl/workers/config/model.py:HFModelConfig``
+    calls ``verl/utils/fs.py:copy_to_local(path, use_shm=model.use_shm)``; remote paths such as ``hdfs://...`` are
+    copied once into verl's cache, where the trainer's own ``HFModelConfig`` finds them again).
+    """
     from transformers import AutoConfig
+    from verl.utils.fs import copy_to_local
 
     model = _select(config, "actor_rollout_ref.model")
     key = "hf_config_path" if _get(model, "hf_config_path") else "path"
     path = os.path.expanduser(str(_get(model, key)))
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=bool(_get(model, "trust_remote_code", False)))
-    except Exception as err:  # the message must name the key; any loader error means the same to the user
+        local = copy_to_local(path, use_shm=bool(_get(model, "use_shm", False)))
+        return AutoConfig.from_pretrained(local, trust_remote_code=bool(_get(model, "trust_remote_code", False)))
+    except (OSError, ValueError) as err:  # what a missing, unreadable or unknown model config raises
         raise RhythmSetupError(
             f"actor_rollout_ref.model.{key}={path!r}: cannot read the model config to check algorithm.rhythm.layers "
             f"({type(err).__name__}: {err})"
@@ -259,13 +322,15 @@ def _plugin_policy_problems(config: Any) -> list[str]:
 
 
 def _get(node: Any, key: str, default: Any = None) -> Any:
+    """``node[key]`` of a mapping (``DictConfig`` included) or ``node.key`` of an object; ``default`` when absent.
+
+    Only a missing key counts as absent (``DictConfig.get`` returns the default then, struct mode included); an
+    interpolation that cannot resolve or a mandatory ``???`` value raises, naming the key, as it would in verl.
+    """
     if node is None:
         return default
     if hasattr(node, "get"):
-        try:
-            return node.get(key, default)
-        except Exception:  # an OmegaConf interpolation that cannot resolve here counts as absent
-            return default
+        return node.get(key, default)
     return getattr(node, key, default)
 
 

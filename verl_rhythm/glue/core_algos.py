@@ -180,8 +180,14 @@ def compute_rhythm_outcome_advantage(
         ``(advantages, returns)``, both ``(bs, response_length)``, equal (as verl's GRPO returns them).
 
     Raises:
-        ValueError: ``index`` missing, or a statistic the strategy needs is missing (the capture did not run).
+        ValueError: ``config`` or ``index`` missing, or a statistic the strategy needs is missing (the capture did
+            not run).
     """
+    if config is None:
+        raise ValueError(
+            "the rhythm estimator needs verl's algorithm config (config=...; ray_trainer.compute_advantage passes it) "
+            "and got none: without it, algorithm.rhythm.* is unknown and no strategy is assumed"
+        )
     cfg = RhythmConfig.from_algorithm_config(config)
     handoff = _handoff(response_mask)
     pending = {} if handoff is None else handoff.fields
@@ -193,7 +199,7 @@ def compute_rhythm_outcome_advantage(
     if index is None:
         raise ValueError("the rhythm estimator needs the GRPO group ids ('uid', passed as index) and got none")
     check_statistics(cfg, given)
-    norm_by_std = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
+    norm_by_std = bool(config.get("norm_adv_by_std_in_grpo", True))
     advantages, _ = core_algos.compute_grpo_outcome_advantage(
         token_level_rewards=token_level_rewards,
         response_mask=response_mask,

@@ -42,7 +42,8 @@ class Kernels:
     """The capture's kernel choices on one device.
 
     Attributes:
-        device_type: ``cpu``, ``cuda`` or ``meta`` (what :func:`kernels_for` was asked for).
+        device_type: ``cpu``, ``cuda``, ``meta`` or another accelerator's type (what :func:`kernels_for` was asked
+            for).
         low_precision_grid: bf16/fp16 q/k stay in their dtype on the padded grid and every logit comes from
             :meth:`matmul_fp32` (fp32 sums of exact products); ``False`` upcasts the grid to fp32 first.
         fp32_output_gemm: ``torch.bmm(..., out_dtype=torch.float32)`` runs on this device (CUDA); without it
@@ -51,7 +52,7 @@ class Kernels:
             kernel returning the row log-sum-exp (:meth:`attention_lse`), and the fused path may replace an fp32 SDPA
             call; ``False``: explicit logits in query chunks, and no fused path.
         tiled_bands: band schedule of :func:`verl_rhythm.measure.batched.band_stats`: tiles of many blocks (few
-            launches: CUDA) or the block loop (cache-friendly: CPU).
+            launches: every accelerator) or the block loop (cache-friendly: CPU).
         triton: every per-head vector of a layer from the fused Triton kernels
             (:mod:`verl_rhythm.measure.triton_stats`: one pass over the keys, no logit in memory, no padded grid)
             instead of the batched path; every attention variant is covered. On CPU tensors only in Triton's
@@ -118,10 +119,11 @@ class Kernels:
 def kernels_for(device: torch.device | str) -> Kernels:
     """The default :class:`Kernels` of ``device``, from what this torch build offers there.
 
-    CUDA: the fused Triton kernels where Triton is importable and the GPU has bf16 tensor cores (sm_80 and newer);
-    for the batched path, bf16/fp16 grids with the fp32-output gemm, tiled bands, the memory-efficient kernel for
-    fp32 grids. CPU: fp32 grids (no fp32-output bf16 gemm on CPU), the block loop, the CPU flash kernel. Other devices
-    (``meta``): fp32 grids, the block loop, explicit logits. A CUDA build without one of the CUDA kernels falls back,
+    CUDA: the fused Triton kernels where Triton is importable and the GPU is one they are compiled for (NVIDIA sm_80
+    and newer; on ROCm, :data:`ROCM_ARCHS`); for the batched path, bf16/fp16 grids with the fp32-output gemm, tiled
+    bands, the memory-efficient kernel for fp32 grids. CPU: fp32 grids (no fp32-output bf16 gemm on CPU), the block
+    loop, the CPU flash kernel. Other accelerators (NPU, XPU, ...): fp32 grids, tiled bands, explicit logits.
+    ``meta``: fp32 grids, the block loop, explicit logits. A CUDA build without one of the CUDA kernels falls back,
     with a warning (once per process).
     """
     kind = torch.device(device).type
@@ -138,17 +140,39 @@ def kernels_for(device: torch.device | str) -> Kernels:
         low_precision_grid=kind == "cuda" and gemm,
         fp32_output_gemm=gemm,
         lse_attention=lse,
-        tiled_bands=kind == "cuda",
+        tiled_bands=kind not in _HOST_DEVICES,
         triton=kind == "cuda" and _triton_runs_here(),
     )
 
 
+_HOST_DEVICES = ("cpu", "meta")
+"""Device types that get the block-loop band schedule (cache-friendly on a host); every accelerator (CUDA, ROCm,
+NPU, XPU, ...) gets the tiled one (few launches)."""
+
+
+ROCM_ARCHS = ("gfx90a", "gfx942")
+"""AMD GPUs (MI200, MI300) the fused Triton kernels are compiled for in the tests (matrix cores, no spills to
+memory); other ROCm GPUs get the batched path."""
+
+
 def _triton_runs_here() -> bool:
-    """Triton is importable and the current GPU has bf16 tensor cores (compute capability 8.0 or newer)."""
+    """The fused Triton kernels are the default here: Triton is importable and the GPU is one they are compiled and
+    checked for: NVIDIA with bf16 tensor cores (sm_80 and newer), or an AMD GPU of :data:`ROCM_ARCHS` (a ROCm build
+    reports ``device_type="cuda"`` and a capability of 9.x for any of its GPUs, so the architecture decides)."""
     if importlib.util.find_spec("triton") is None:
         warn_once("rhythm capture: Triton is not installed; the batched path computes the statistics")
         return False
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+    if not torch.cuda.is_available():
+        return False
+    if torch.version.hip is not None:
+        arch = torch.cuda.get_device_properties(torch.cuda.current_device()).gcnArchName.split(":")[0]
+        if arch not in ROCM_ARCHS:
+            warn_once(
+                f"rhythm capture: the fused Triton kernels are not compiled for the AMD GPU {arch} (only "
+                f"{', '.join(ROCM_ARCHS)}); the batched path computes the statistics"
+            )
+        return arch in ROCM_ARCHS
+    return torch.cuda.get_device_capability() >= (8, 0)
 
 
 @functools.cache
