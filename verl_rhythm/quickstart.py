@@ -14,7 +14,10 @@ output folder holds:
 - ``train.log``: the full verl log; ``checkpoints/``: verl's checkpoints (with ``--save-freq``).
 
 Any further argument is passed to ``main_ppo`` as a Hydra override, e.g.
-``python -m verl_rhythm.quickstart --steps 3 algorithm.rhythm.strategy=global actor_rollout_ref.rollout.n=8``.
+``python -m verl_rhythm.quickstart --steps 3 algorithm.rhythm.strategy=global actor_rollout_ref.rollout.n=8``. The
+recipe's batch size and attention follow the worker layout the overrides ask for (:func:`fitted_defaults`), so
+``python -m verl_rhythm.quickstart --steps 1 trainer.n_gpus_per_node=3
+actor_rollout_ref.actor.ulysses_sequence_parallel_size=3`` trains as written.
 """
 
 from __future__ import annotations
@@ -103,7 +106,51 @@ def command(model_dir: Path, data: Path, out: Path, args, overrides: list[str]) 
         f"trainer.save_freq={args.save_freq}",
         f"algorithm.rhythm.strategy={args.strategy}",
     ]
-    return main_ppo_command(model_dir, data, out, [*steps, *overrides])
+    return main_ppo_command(model_dir, data, out, [*steps, *fitted_defaults(overrides), *overrides])
+
+
+ATTN_KEY = "actor_rollout_ref.model.override_config.attn_implementation"
+SP_KEYS = (
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+)
+PROMPTS_PER_STEP = 8
+"""The recipe's ``data.train_batch_size`` (and ``actor.ppo_mini_batch_size``: one update per step)."""
+RESPONSES_PER_PROMPT = 4
+"""The recipe's ``actor_rollout_ref.rollout.n``."""
+
+
+def fitted_defaults(overrides: list[str]) -> list[str]:
+    """The recipe's own defaults that the worker layout of ``overrides`` needs changed; the user's keys always win.
+
+    - Ulysses sequence parallelism (sp > 1) runs through FlashAttention-2 (``verl/models/transformers/
+      monkey_patch.py``), which the CPU backend serves; the recipe's SDPA would be refused at start-up.
+    - verl needs ``train_batch_size · n`` divisible by the number of workers (``verl/utils/config.py:validate_config``)
+      and the mini-batch's responses divisible by the data-parallel size (``engine_workers.py:TrainingWorker``): the
+      recipe's 8 prompts per step round up to the next count that divides, e.g. 9 on 3 workers.
+
+    Args:
+        overrides: the Hydra overrides given on the command line (``key=value``, ``+key=value``).
+
+    Returns:
+        overrides to place before the user's.
+    """
+    values = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+    fitted = []
+    sp = max(int(values.get(key, 1)) for key in SP_KEYS)
+    if sp > 1 and ATTN_KEY not in values:
+        fitted.append(f"{ATTN_KEY}=flash_attention_2")
+    workers = int(values.get("trainer.n_gpus_per_node", 1)) * int(values.get("trainer.nnodes", 1))
+    n = int(values.get("actor_rollout_ref.rollout.n", RESPONSES_PER_PROMPT))
+    prompts = PROMPTS_PER_STEP
+    while (prompts * n) % workers or (prompts * n) % max(workers // sp, 1):
+        prompts += 1
+    if prompts != PROMPTS_PER_STEP:
+        if "data.train_batch_size" not in values:
+            fitted.append(f"data.train_batch_size={prompts}")
+        if "actor_rollout_ref.actor.ppo_mini_batch_size" not in values:
+            fitted.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}")
+    return fitted
 
 
 REFUSALS = ("RhythmSetupError", "CPUBackendConfigError", "RhythmConfigError")

@@ -102,7 +102,7 @@ def forward_step(original, engine, micro_batch, loss_function, forward_only):
     use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
     # host metadata, moved to the parameters' device now: nothing inside the forward waits on a copy
     capture.set_layouts(micro_batch_layouts(micro_batch, use_remove_padding=use_remove_padding))
-    capture.to(_parameter_device(engine.module))
+    capture.to(engine_device())
     if not hook.is_installed():
         hook.install_attention_hook()
     if engine.use_ulysses_sp:
@@ -168,11 +168,17 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool) -> list[Sequen
     return layouts_from_attention_mask(attention_mask.cpu(), masks)
 
 
-def _parameter_device(module) -> torch.device:
-    """The device of the model's (local) parameters, where the forward's q/k will live."""
-    for p in module.parameters():
-        return getattr(p, "device", torch.device("cpu"))
-    return torch.device("cpu")
+def engine_device() -> torch.device:
+    """The device verl's engine computes on, where the forward's q/k will live.
+
+    verl's own answer (``verl/utils/device.py:get_device_name`` and ``get_device_id``, the ones its engine moves
+    every micro-batch to), not the parameters' device: under FSDP2's ``offload_policy`` (``CPUOffloadPolicy``) the
+    parameters rest on the CPU between forwards while the forward computes on the accelerator.
+    """
+    from verl.utils.device import get_device_id, get_device_name
+
+    name = get_device_name()
+    return torch.device(name) if name in ("cpu", "meta") else torch.device(name, get_device_id())
 
 
 def rhythm_model_outputs(rhythms: list[SequenceRhythm], seq_lens: list[int], seconds: float) -> dict:

@@ -1,0 +1,66 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
+"""The quickstart takes what verl takes: its own defaults follow the worker layout the user's overrides ask for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from verl_rhythm import quickstart
+
+RECIPE = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "rhythm_cpu.yaml").read_text())
+
+
+def test_the_constants_are_the_recipes():
+    assert RECIPE["data"]["train_batch_size"] == quickstart.PROMPTS_PER_STEP
+    assert RECIPE["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] == quickstart.PROMPTS_PER_STEP
+    assert RECIPE["actor_rollout_ref"]["rollout"]["n"] == quickstart.RESPONSES_PER_PROMPT
+    assert RECIPE["actor_rollout_ref"]["model"]["override_config"]["attn_implementation"] == "sdpa"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], []),
+        (["trainer.n_gpus_per_node=2"], []),  # 32 responses on 2 workers
+        (
+            ["trainer.n_gpus_per_node=3", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=3"],
+            [f"{quickstart.ATTN_KEY}=flash_attention_2", "data.train_batch_size=9",
+             "actor_rollout_ref.actor.ppo_mini_batch_size=9"],
+        ),
+        (
+            ["trainer.n_gpus_per_node=3"],
+            ["data.train_batch_size=9", "actor_rollout_ref.actor.ppo_mini_batch_size=9"],
+        ),
+        (  # the user's keys win
+            ["trainer.n_gpus_per_node=3", "+actor_rollout_ref.actor.ulysses_sequence_parallel_size=3",
+             f"{quickstart.ATTN_KEY}=eager", "data.train_batch_size=12"],
+            ["actor_rollout_ref.actor.ppo_mini_batch_size=9"],
+        ),
+        (["trainer.n_gpus_per_node=5", "actor_rollout_ref.rollout.n=2"], ["data.train_batch_size=10",
+          "actor_rollout_ref.actor.ppo_mini_batch_size=10"]),
+    ],
+)  # fmt: skip
+def test_fitted_defaults(overrides, expected):
+    assert quickstart.fitted_defaults(overrides) == expected
+
+
+LAYOUTS = [(w, sp, n) for w in (1, 2, 3, 4, 6) for sp in (1, 2, 3) for n in (2, 4, 5) if w % sp == 0]
+
+
+@pytest.mark.parametrize("workers, sp, n", LAYOUTS)
+def test_the_fitted_batch_satisfies_verls_divisibility_rules(workers, sp, n):
+    """The two rules verl checks before training (``verl/utils/config.py:validate_config``: ``train_batch_size · n``
+    divisible by the workers; ``engine_workers.py``: the mini-batch's responses divisible by the data-parallel size)."""
+    overrides = [f"trainer.n_gpus_per_node={workers}", f"actor_rollout_ref.rollout.n={n}"]
+    if sp > 1:
+        overrides.append(f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={sp}")
+    values = dict(o.split("=", 1) for o in quickstart.fitted_defaults(overrides))
+    prompts = int(values.get("data.train_batch_size", quickstart.PROMPTS_PER_STEP))
+    mini = int(values.get("actor_rollout_ref.actor.ppo_mini_batch_size", quickstart.PROMPTS_PER_STEP))
+    assert prompts >= quickstart.PROMPTS_PER_STEP and mini == prompts
+    assert (prompts * n) % workers == 0 and (mini * n) % (workers // sp) == 0
+    assert (values.get(quickstart.ATTN_KEY) == "flash_attention_2") == (sp > 1)
