@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.capture import cuda_missing  # noqa: E402
 from verl_rhythm.config import RhythmConfig  # noqa: E402
-from verl_rhythm.glue.tq_fields import FAI_FULL, WAAD_FULL  # noqa: E402
+from verl_rhythm.glue.tq_fields import FAI, WAAD  # noqa: E402
 
 
 def model_folder(name: str, out: Path) -> Path:
@@ -227,12 +227,11 @@ def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
         with_capture.append(t)
         _, t = timed_pass(engine, batch(None), args.device)
         without.append(t)
-    err_waad = max(float((out[WAAD_FULL][i] - r.waad.cpu()).abs().max()) for i, r in enumerate(reference))
-    err_fai = max(float((out[FAI_FULL][i] - r.fai.cpu()).abs().max()) for i, r in enumerate(reference))
-    overlap = statistics.mean(
-        top_q_overlap(out[FAI_FULL][i][len(p) :], r.fai.cpu()[len(p) :])
-        for i, ((p, _, _), r) in enumerate(zip(sequences, reference, strict=True))
-    )
+    # the engine returns the response positions only (each token at its own position): the reference's [len(p):]
+    pairs = [(i, len(p), r) for i, ((p, _, _), r) in enumerate(zip(sequences, reference, strict=True))]
+    err_waad = max(float((out[WAAD][i] - r.waad.cpu()[n:]).abs().max()) for i, n, r in pairs)
+    err_fai = max(float((out[FAI][i] - r.fai.cpu()[n:]).abs().max()) for i, n, r in pairs)
+    overlap = statistics.mean(top_q_overlap(out[FAI][i], r.fai.cpu()[n:]) for i, n, r in pairs)
     del engine
     if args.device == "cuda":
         torch.cuda.empty_cache()

@@ -16,7 +16,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import transformer_impl
-from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
+from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI, SEQ_STATS, WAAD
 from verl_rhythm.measure import capture as capture_mod
 from verl_rhythm.testing.engine import build_engine, dense_rhythm, log_prob_batch, run_log_prob_pass
 from verl_rhythm.testing.process_group import cpu_process_group
@@ -24,6 +24,11 @@ from verl_rhythm.wrapping import is_wrapped
 
 CFG = RhythmConfig(fai_horizon_hi=30, chunk_size=16)
 LENGTHS = [(20, 40), (15, 60), (30, 25), (10, 70), (25, 35), (12, 48)]
+
+
+def response(values, i):
+    """The response positions of sequence i's full-sequence reference statistic (its last r tokens)."""
+    return values[values.numel() - LENGTHS[i][1] :]
 
 
 def make_sequences(seed=0, vocab=128):
@@ -106,12 +111,12 @@ def test_engine_log_prob_pass_returns_the_dense_reference_statistics(
     out = run_log_prob_pass(engine, batch)
     ref = dense_rhythm(models[arch][1], sequences, CFG)
 
-    lengths = [p + r for p, r in LENGTHS]
-    for key in (WAAD_FULL, FAI_FULL):
+    lengths = [r for _, r in LENGTHS]  # the engine returns the response positions only
+    for key in (WAAD, FAI):
         assert out[key].is_nested and out[key].offsets().diff().tolist() == lengths, key
     for i, r in enumerate(ref):
-        torch.testing.assert_close(out[WAAD_FULL][i], r.waad, atol=2e-5, rtol=1e-5, msg=f"WAAD of sequence {i}")
-        torch.testing.assert_close(out[FAI_FULL][i], r.fai, atol=2e-6, rtol=1e-5, msg=f"FAI of sequence {i}")
+        torch.testing.assert_close(out[WAAD][i], response(r.waad, i), atol=2e-5, rtol=1e-5, msg=f"WAAD of sequence {i}")
+        torch.testing.assert_close(out[FAI][i], response(r.fai, i), atol=2e-6, rtol=1e-5, msg=f"FAI of sequence {i}")
         span = r.span
         stats = out[SEQ_STATS][i]
         torch.testing.assert_close(stats[0], span[r.local_heads].mean(), atol=1e-4, rtol=1e-5)
@@ -160,8 +165,8 @@ def test_the_fsdp_turbo_engine_captures_through_the_inherited_forward_step(proce
     sequences = make_sequences(seed=3)
     out = run_log_prob_pass(engine, log_prob_batch(sequences, capture=CFG, micro_batch_size=3))
     for i, r in enumerate(dense_rhythm(models["qwen2"][1], sequences, CFG)):
-        torch.testing.assert_close(out[WAAD_FULL][i], r.waad, atol=2e-5, rtol=1e-5, msg=f"WAAD of sequence {i}")
-        torch.testing.assert_close(out[FAI_FULL][i], r.fai, atol=2e-6, rtol=1e-5, msg=f"FAI of sequence {i}")
+        torch.testing.assert_close(out[WAAD][i], response(r.waad, i), atol=2e-5, rtol=1e-5, msg=f"WAAD of sequence {i}")
+        torch.testing.assert_close(out[FAI][i], response(r.fai, i), atol=2e-6, rtol=1e-5, msg=f"FAI of sequence {i}")
 
 
 @pytest.mark.slow
@@ -177,8 +182,8 @@ def test_pad_to_length_adds_a_pad_segment_the_capture_ignores(engines, models, a
     finally:
         engine.pad_to_length = False
     for i, r in enumerate(dense_rhythm(models["qwen2"][1], sequences, CFG)):
-        torch.testing.assert_close(out[WAAD_FULL][i], r.waad, atol=2e-5, rtol=1e-5)
-        torch.testing.assert_close(out[FAI_FULL][i], r.fai, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(out[WAAD][i], response(r.waad, i), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(out[FAI][i], response(r.fai, i), atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -198,14 +203,16 @@ def test_flash_attention_2_in_bf16_strict_mode(engines, models, cpu_flash_attn):
         run_log_prob_pass(engines("llama_gqa", "flash_attention_2", True), log_prob_batch(sequences, capture=CFG))
     for i, r in enumerate(ref):
         for attn, out in outs.items():
-            waad, fai = out[WAAD_FULL][i], out[FAI_FULL][i]
+            waad, fai = out[WAAD][i], out[FAI][i]
             assert bool(torch.isfinite(waad).all() and torch.isfinite(fai).all())
             # measured here: at most 0.006 (WAAD, in [0, W]) and 9e-5 (FAI) off the fp32 reference
-            torch.testing.assert_close(waad, r.waad, atol=0.03, rtol=0, msg=f"{attn} WAAD {i}")
-            torch.testing.assert_close(fai, r.fai, atol=1e-3, rtol=0, msg=f"{attn} FAI {i}")
+            torch.testing.assert_close(waad, response(r.waad, i), atol=0.03, rtol=0, msg=f"{attn} WAAD {i}")
+            torch.testing.assert_close(fai, response(r.fai, i), atol=1e-3, rtol=0, msg=f"{attn} FAI {i}")
         flash, sdpa = outs["flash_attention_2"], outs["sdpa"]
-        torch.testing.assert_close(flash[WAAD_FULL][i], sdpa[WAAD_FULL][i], atol=0.03, rtol=0)
-    worst = max(float((o[WAAD_FULL][i] - r.waad).abs().max()) for o in outs.values() for i, r in enumerate(ref))
+        torch.testing.assert_close(flash[WAAD][i], sdpa[WAAD][i], atol=0.03, rtol=0)
+    worst = max(
+        float((o[WAAD][i] - response(r.waad, i)).abs().max()) for o in outs.values() for i, r in enumerate(ref)
+    )
     assert worst > 0  # bf16 really ran
 
 

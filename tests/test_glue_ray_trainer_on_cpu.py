@@ -17,7 +17,7 @@ from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import ray_trainer as glue
 from verl_rhythm.glue.metric_utils import METRICS_KEY, step_metrics
 from verl_rhythm.glue.statistics import RhythmCaptureMissing, capture_rows
-from verl_rhythm.glue.tq_fields import FAI, FAI_FULL, SEQ_STATS, WAAD, WAAD_FULL
+from verl_rhythm.glue.tq_fields import FAI, SEQ_STATS, WAAD
 from verl_rhythm.wrapping import is_wrapped, stock
 
 PROMPT, RESPONSE = 4, 5
@@ -46,37 +46,27 @@ def test_the_patches_are_installed():
         assert is_wrapped(getattr(ray_trainer.RayPPOTrainer, name)), name
 
 
-def test_the_engine_gets_a_nested_response_mask_of_each_rows_response():
+def test_the_engines_response_statistics_are_right_padded_into_the_batch():
     batch = _batch()
-    batch.batch["response_mask"][0, 3] = 0  # a tool token inside the response stays masked
-    td = glue.nested_response_mask(batch.to_tensordict())
-    rows = td["response_mask"].unbind()
-    assert [len(r) for r in rows] == [5, 2, 3, 4]
-    assert rows[0].tolist() == [1, 1, 1, 0, 1]
-
-
-def test_statistics_are_taken_at_each_tokens_own_position_and_right_padded():
-    batch = _batch()
-    lens = batch.batch["attention_mask"].sum(-1).tolist()  # each sequence's valid tokens, prompt + response
-    full = [torch.arange(n, dtype=torch.float32) + 100 * i for i, n in enumerate(lens)]
+    rows = [torch.arange(r, dtype=torch.float32) + 100 * i + 1 for i, r in enumerate((5, 2, 3, 4))]
     output = TensorDict(
         {
-            WAAD_FULL: torch.nested.as_nested_tensor(full, layout=torch.jagged),
-            FAI_FULL: torch.nested.as_nested_tensor([-x for x in full], layout=torch.jagged),
+            WAAD: torch.nested.as_nested_tensor(rows, layout=torch.jagged),
+            FAI: torch.nested.as_nested_tensor([-x for x in rows], layout=torch.jagged),
             SEQ_STATS: torch.nested.as_nested_tensor([torch.tensor([1.0, 2.0, 0.5])] * 4, layout=torch.jagged),
         },
         batch_size=4,
     )
-    fields = glue.padded_statistics(output, batch, RhythmConfig(), world_size=2, stage_seconds=4.0)
+    fields = glue.padded_statistics(output, batch, RhythmConfig(), stage_seconds=4.0)
     for i, r in enumerate((5, 2, 3, 4)):
         want = torch.zeros(RESPONSE)
-        want[:r] = full[i][-r:]  # the last r tokens, no one-position shift
+        want[:r] = rows[i]
         assert torch.equal(fields[WAAD][i], want) and torch.equal(fields[FAI][i], -want)
-    rows = fields[glue.CAPTURE_ROW]
-    assert rows.shape == (4, 4) and torch.allclose(rows[:, 2], torch.full((4,), 0.25))  # 0.5 s over 2 ranks
-    assert float(rows[:, 3].sum()) == pytest.approx(4.0)
+    capture = fields[glue.CAPTURE_ROW]
+    assert capture.shape == (4, 4) and torch.allclose(capture[:, 2], torch.full((4,), 0.5))
+    assert float(capture[:, 3].sum()) == pytest.approx(4.0)
     with pytest.raises(RhythmCaptureMissing, match="algorithm.rhythm.strategy='coupled'"):
-        glue.padded_statistics(output.exclude(FAI_FULL), batch, RhythmConfig(), world_size=1, stage_seconds=1.0)
+        glue.padded_statistics(output.exclude(FAI), batch, RhythmConfig(), stage_seconds=1.0)
 
 
 def _advantage_batch():
@@ -90,11 +80,10 @@ def _advantage_batch():
     batch.batch[FAI] = torch.rand(4, RESPONSE) * mask
     batch.batch[glue.CAPTURED_MASK] = mask.clone()
     rows = capture_rows(
-        torch.nested.as_nested_tensor([torch.tensor([1.0, 3.0, 0.1])] * 4, layout=torch.jagged),
-        world_size=1,
-        stage_seconds=2.0,
+        torch.nested.as_nested_tensor([torch.tensor([1.0, 3.0, 0.1])] * 4, layout=torch.jagged), stage_seconds=2.0
     )
     batch.batch[glue.CAPTURE_ROW] = rows
+    batch.batch[glue.STEP] = torch.full((4,), 3, dtype=torch.long)
     return batch
 
 
@@ -123,7 +112,8 @@ def test_the_advantage_step_hands_the_captured_statistics_to_the_estimator():
     assert metrics["rhythm/capture_s"] == pytest.approx(0.4) and metrics["rhythm/capture_share"] == pytest.approx(0.2)
     assert metrics["rhythm/span_global_mean"] == pytest.approx(3.0)
     assert {"rhythm/gamma_mean", "rhythm/waad_mean", "rhythm/varied_group_share"} <= set(metrics)
-    assert torch.equal(batch.batch[glue.CAPTURED_MASK], captured)
+    assert not set(glue.BATCH_FIELDS) & set(out.batch.keys()), "the capture's fields stop at the advantage step"
+    assert {"advantages", "returns", "response_mask", "token_level_rewards"} <= set(out.batch.keys())
 
 
 def test_the_advantage_step_stops_without_statistics():
@@ -154,3 +144,87 @@ def test_the_step_metrics_carry_the_rhythm_metrics_of_the_batch():
     metrics = ray_trainer.compute_data_metrics(batch=batch, use_critic=False)
     assert metrics["rhythm/gamma_mean"] == step_metrics(batch)["rhythm/gamma_mean"]
     assert "critic/score/mean" in metrics
+
+
+def test_the_random_control_draws_from_the_step_the_batch_carries():
+    """γ of the ``random`` control is the draw of ``seed + step``, the step stamped by the old-log-prob pass
+    (``global_steps``): two batches of different steps differ, a batch without its step stops."""
+    from verl_rhythm.credit import compute_gamma
+
+    algorithm = OmegaConf.create({"adv_estimator": "rhythm", "rhythm": {"strategy": "random", "seed": 40}})
+    grpo = {}
+    for step in (6, 7):
+        batch = _advantage_batch()
+        batch.batch[glue.STEP][:] = step
+        mask = batch.batch["response_mask"].clone()
+        out = ray_trainer.compute_advantage(batch, adv_estimator="rhythm", config=algorithm)
+        base, _ = compute_grpo_outcome_advantage(
+            batch.batch["token_level_rewards"], mask, batch.non_tensor_batch["uid"]
+        )
+        gamma = compute_gamma("random", mask, generator=torch.Generator().manual_seed(40 + step)).gamma
+        torch.testing.assert_close(out.batch["advantages"], base * gamma)
+        grpo[step] = out.batch["advantages"]
+    assert not torch.equal(grpo[6], grpo[7])
+    batch = _advantage_batch()
+    batch.pop(batch_keys=[glue.STEP])
+    with pytest.raises(RhythmCaptureMissing, match="rhythm_step"):
+        ray_trainer.compute_advantage(batch, adv_estimator="rhythm", config=algorithm)
+
+
+def test_the_old_log_prob_pass_keeps_the_workers_output_through_verls_collect_function():
+    """The worker group is built by verl's own ``func_generator`` (``verl/single_controller/ray/base.py``) with the
+    collect function registered on ``ActorRolloutRefWorker.compute_log_prob``, as ``_bind_worker_method`` binds it;
+    only the execution on the workers is replaced. The glue never replaces the worker group's method."""
+    from verl.single_controller.base.decorator import MAGIC_ATTR
+    from verl.single_controller.base.worker_group import WorkerGroup
+    from verl.single_controller.ray.base import func_generator
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    glue.keep_collected_outputs()
+    glue.keep_collected_outputs()  # idempotent
+    mode = getattr(ActorRolloutRefWorker.compute_log_prob, MAGIC_ATTR)["dispatch_mode"]
+    assert is_wrapped(mode["collect_fn"]) and not is_wrapped(stock(mode["collect_fn"]))
+
+    batch = _batch()
+    bs = len(batch)
+    batch.batch["input_ids"] = torch.randint(3, 100, (bs, PROMPT + RESPONSE))
+    batch.batch["position_ids"] = torch.arange(PROMPT + RESPONSE).expand(bs, -1).clone()
+    lens = batch.batch["attention_mask"].sum(-1).tolist()
+    response_lens = batch.batch["attention_mask"][:, PROMPT:].sum(-1).tolist()
+    rows = [torch.arange(r, dtype=torch.float32) + 1 for r in response_lens]
+    wg = WorkerGroup.__new__(WorkerGroup)  # two ranks, one Ulysses group: verl collects sequence-parallel rank 0 only
+    wg._workers, wg._dispatch_info, wg._collect_info = [None, None], {"actor": [0, 0]}, {"actor": [True, False]}
+    seen = []
+
+    def execute(method_name, data):  # what ActorRolloutRefWorker.compute_log_prob returns on each rank
+        seen.append((method_name, wg.compute_log_prob is functor, tu.get_non_tensor_data(data, "rhythm_capture", None)))
+        out = tu.get_tensordict(
+            {
+                "log_probs": torch.nested.as_nested_tensor([torch.zeros(n) for n in lens], layout=torch.jagged),
+                "entropy": torch.nested.as_nested_tensor([torch.ones(n) for n in lens], layout=torch.jagged),
+                WAAD: torch.nested.as_nested_tensor(rows, layout=torch.jagged),
+                FAI: torch.nested.as_nested_tensor([-r for r in rows], layout=torch.jagged),
+                SEQ_STATS: torch.nested.as_nested_tensor([torch.tensor([1.0, 2.0, 0.25])] * bs, layout=torch.jagged),
+            }
+        )
+        tu.assign_non_tensor(out, metrics={"mfu": 0.0})
+        return [out, "rank 1 (sequence-parallel rank 1: not collected)"]
+
+    functor = func_generator(
+        wg, "compute_log_prob", dispatch_fn=lambda _, *a, **k: (a, k), collect_fn=mode["collect_fn"],
+        execute_fn=execute, blocking=False,
+    )  # fmt: skip
+    wg.compute_log_prob = functor
+    trainer = ray_trainer.RayPPOTrainer.__new__(ray_trainer.RayPPOTrainer)
+    trainer.config = OmegaConf.create(
+        {"algorithm": {"adv_estimator": "rhythm", "rhythm": {}}, "actor_rollout_ref": {"actor": {}}}
+    )
+    trainer.actor_rollout_wg, trainer.global_steps = wg, 9
+    old_log_prob, _ = trainer._compute_old_log_prob(batch)
+    assert seen == [("compute_log_prob", True, RhythmConfig().capture.to_json())]
+    assert "rhythm_capture" not in batch.meta_info
+    for i, r in enumerate(response_lens):
+        assert torch.equal(old_log_prob.batch[WAAD][i, :r], rows[i]) and not old_log_prob.batch[WAAD][i, r:].any()
+    assert old_log_prob.batch[glue.STEP].tolist() == [9] * bs
+    assert torch.allclose(old_log_prob.batch[glue.CAPTURE_ROW][:, 2], torch.full((bs,), 0.25))

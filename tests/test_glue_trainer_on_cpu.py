@@ -120,6 +120,7 @@ def make_trainer(engine, adv_estimator="rhythm", **rhythm):
     trainer = PPOTrainerSync.__new__(PPOTrainerSync)
     trainer.config = config
     trainer.actor_rollout_wg = WorkerGroup(engine, engine.model_config)
+    trainer.parameter_sync_step, trainer.local_trigger_step = 1, 0  # PPOTrainer.__init__ and PPOTrainer.step
     trainer.ref_policy_wg, trainer.ref_in_actor = trainer.actor_rollout_wg, False
     # TrainingWorker.infer_batch reads these engine defaults (ActorRolloutRefWorker.init_model sets them from config)
     engine.engine_config.infer_micro_batch_size_per_gpu = 2
@@ -177,14 +178,27 @@ def dense_response_statistics(model, rows, cfg):
 
 
 @pytest.mark.parametrize("strategy", ["coupled", "global"])
-def test_rhythm_advantages_are_grpo_times_the_credit_gamma_of_the_dense_statistics(tq_cluster, engine, model, strategy):
+def test_rhythm_advantages_are_grpo_times_the_credit_gamma_of_the_dense_statistics(
+    tq_cluster, engine, model, strategy, monkeypatch
+):
     tq = tq_cluster
     trainer = make_trainer(engine, strategy=strategy)
     batch, rows = put_rollouts(tq, seed=1 if strategy == "coupled" else 2)
     metrics = {}
+    fetched = []
+    kv_batch_get = tq.kv_batch_get
+
+    def spy(*args, **kwargs):  # every fetch into this process (the trainer's and verl's)
+        fetched.append(kwargs.get("select_fields"))
+        return kv_batch_get(*args, **kwargs)
+
+    monkeypatch.setattr(tq, "kv_batch_get", spy)
     batch = trainer._compute_old_log_prob(batch, metrics=metrics)
+    assert fetched and not any(WAAD in (f or [WAAD]) or FAI in (f or [FAI]) for f in fetched), fetched
+    monkeypatch.setattr(tq, "kv_batch_get", kv_batch_get)
     trainer._compute_ref_log_prob(batch, metrics=metrics)  # verl's reference step right after
     batch = trainer._compute_advantage(batch, metrics=metrics)
+    assert batch.fields is not None and not any(f.startswith("rhythm") for f in batch.fields), "update gets none"
 
     seen = trainer.actor_rollout_wg.extra_info_seen
     assert CAPTURE_KEY in seen[0] and CAPTURE_KEY not in seen[1], "capture only in the old-log-prob pass"
@@ -227,12 +241,14 @@ def test_entropy_control_uses_verl_entropy_and_needs_no_capture(tq_cluster, engi
     assert "rhythm/gamma_mean" in metrics and "rhythm/capture_s" not in metrics
 
 
-def test_random_control_draws_from_seed_plus_the_trainers_global_step(tq_cluster, engine):
-    """The trainer hands ``global_steps`` (restored from the checkpoint on resume) to the estimator: γ at step 6 is
-    the draw of ``seed + 6``, whatever ran in this process before."""
+@pytest.mark.parametrize("sync_steps, sub_step, draw", [(1, 0, 6), (2, 0, 12), (2, 1, 13)])
+def test_random_control_draws_from_seed_plus_the_step_and_sub_step(tq_cluster, engine, sync_steps, sub_step, draw):
+    """The trainer hands ``global_steps`` (restored from the checkpoint on resume) and the sub-step of
+    ``parameter_sync_step`` to the estimator: γ at step 6, sub-step s of S is the draw of ``seed + 6 · S + s``,
+    whatever ran in this process before; the sub-steps of one step draw differently."""
     tq = tq_cluster
     trainer = make_trainer(engine, strategy="random", seed=40)
-    trainer.global_steps = 6
+    trainer.global_steps, trainer.parameter_sync_step, trainer.local_trigger_step = 6, sync_steps, sub_step
     batch, rows = put_rollouts(tq, seed=7)
     metrics = {}
     batch = trainer._compute_old_log_prob(batch, metrics=metrics)
@@ -241,7 +257,7 @@ def test_random_control_draws_from_seed_plus_the_trainers_global_step(tq_cluster
     mask = got["response_mask"]
     index = np.array([r["uid"] for r in rows], dtype=object)
     grpo, _ = core_algos.compute_grpo_outcome_advantage(got["rm_scores"], mask, index)
-    gamma = compute_gamma("random", mask, generator=torch.Generator().manual_seed(40 + 6)).gamma
+    gamma = compute_gamma("random", mask, generator=torch.Generator().manual_seed(40 + draw)).gamma
     torch.testing.assert_close(got["advantages"], grpo * gamma, atol=1e-6, rtol=1e-6)
     assert bool(((gamma > 1) & (grpo != 0)).any())
     assert metrics["rhythm/amplified_share"] > 0  # the metrics came back through the hand-off

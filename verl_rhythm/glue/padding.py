@@ -1,11 +1,12 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Seam: ``verl/workers/utils/padding.py`` (verl 0.9.1) — nested full-sequence tensors ↔ the response layout.
+"""Seam: ``verl/workers/utils/padding.py`` (verl 0.9.1) — full-sequence statistics → the response layout.
 
 verl's :func:`verl.workers.utils.padding.response_from_nested` takes ``values[end - r - 1 : end - 1]`` of each
 sequence: the logits at position p predict token p + 1, so a log-prob or value is read one position to the left.
-A rhythm statistic of token t is read at t's **own** position (spec Sec. 1), so :func:`response_from_nested_unshifted`
-takes ``values[end - r : end]``. Everything else (jagged layout, one row per sequence) is verl's own format.
+A rhythm statistic of token t is read at t's **own** position (spec Sec. 1), so :func:`response_own_positions`
+takes ``values[end - r : end]`` (the engine slices there, before the outputs leave the worker). Everything else
+(jagged layout, one row per sequence) is verl's own format.
 """
 
 from __future__ import annotations
@@ -13,30 +14,26 @@ from __future__ import annotations
 import torch
 
 
-def response_from_nested_unshifted(tensor: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """The response positions of a nested full-sequence tensor, each token at its own position.
+def response_own_positions(rows: list[torch.Tensor], response_lens: list[int]) -> torch.Tensor:
+    """The response positions of full-sequence rows, each token at its own position.
 
     Args:
-        tensor: nested jagged ``(bsz, prompt_len_i + response_len_i)``, e.g. the engine's ``rhythm_waad_full``.
-        response_mask: nested jagged ``(bsz, response_len_i)`` (verl's ``response_mask`` in TransferQueue).
+        rows: per sequence a ``(prompt_len_i + response_len_i,)`` tensor, e.g. a captured WAAD.
+        response_lens: ``response_len_i`` of each sequence (its response is its last ``response_len_i`` positions).
 
     Returns:
-        nested jagged ``(bsz, response_len_i)``: row i is ``tensor[i][-response_len_i:]``.
+        nested jagged ``(bsz, response_len_i)``: row i is ``rows[i][-response_len_i:]`` (empty for 0), the layout of
+        verl's ``old_log_probs`` without their one-position shift.
 
     Raises:
-        ValueError: either input is not nested, the batch sizes differ, or a response is longer than its sequence.
+        ValueError: the lists differ in length, or a response is longer than its sequence.
     """
-    if not (tensor.is_nested and response_mask.is_nested):
-        raise ValueError("response_from_nested_unshifted needs nested (jagged) tensors for both arguments")
-    values, offsets = tensor.values(), tensor.offsets()
-    response_lens = response_mask.offsets().diff()
-    seq_lens = offsets.diff()
-    if seq_lens.numel() != response_lens.numel():
-        raise ValueError(f"{seq_lens.numel()} sequences but {response_lens.numel()} response masks")
-    if bool((response_lens > seq_lens).any()):
-        raise ValueError("a response is longer than its full sequence: the tensor is not (bsz, prompt + response)")
-    rows = [values[end - r : end] for r, end in zip(response_lens.tolist(), offsets[1:].tolist(), strict=True)]
-    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+    if len(rows) != len(response_lens):
+        raise ValueError(f"{len(rows)} sequences but {len(response_lens)} response lengths")
+    for i, (row, r) in enumerate(zip(rows, response_lens, strict=True)):
+        if not 0 <= r <= row.numel():
+            raise ValueError(f"sequence {i}: a response of {r} tokens in a sequence of {row.numel()}")
+    return nested_from_rows([row[row.numel() - r :] for row, r in zip(rows, response_lens, strict=True)])
 
 
 def nested_from_rows(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -9,27 +9,32 @@ fields, row-aligned through any reordering, filtering or concatenation a recipe'
 Wrapped (never copied); a run whose ``algorithm.adv_estimator`` is not ``rhythm`` goes straight to the stock code:
 
 - ``RayPPOTrainer.__init__``: :func:`verl_rhythm.glue.checks.check_rhythm_run` first (the legacy trainer has no
-  ``init``; its workers start in ``init_workers``, after the constructor).
+  ``init``; its workers start in ``init_workers``, after the constructor), and, for a rhythm run, the collect
+  function of ``ActorRolloutRefWorker.compute_log_prob`` is made to keep its result while a capture is requested
+  (:func:`keep_collected_outputs`).
 - ``RayPPOTrainer._compute_old_log_prob(batch)``: for strategies that read attention, the capture key rides in
   ``batch.meta_info`` for exactly this call (``DataProto.to_tensordict`` makes ``meta_info`` the non-tensor data of
-  the worker's ``TensorDict``); the stock method reads only ``log_probs``/``entropy`` of the TensorDict that
-  ``actor_rollout_wg.compute_log_prob`` returns, so that one call's return value is kept as well, and the engine's
-  outputs are sliced to the response layout (each token at its own position, right-padded like
-  ``no_padding_2_padding``) into the returned ``DataProto``, which ``fit`` unions into the batch:
-  ``rhythm_waad``, ``rhythm_fai``, :data:`CAPTURED_MASK` (the mask the statistics sit on, before rejection sampling
-  edits ``response_mask``) and :data:`CAPTURE_ROW` (per-row capture statistics); ``entropy`` for strategies that
-  rank by it (the stock ``fit`` drops ``entropys`` before the union).
+  the worker's ``TensorDict``). The stock method reads only ``log_probs``/``entropy`` of the ``TensorDict`` the
+  worker group returns; that result passes through the collect function verl registered for the method
+  (``verl/single_controller/base/decorator.py:collect_lazy_compute_data_proto``, bound per worker group by
+  ``WorkerGroup._bind_worker_method``), which keeps it for this call. The engine has already sliced WAAD and FAI
+  to the responses; they are right-padded like ``no_padding_2_padding`` into the returned ``DataProto``, which
+  ``fit`` unions into the batch: ``rhythm_waad``, ``rhythm_fai``, :data:`CAPTURED_MASK` (the mask the statistics
+  sit on, before rejection sampling edits ``response_mask``), :data:`CAPTURE_ROW` (per-row capture statistics)
+  and :data:`STEP` (the training step, ``global_steps``); ``entropy`` for strategies that rank by it (the stock
+  ``fit`` drops ``entropys`` before the union).
 - ``compute_advantage(data, adv_estimator, ...)`` (module function; ``fit`` and recipes such as the DAPO recipe
   import it from this module): the fields are handed to the estimator around the stock call
-  (:func:`~verl_rhythm.glue.statistics.advantage_handoff`) and the ``rhythm/*`` metrics go into
+  (:func:`~verl_rhythm.glue.statistics.advantage_handoff`, step from :data:`STEP`), then popped from ``data``
+  (:data:`BATCH_FIELDS`), so the actor update does not receive them; the ``rhythm/*`` metrics go into
   ``data.meta_info[METRICS_KEY]``, from where :mod:`verl_rhythm.glue.metric_utils` adds them to the step's metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
-import weakref
 from collections.abc import Iterator
 
 import torch
@@ -45,12 +50,11 @@ from verl_rhythm.glue.statistics import (
     capture_requested,
     capture_rows,
     check_engine_outputs,
+    draw_step,
     fetch_fields,
-    nested_rows,
-    response_statistics,
     rhythm_config,
 )
-from verl_rhythm.glue.tq_fields import ENTROPY, SEQ_STATS
+from verl_rhythm.glue.tq_fields import ENTROPY, FAI, SEQ_STATS, WAAD
 from verl_rhythm.wrapping import is_wrapped, mark
 
 CAPTURED_MASK = "rhythm_response_mask"
@@ -58,12 +62,16 @@ CAPTURED_MASK = "rhythm_response_mask"
 ``rollout_corr_helper.compute_rollout_correction_and_add_to_batch``, later zeroes tokens of ``response_mask``)."""
 CAPTURE_ROW = "rhythm_capture_row"
 """``(bs, 4)``: :func:`verl_rhythm.glue.statistics.capture_rows` of each row."""
+STEP = "rhythm_step"
+"""``(bs,)`` int64: ``RayPPOTrainer.global_steps`` when the old-log-prob pass ran (restored from the checkpoint on
+resume); the advantage step hands :func:`~verl_rhythm.glue.statistics.draw_step` of it to the estimator."""
 WORKER_METHOD = "compute_log_prob"
 """The actor worker group's method the stock ``_compute_old_log_prob`` calls (``ActorRolloutRefWorker``)."""
+BATCH_FIELDS = (WAAD, FAI, CAPTURED_MASK, CAPTURE_ROW, STEP)
+"""What the old-log-prob pass adds to a rhythm batch (plus ``entropy`` for strategies that need it); all are
+popped in the advantage step."""
 
-_trainer: weakref.ReferenceType | None = None
-"""The rhythm ``RayPPOTrainer`` constructed last in this process (a TaskRunner builds one): its ``global_steps`` is
-the training step the advantage step hands to the estimator (``compute_advantage`` is a module function)."""
+_KEPT: contextvars.ContextVar[list | None] = contextvars.ContextVar("verl_rhythm_kept_outputs", default=None)
 
 
 def install(module) -> None:
@@ -92,10 +100,55 @@ def _wrap(original, wrapper):
 
 
 def _init(original, self, config, *args, **kwargs):
-    global _trainer
     if check_rhythm_run(config) is not None:
-        _trainer = weakref.ref(self)
+        keep_collected_outputs()
     return original(self, config, *args, **kwargs)
+
+
+def keep_collected_outputs() -> None:
+    """Wrap the collect function of ``ActorRolloutRefWorker.compute_log_prob``; idempotent.
+
+    ``@register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))`` stores a dict with
+    ``dispatch_fn`` and ``collect_fn`` on the method (``verl/single_controller/base/decorator.py``); every worker
+    group built afterwards binds that ``collect_fn`` (``WorkerGroup._bind_worker_method``; colocated workers share
+    the same dict, ``_bind_workers_method_to_parent``). The wrapper returns the stock result unchanged and, only
+    inside :func:`_kept_outputs`, also keeps it. Called from ``RayPPOTrainer.__init__``, before ``init_workers``.
+
+    Raises:
+        RuntimeError: the method no longer carries a dispatch dict with a ``collect_fn`` (verl changed it).
+    """
+    from verl.single_controller.base.decorator import MAGIC_ATTR
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    mode = (getattr(getattr(ActorRolloutRefWorker, WORKER_METHOD), MAGIC_ATTR, None) or {}).get("dispatch_mode")
+    if not isinstance(mode, dict) or "collect_fn" not in mode:
+        raise RuntimeError(
+            f"ActorRolloutRefWorker.{WORKER_METHOD} has no collect_fn in its registered dispatch mode ({mode!r}): "
+            "the legacy trainer's rhythm capture cannot receive the worker outputs; see verl_rhythm/glue/contract.py"
+        )
+    stock = mode["collect_fn"]
+    if is_wrapped(stock):
+        return
+
+    def collect_fn(*args, **kwargs):
+        out = stock(*args, **kwargs)
+        kept = _KEPT.get()
+        if kept is not None:
+            kept.append(out)
+        return out
+
+    mode["collect_fn"] = mark(collect_fn, stock)
+
+
+@contextlib.contextmanager
+def _kept_outputs() -> Iterator[list]:
+    """What the collect function of ``compute_log_prob`` returns inside this block, in call order."""
+    kept: list = []
+    token = _KEPT.set(kept)
+    try:
+        yield kept
+    finally:
+        _KEPT.reset(token)
 
 
 def _compute_old_log_prob(original, self, batch, *args, **kwargs):
@@ -106,83 +159,33 @@ def _compute_old_log_prob(original, self, batch, *args, **kwargs):
     if not cfg.needs_attention:
         old_log_prob, *rest = original(self, batch, *args, **kwargs)
     else:
-        actor = self.actor_rollout_wg
-        with capture_requested(batch.meta_info, cfg) as timing, _intercepted(actor, WORKER_METHOD) as kept:
+        with capture_requested(batch.meta_info, cfg) as timing, _kept_outputs() as kept:
             old_log_prob, *rest = original(self, batch, *args, **kwargs)
         if not kept:
             raise RhythmCaptureMissing(
-                f"algorithm.rhythm.strategy={cfg.strategy!r}: RayPPOTrainer._compute_old_log_prob never called "
-                f"actor_rollout_wg.{WORKER_METHOD}; see verl_rhythm/glue/contract.py"
+                f"algorithm.rhythm.strategy={cfg.strategy!r}: no output of actor_rollout_wg.{WORKER_METHOD} passed "
+                "the collect function of ActorRolloutRefWorker.compute_log_prob during "
+                "RayPPOTrainer._compute_old_log_prob (a worker group built before RayPPOTrainer.__init__, or a "
+                "trainer that does not call the stock step); see verl_rhythm/glue/contract.py"
             )
-        world_size = int(getattr(self.actor_rollout_wg, "world_size", 1) or 1)
-        fields = padded_statistics(kept[-1], batch, cfg, world_size=world_size, stage_seconds=timing["seconds"])
+        fields = padded_statistics(kept[-1], batch, cfg, stage_seconds=timing["seconds"])
         old_log_prob.batch.update(fields)
     old_log_prob.batch[CAPTURED_MASK] = captured_mask
+    old_log_prob.batch[STEP] = torch.full((len(captured_mask),), int(self.global_steps), dtype=torch.long)
     if ENTROPY in fetch_fields(cfg):
         old_log_prob.batch[ENTROPY] = old_log_prob.batch["entropys"].clone()
     return (old_log_prob, *rest)
 
 
-@contextlib.contextmanager
-def _intercepted(worker_group, name: str) -> Iterator[list]:
-    """Inside this block, ``worker_group.<name>(data)`` gets ``data`` with a nested ``response_mask``
-    (:func:`nested_response_mask`) and what it returns is kept (verl binds worker methods on the instance)."""
-    stock = getattr(worker_group, name)
-    own = name in vars(worker_group)
-    kept: list = []
-
-    @functools.wraps(stock)
-    def call(data, *args, **kwargs):
-        out = stock(nested_response_mask(data), *args, **kwargs)
-        kept.append(out)
-        return out
-
-    setattr(worker_group, name, call)
-    try:
-        yield kept
-    finally:
-        if own:
-            setattr(worker_group, name, stock)
-        else:
-            delattr(worker_group, name)
-
-
-def nested_response_mask(data):
-    """``data`` (the ``TensorDict`` of ``left_right_2_no_padding``) with ``response_mask`` as nested ``(bs, r_i)``.
-
-    The engine's capture reads each sequence's response as the last ``r_i`` of its ``L_i`` tokens from a nested
-    ``response_mask``, the layout of v1 batches. The legacy trainer keeps ``response_mask`` right-padded
-    ``(bs, R)``; row i's response is its ``attention_mask`` tokens after the ``P`` prompt columns (the rule of verl's
-    ``no_padding_2_padding``). Nothing else in the log-prob pass reads ``response_mask`` (its loss mask is
-    ``loss_mask``); the trainer's own copy of the batch is untouched.
-
-    Args:
-        data: ``TensorDict`` with ``prompts (bs, P)``, ``attention_mask (bs, P + R)``, ``response_mask (bs, R)``.
-    """
-    mask = data["response_mask"]
-    if mask.is_nested:
-        return data
-    prompt_width = data["prompts"].shape[1]
-    lengths = data["attention_mask"][:, prompt_width:].sum(-1).tolist()
-    data["response_mask"] = torch.nested.as_nested_tensor(
-        [row[:n] for row, n in zip(mask, lengths, strict=True)], layout=torch.jagged
-    )
-    return data
-
-
-def padded_statistics(
-    output, batch, cfg: RhythmConfig, *, world_size: int, stage_seconds: float
-) -> dict[str, torch.Tensor]:
+def padded_statistics(output, batch, cfg: RhythmConfig, *, stage_seconds: float) -> dict[str, torch.Tensor]:
     """The engine's outputs of one old-log-prob call as right-padded response-layout fields of ``batch``.
 
     Args:
-        output: the ``TensorDict`` ``actor_rollout_wg.compute_log_prob`` returned: ``rhythm_waad_full``,
-            ``rhythm_fai_full`` nested ``(bs, prompt_len_i + response_len_i)`` (valid tokens only, the rows of
-            ``left_right_2_no_padding``), ``rhythm_seq_stats`` nested ``(bs, 3)``.
-        batch: the ``DataProto`` of the call: ``prompts (bs, P)``, ``responses (bs, R)``, ``attention_mask
-            (bs, P + R)``.
+        output: the ``TensorDict`` ``actor_rollout_wg.compute_log_prob`` returned: ``rhythm_waad``, ``rhythm_fai``
+            nested ``(bs, response_len_i)`` (each response token at its own position), ``rhythm_seq_stats`` nested
+            ``(bs, 3)``.
+        batch: the ``DataProto`` of the call: ``responses (bs, R)``.
         cfg: the run's config (named in the error).
-        world_size: number of actor ranks.
         stage_seconds: wall time of the old-log-prob call.
 
     Returns:
@@ -193,13 +196,9 @@ def padded_statistics(
         RhythmCaptureMissing: the outputs lack the capture.
     """
     check_engine_outputs(output.keys(), cfg)
-    prompt_width = batch.batch["prompts"].shape[1]
     bs, width = batch.batch["responses"].shape
-    # verl's no_padding_2_padding: a row's response is the attention-mask tokens after the prompt columns
-    response_lens = batch.batch["attention_mask"][:, prompt_width:].sum(-1)
-    stats = response_statistics(output, nested_rows(response_lens))
-    fields = {k: torch.nested.to_padded_tensor(v.float(), 0.0, output_size=(bs, width)) for k, v in stats.items()}
-    fields[CAPTURE_ROW] = capture_rows(output[SEQ_STATS], world_size=world_size, stage_seconds=stage_seconds)
+    fields = {k: torch.nested.to_padded_tensor(output[k].float(), 0.0, output_size=(bs, width)) for k in (WAAD, FAI)}
+    fields[CAPTURE_ROW] = capture_rows(output[SEQ_STATS], stage_seconds=stage_seconds)
     return fields
 
 
@@ -212,8 +211,9 @@ def _advantage(stock):
         cfg = RhythmConfig.from_algorithm_config(config)
         fields = fetch_fields(cfg)
         keys = data.batch.keys()
-        if fields and CAPTURED_MASK not in keys:
-            # not a batch of the legacy trainer's old-log-prob pass: the estimator names what it lacks
+        if CAPTURED_MASK not in keys:
+            # not a batch of the legacy trainer's old-log-prob pass: the estimator runs on what verl passes it (and
+            # names a statistic it lacks); without a hand-off it draws with step 0 and reports no metrics
             return stock(data, adv_estimator, *args, **kwargs)
         missing = [f for f in fields if f not in data.batch.keys()]
         if missing:
@@ -222,20 +222,35 @@ def _advantage(stock):
                 "(the old-log-prob pass did not add them: a trainer whose old-log-prob step does not call "
                 "RayPPOTrainer._compute_old_log_prob, or algorithm.rollout_correction.bypass_mode=true)"
             )
-        mask = data.batch[CAPTURED_MASK] if CAPTURED_MASK in keys else data.batch["response_mask"]
-        with advantage_handoff(cfg, mask, {f: data.batch[f] for f in fields}, step=_step()) as metrics:
+        mask = data.batch[CAPTURED_MASK]
+        with advantage_handoff(cfg, mask, {f: data.batch[f] for f in fields}, step=batch_step(data)) as metrics:
             out = stock(data, adv_estimator, *args, **kwargs)
         if CAPTURE_ROW in keys:
             metrics.update(capture_metrics(data.batch[CAPTURE_ROW], mask.bool().any(-1)))
         out.meta_info[METRICS_KEY] = metrics
+        ours = [f for f in dict.fromkeys((*BATCH_FIELDS, *fields)) if f in out.batch.keys()]
+        out.pop(batch_keys=ours)  # nothing of the capture goes on to the actor update (_update_actor sends the batch)
         return out
 
     return compute_advantage
 
 
-def _step() -> int:
-    trainer = _trainer() if _trainer is not None else None
-    return int(getattr(trainer, "global_steps", 0) or 0)
+def batch_step(data) -> int:
+    """The step the estimator gets for ``data``: :func:`~verl_rhythm.glue.statistics.draw_step` of :data:`STEP`.
+
+    Raises:
+        RhythmCaptureMissing: ``data`` has no :data:`STEP` (it did not come from ``_compute_old_log_prob``), or its
+            rows disagree (rows of different training steps were concatenated).
+    """
+    if STEP not in data.batch.keys():
+        raise RhythmCaptureMissing(
+            f"the batch holds no '{STEP}' for the advantage step: it did not come from "
+            "RayPPOTrainer._compute_old_log_prob (see verl_rhythm/glue/contract.py)"
+        )
+    steps = data.batch[STEP].unique()
+    if steps.numel() != 1:
+        raise RhythmCaptureMissing(f"the batch's '{STEP}' mixes training steps {steps.tolist()}")
+    return draw_step(int(steps[0]))
 
 
 METHODS = {"__init__": _init, "_compute_old_log_prob": _compute_old_log_prob}

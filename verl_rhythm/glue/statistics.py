@@ -13,12 +13,13 @@ plain mappings and imports neither TransferQueue nor a trainer:
 1. :func:`capture_requested` puts :data:`~verl_rhythm.glue.tq_fields.CAPTURE_KEY` into the non-tensor data of the
    actor's old-log-prob call (v1: ``batch.extra_info``; legacy: ``DataProto.meta_info``, which
    ``verl/protocol.py:DataProto.to_tensordict`` turns into non-tensor data), and only of that call.
-2. :func:`response_statistics` slices the engine's full-sequence outputs to the response layout, each token at its
-   own position; :func:`capture_rows` and :func:`capture_metrics` turn the per-sequence outputs into the
-   ``rhythm/span_*`` and ``rhythm/capture_*`` metrics.
+2. The engine returns WAAD and FAI already in the response layout, each token at its own position
+   (:mod:`verl_rhythm.glue.transformer_impl`); :func:`capture_rows` and :func:`capture_metrics` turn its
+   per-sequence outputs into the ``rhythm/span_*`` and ``rhythm/capture_*`` metrics.
 3. :func:`advantage_handoff` wraps verl's own advantage call (v1 ``PPOTrainer._compute_advantage``, legacy
    ``ray_trainer.compute_advantage``) in :func:`verl_rhythm.glue.core_algos.estimator_inputs` and returns the
-   ``rhythm/*`` metrics the estimator wrote, plus the means of the statistics it used.
+   ``rhythm/*`` metrics the estimator wrote, plus the means of the statistics it used; :func:`draw_step` is the
+   step it hands over (what the ``random`` control seeds with).
 """
 
 from __future__ import annotations
@@ -33,22 +34,20 @@ import torch
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import core_algos as rhythm_algos
 from verl_rhythm.glue.checks import is_rhythm_run
-from verl_rhythm.glue.padding import response_from_nested_unshifted
 from verl_rhythm.glue.tq_fields import (
     CAPTURE_KEY,
     ENGINE_OUTPUTS,
     FAI,
-    FAI_FULL,
     SEQ_STATS_COLUMNS,
     STATISTIC_FIELDS,
     WAAD,
-    WAAD_FULL,
     capture_request,
 )
 
 CAPTURE_ROW_COLUMNS = ("span_local", "span_global", "capture_s", "stage_s")
 """Columns of :func:`capture_rows`: the engine's :data:`~verl_rhythm.glue.tq_fields.SEQ_STATS_COLUMNS` with the
-capture seconds divided by the number of actor ranks, and the row's share of the old-log-prob stage's wall time.
+capture seconds (already divided by the data-parallel size in the engine), and the row's share of the old-log-prob
+stage's wall time.
 Sums over any subset of rows stay meaningful, so a recipe that filters or concatenates batches keeps them right."""
 
 MISSING_CAPTURE = (
@@ -103,41 +102,13 @@ def check_engine_outputs(keys, cfg: RhythmConfig) -> None:
         raise RhythmCaptureMissing(MISSING_CAPTURE.format(strategy=cfg.strategy, missing=missing))
 
 
-def response_statistics(outputs: Mapping[str, torch.Tensor], response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """WAAD and FAI of the response tokens, each at its own position, from the engine's full-sequence outputs.
-
-    Args:
-        outputs: the worker's outputs with :data:`~verl_rhythm.glue.tq_fields.WAAD_FULL` and
-            :data:`~verl_rhythm.glue.tq_fields.FAI_FULL`, nested ``(bsz, prompt_len_i + response_len_i)``.
-        response_mask: nested ``(bsz, response_len_i)``; only its row lengths are used.
-
-    Returns:
-        ``{rhythm_waad, rhythm_fai}``, nested ``(bsz, response_len_i)``.
-    """
-    return {
-        WAAD: response_from_nested_unshifted(outputs[WAAD_FULL], response_mask),
-        FAI: response_from_nested_unshifted(outputs[FAI_FULL], response_mask),
-    }
-
-
-def nested_rows(lengths: torch.Tensor) -> torch.Tensor:
-    """A nested jagged ``(bsz, lengths_i)`` tensor of ones: row lengths in the form :func:`response_statistics` takes.
-
-    Args:
-        lengths: ``(bsz,)`` integer row lengths.
-    """
-    lengths = lengths.long().cpu()
-    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-    return torch.nested.nested_tensor_from_jagged(torch.ones(int(offsets[-1])), offsets)
-
-
-def capture_rows(seq_stats: torch.Tensor, *, world_size: int, stage_seconds: float) -> torch.Tensor:
+def capture_rows(seq_stats: torch.Tensor, *, stage_seconds: float) -> torch.Tensor:
     """Per-row capture statistics, columns :data:`CAPTURE_ROW_COLUMNS`.
 
     Args:
         seq_stats: the engine's nested ``(bsz, 3)``, columns :data:`~verl_rhythm.glue.tq_fields.SEQ_STATS_COLUMNS`
-            (the capture seconds of a sequence are its share of its rank's micro-batch).
-        world_size: number of actor ranks (the capture seconds of all ranks add up in ``seq_stats``).
+            (the capture seconds of a sequence are its share of its rank's micro-batch over the data-parallel
+            size, so they add up to the mean capture time of a rank).
         stage_seconds: wall time of the whole old-log-prob stage, spread evenly over the rows.
 
     Returns:
@@ -147,7 +118,7 @@ def capture_rows(seq_stats: torch.Tensor, *, world_size: int, stage_seconds: flo
     col = {name: stats[:, i] for i, name in enumerate(SEQ_STATS_COLUMNS)}
     stage = torch.full_like(col["capture_s"], stage_seconds / max(stats.shape[0], 1))
     return torch.stack(
-        [col["span_local"], col["span_global"], col["capture_s"] / max(world_size, 1), stage], dim=-1
+        [col["span_local"], col["span_global"], col["capture_s"], stage], dim=-1
     ).float()
 
 
@@ -171,6 +142,24 @@ def capture_metrics(rows: torch.Tensor, has_response: torch.Tensor) -> dict[str,
         "rhythm/capture_s": capture_s,
         "rhythm/capture_share": capture_s / stage_s if stage_s > 0 else 0.0,
     }
+
+
+def draw_step(global_step: int, sub_step: int = 0, sub_steps: int = 1) -> int:
+    """The step the estimator gets for an advantage call: the ``random`` control draws from ``seed`` + this.
+
+    ``global_step * sub_steps + sub_step``: distinct for every advantage call of a run, and a function of the
+    trainer's ``global_steps`` (restored from the checkpoint on resume) and the position within it only, so a
+    resumed run draws what the uninterrupted one drew. The legacy trainer has one call per step (``sub_steps=1``:
+    ``global_step``); the v1 trainer has ``parameter_sync_step`` (``trainer.v1.<trainer_mode>.parameter_sync_step``,
+    1 unless the mode sets it) calls per step, sub-step ``local_trigger_step`` (``PPOTrainer.step``).
+
+    Raises:
+        ValueError: a negative step, ``sub_steps`` < 1, or ``sub_step`` outside ``[0, sub_steps)``.
+    """
+    global_step, sub_step, sub_steps = int(global_step), int(sub_step), int(sub_steps)
+    if global_step < 0 or sub_steps < 1 or not 0 <= sub_step < sub_steps:
+        raise ValueError(f"draw_step: global_step={global_step}, sub_step={sub_step}, sub_steps={sub_steps}")
+    return global_step * sub_steps + sub_step
 
 
 def fetch_fields(cfg: RhythmConfig) -> list[str]:
@@ -202,7 +191,7 @@ def advantage_handoff(
             may drop tokens of it before the estimator runs).
         fields: :func:`fetch_fields` → ``(bs, response_length)`` tensors, rows in the order verl's advantage call
             passes them.
-        step: the training step (``global_steps``; the ``random`` control draws from ``seed + step``).
+        step: :func:`draw_step` of the call (the ``random`` control draws from ``seed + step``).
 
     Yields:
         a dict that holds, once the block exits, the estimator's ``rhythm/*`` metrics and, for strategies that read

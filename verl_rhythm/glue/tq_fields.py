@@ -10,11 +10,12 @@ Flow of one step (verl 0.9.1, v1 trainer):
    ``batch.extra_info``; verl's ``tqbridge`` hands ``extra_info`` to the worker as non-tensor data of the TensorDict,
    and the engine's micro-batches carry it. It is removed again right after that call, so the reference pass, the
    actor update and everything else never see it.
-2. The engine's forward step, seeing the key, captures and returns :data:`WAAD_FULL`, :data:`FAI_FULL` (nested
-   ``(bsz, prompt + response)``, like ``log_probs``) and :data:`SEQ_STATS` (nested ``(bsz, 3)``); ``tqbridge`` writes
-   every tensor output to TransferQueue.
-3. The trainer slices them to the response layout, each token at its own position, as :data:`WAAD` and :data:`FAI`
-   (nested ``(bsz, response)``, like ``old_log_probs``), which the advantage step hands to the estimator.
+2. The engine's forward step, seeing the key, captures and returns :data:`WAAD` and :data:`FAI` already sliced to
+   the response layout in the worker, each response token at its own position (nested ``(bsz, response_len_i)``,
+   like ``old_log_probs``), and :data:`SEQ_STATS` (nested ``(bsz, 3)``); ``tqbridge`` writes every tensor output to
+   TransferQueue. The trainer reads only :data:`SEQ_STATS` (for the metrics) at this point.
+3. The advantage step fetches :data:`WAAD` and :data:`FAI` and hands them to the estimator; the batch it returns
+   no longer lists any of :data:`RHYTHM_FIELDS`, so the actor update never fetches them.
 """
 
 CAPTURE_KEY = "rhythm_capture"
@@ -28,19 +29,22 @@ def capture_request(cfg) -> str:
     return cfg.capture.to_json()
 
 
-WAAD_FULL = "rhythm_waad_full"
-FAI_FULL = "rhythm_fai_full"
 SEQ_STATS = "rhythm_seq_stats"
 SEQ_STATS_COLUMNS = ("span_local", "span_global", "capture_s")
 """Columns of :data:`SEQ_STATS`: mean span of the sequence's local heads, of its global heads, and its share of the
-micro-batch's capture seconds (split by sequence length; the sum over a batch is the capture time of all ranks)."""
+micro-batch's capture seconds (split by sequence length) divided by the data-parallel size: verl returns the
+outputs of one rank per data-parallel group, so the sum over a batch is the mean capture time of a rank."""
 
 WAAD = "rhythm_waad"
 FAI = "rhythm_fai"
 ENTROPY = "entropy"
 """verl's own response-layout entropy of the old-log-prob pass (``_compute_old_log_prob`` writes it)."""
 
-ENGINE_OUTPUTS = (WAAD_FULL, FAI_FULL, SEQ_STATS)
+ENGINE_OUTPUTS = (WAAD, FAI, SEQ_STATS)
+"""What the engine adds to the old-log-prob outputs: WAAD and FAI nested ``(bsz, response_len_i)``, each response
+token at its own position, and the per-sequence :data:`SEQ_STATS`."""
+RHYTHM_FIELDS = ENGINE_OUTPUTS
+"""Every per-sample field the glue adds to a v1 batch: none of them goes past the advantage step."""
 
 STATISTIC_FIELDS = {"waad": WAAD, "fai": FAI, "entropy": ENTROPY}
 """Registry statistic (:data:`verl_rhythm.credit.registry.STATISTICS`) → its response-layout field in the batch,

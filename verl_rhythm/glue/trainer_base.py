@@ -10,13 +10,17 @@ methods are wrapped (never copied); each calls the stock method, and a run whose
   worker starts or any rollout runs.
 - ``_compute_old_log_prob``: for strategies that read attention, the capture key rides in ``batch.extra_info`` for
   exactly this call (verl's ``tqbridge`` hands ``extra_info`` to the worker as non-tensor data; the engine
-  captures and every tensor output lands in TransferQueue); then the engine's full-sequence outputs are sliced to
-  the response layout and written back as ``rhythm_waad`` / ``rhythm_fai``, and the capture metrics join the step's.
-  Missing outputs stop the run here.
+  captures and every tensor output lands in TransferQueue, WAAD and FAI already in the response layout as
+  ``rhythm_waad`` / ``rhythm_fai``); the trainer reads back only the per-sequence capture statistics, for the
+  metrics. Missing outputs stop the run here.
 - ``_compute_advantage``: the response mask and the response-layout statistics (and verl's ``entropy`` for the
   entropy control) are fetched with the same row order and padding as the stock method uses
   (``KVBatchMeta`` → ``to_padded_tensor``) and handed to the estimator around the stock call
-  (:func:`~verl_rhythm.glue.statistics.advantage_handoff`); the ``rhythm/*`` metrics join the step's.
+  (:func:`~verl_rhythm.glue.statistics.advantage_handoff`) with the step
+  :func:`~verl_rhythm.glue.statistics.draw_step` of ``global_steps`` and the sub-step ``local_trigger_step`` of
+  ``parameter_sync_step``; the ``rhythm/*`` metrics join the step's. The ``KVBatchMeta`` it returns lists none of
+  :data:`~verl_rhythm.glue.tq_fields.RHYTHM_FIELDS`: the actor update (``tqbridge`` fetches a batch's ``fields``)
+  never receives them.
 
 Every mode reaches these wrappers: ``sync`` and ``colocate_async`` inherit the three methods, and
 ``PPOTrainerSeparateAsync._compute_old_log_prob`` (``trainer_separate_async.py``) calls ``super()`` around its
@@ -29,7 +33,6 @@ import functools
 
 import torch
 import transfer_queue as tq
-from tensordict import TensorDict
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue.checks import check_rhythm_run
@@ -40,11 +43,11 @@ from verl_rhythm.glue.statistics import (
     capture_requested,
     capture_rows,
     check_engine_outputs,
+    draw_step,
     fetch_fields,
-    response_statistics,
     rhythm_config,
 )
-from verl_rhythm.glue.tq_fields import CAPTURE_KEY, ENGINE_OUTPUTS, SEQ_STATS
+from verl_rhythm.glue.tq_fields import CAPTURE_KEY, ENGINE_OUTPUTS, RHYTHM_FIELDS, SEQ_STATS
 from verl_rhythm.wrapping import is_wrapped, mark
 from verl_rhythm.wrapping import stock as _stock
 
@@ -84,34 +87,34 @@ def _compute_old_log_prob(original, self, batch, metrics: dict):
         out = original(self, batch, metrics)
     if getattr(out, "extra_info", None):
         out.extra_info.pop(CAPTURE_KEY, None)
-    world_size = int(getattr(self.actor_rollout_wg, "world_size", 1) or 1)
-    metrics.update(store_response_statistics(batch, cfg, world_size=world_size, stage_seconds=timing["seconds"]))
+    metrics.update(capture_statistics(out, cfg, stage_seconds=timing["seconds"]))
     return out
 
 
-def store_response_statistics(batch, cfg: RhythmConfig, *, world_size: int, stage_seconds: float) -> dict[str, float]:
-    """Slice the engine's full-sequence WAAD/FAI to the response layout, write them back, return capture metrics.
+def capture_statistics(batch, cfg: RhythmConfig, *, stage_seconds: float) -> dict[str, float]:
+    """Check that the engine's outputs reached TransferQueue and return the capture metrics.
+
+    Only the per-sequence statistics and the response mask are fetched: WAAD and FAI stay in TransferQueue, already
+    in the response layout, until the advantage step.
 
     Args:
-        batch: the ``KVBatchMeta`` of the step (keys and partition in TransferQueue).
+        batch: the ``KVBatchMeta`` the stock step returned (``tq.kv_batch_put``'s, whose ``fields`` list every field
+            TransferQueue holds for its samples; without a list, one sample is fetched to see its fields).
         cfg: the run's rhythm config (named in the error).
-        world_size: number of actor ranks (the capture seconds are summed over them).
         stage_seconds: wall time of the whole old-log-prob stage, for ``rhythm/capture_share``.
 
     Raises:
         RhythmCaptureMissing: the worker outputs are absent (the plugin did not load in a worker, the engine has no
             capture, or the capture key never reached it).
     """
-    data = tq.kv_batch_get(
-        keys=batch.keys, partition_id=batch.partition_id, select_fields=[*ENGINE_OUTPUTS, "response_mask"]
-    )
-    check_engine_outputs(data.keys(), cfg)
-    mask = data["response_mask"]  # nested (bsz, response_len_i)
-    fields = TensorDict(response_statistics(data, mask), batch_size=len(batch.keys))
-    tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
-    has_response = torch.tensor([bool(m.bool().any()) for m in mask.unbind()])
-    rows = capture_rows(data[SEQ_STATS], world_size=world_size, stage_seconds=stage_seconds)
-    return capture_metrics(rows, has_response)
+    present = batch.fields
+    if present is None:
+        present = tq.kv_batch_get(keys=batch.keys[:1], partition_id=batch.partition_id, select_fields=[*ENGINE_OUTPUTS])
+        present = present.keys()
+    check_engine_outputs(present, cfg)
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SEQ_STATS, "response_mask"])
+    has_response = torch.tensor([bool(m.bool().any()) for m in data["response_mask"].unbind()])
+    return capture_metrics(capture_rows(data[SEQ_STATS], stage_seconds=stage_seconds), has_response)
 
 
 def _compute_advantage(original, self, batch, metrics: dict):
@@ -128,10 +131,12 @@ def _compute_advantage(original, self, batch, metrics: dict):
         )
     padded = data.to_padded_tensor()  # the same padding as the stock step's DataProto(batch=...)
     response_mask = padded["response_mask"]  # as captured: rejection sampling may drop tokens inside the stock step
-    step = int(getattr(self, "global_steps", 0) or 0)
+    step = draw_step(self.global_steps, self.local_trigger_step, self.parameter_sync_step)  # PPOTrainer.step
     with advantage_handoff(cfg, response_mask, {f: padded[f] for f in fields}, step=step) as rhythm_metrics:
         out = original(self, batch, metrics)
     metrics.update(rhythm_metrics)
+    if out.fields is not None:  # the update steps fetch exactly these (tqbridge → select_fields)
+        out.fields = [f for f in out.fields if f not in RHYTHM_FIELDS]
     return out
 
 

@@ -7,7 +7,8 @@
 of a rhythm run carries it (the trainer glue puts it there for that one call). With it, the stock forward runs inside
 :func:`verl_rhythm.measure.hook.capture_active`, so the selected layers hand their post-RoPE q/k to a
 :class:`~verl_rhythm.measure.capture.RhythmCapture` during that very forward (no second pass, no second model), and
-the per-token WAAD and FAI join ``model_output`` as nested full-sequence tensors, exactly like ``log_probs``. verl's
+the per-token WAAD and FAI of the response tokens join ``model_output`` as nested response-layout tensors (sliced
+here, so that only response positions leave the worker). verl's
 ``postprocess_batch_func`` concatenates every ``model_output`` key over micro-batches and undoes the dynamic
 batching order; the worker returns every tensor key to the trainer.
 
@@ -35,8 +36,8 @@ from verl.workers.utils.padding import build_attention_mask_from_nested
 
 from verl_rhythm.glue import monkey_patch as ulysses
 from verl_rhythm.glue.checks import text_layer_types, text_num_layers
-from verl_rhythm.glue.padding import nested_from_rows
-from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI_FULL, SEQ_STATS, WAAD_FULL
+from verl_rhythm.glue.padding import nested_from_rows, response_own_positions
+from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI, SEQ_STATS, WAAD
 from verl_rhythm.measure import hook
 from verl_rhythm.measure.capture import RhythmCapture
 from verl_rhythm.measure.heads import SequenceRhythm
@@ -75,9 +76,10 @@ def capture_settings(spec: str) -> CaptureSettings:
 def forward_step(original, engine, micro_batch, loss_function, forward_only):
     """The stock forward step; with :data:`CAPTURE_KEY` on the micro-batch, also the rhythm outputs.
 
-    Extra ``model_output`` keys (only when capturing): :data:`WAAD_FULL` and :data:`FAI_FULL`, nested
-    ``(bsz, prompt_len + response_len)`` fp32 with each token at its own position; :data:`SEQ_STATS`, nested
-    ``(bsz, 3)`` fp32 (see :data:`verl_rhythm.glue.tq_fields.SEQ_STATS_COLUMNS`).
+    Extra ``model_output`` keys (only when capturing), sliced to the response here in the worker so that only the
+    response positions travel: :data:`WAAD` and :data:`FAI`, nested ``(bsz, response_len_i)`` fp32 with each
+    response token at its own position (not verl's one-position shift of ``response_from_nested``, which suits
+    log-probs); :data:`SEQ_STATS`, nested ``(bsz, 3)`` fp32 (see :data:`verl_rhythm.glue.tq_fields.SEQ_STATS_COLUMNS`).
 
     Args:
         original: the stock ``forward_step``; engine: the engine instance (any ``FSDPEngineWithLMHead``).
@@ -100,8 +102,11 @@ def forward_step(original, engine, micro_batch, loss_function, forward_only):
         capture_settings(spec), text_num_layers(hf_config), layer_types=text_layer_types(hf_config), group=group
     )
     use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
+    response_mask = micro_batch_response_mask(micro_batch)
     # host metadata, moved to the parameters' device now: nothing inside the forward waits on a copy
-    capture.set_layouts(micro_batch_layouts(micro_batch, use_remove_padding=use_remove_padding))
+    capture.set_layouts(
+        micro_batch_layouts(micro_batch, use_remove_padding=use_remove_padding, response_mask=response_mask)
+    )
     capture.to(engine_device())
     if not hook.is_installed():
         hook.install_attention_hook()
@@ -112,11 +117,45 @@ def forward_step(original, engine, micro_batch, loss_function, forward_only):
         loss, output = original(engine, micro_batch, loss_function=loss_function, forward_only=forward_only)
     rhythms = capture.finalize()  # capture.seconds: time in record() during the forward, plus this
     seq_lens = micro_batch["input_ids"].offsets().diff().tolist()
-    output["model_output"].update(rhythm_model_outputs(rhythms, seq_lens, seconds=capture.seconds + own))
+    response_lens = response_mask.offsets().diff().tolist()
+    output["model_output"].update(
+        rhythm_model_outputs(
+            rhythms,
+            seq_lens,
+            response_lens,
+            seconds=capture.seconds + own,
+            data_parallel_size=engine.get_data_parallel_size(),
+        )
+    )
     return loss, output
 
 
-def micro_batch_layouts(micro_batch, *, use_remove_padding: bool) -> list[SequenceLayout]:
+def micro_batch_response_mask(micro_batch) -> torch.Tensor:
+    """The micro-batch's ``response_mask`` as nested ``(bsz, response_len_i)``.
+
+    v1 batches carry it nested. The legacy trainer's (``RayPPOTrainer._compute_old_log_prob`` →
+    ``left_right_2_no_padding``) keep it right-padded ``(bsz, R)`` next to ``prompts (bsz, P)`` and
+    ``attention_mask (bsz, P + R)``; row i's response is then its ``attention_mask`` tokens after the ``P`` prompt
+    columns (the rule of verl's ``no_padding_2_padding``, ``verl/workers/utils/padding.py``).
+
+    Raises:
+        ValueError: a padded ``response_mask`` without padded ``prompts`` and ``attention_mask`` beside it.
+    """
+    mask = micro_batch["response_mask"]
+    if mask.is_nested:
+        return mask
+    keys = micro_batch.keys()
+    if "prompts" not in keys or "attention_mask" not in keys or micro_batch["attention_mask"].is_nested:
+        raise ValueError(
+            "the rhythm capture got a padded response_mask without the padded prompts and attention_mask that "
+            "locate each response (verl's left_right_2_no_padding batches carry both)"
+        )
+    prompt_width = micro_batch["prompts"].shape[1]
+    lengths = micro_batch["attention_mask"][:, prompt_width:].sum(-1).tolist()
+    return torch.nested.as_nested_tensor([row[:n] for row, n in zip(mask, lengths, strict=True)], layout=torch.jagged)
+
+
+def micro_batch_layouts(micro_batch, *, use_remove_padding: bool, response_mask=None) -> list[SequenceLayout]:
     """Where each sequence of a verl micro-batch lies in the model's attention inputs, and its response positions.
 
     verl's ``FSDPEngineWithLMHead.prepare_model_inputs`` feeds the model either one packed row
@@ -129,6 +168,8 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool) -> list[Sequen
         micro_batch: TensorDict with nested ``input_ids``, ``position_ids`` ``(bsz, L_i)`` and ``response_mask``
             ``(bsz, r_i)``.
         use_remove_padding: which of the two inputs the engine builds.
+        response_mask: nested ``(bsz, r_i)`` to use instead of ``micro_batch["response_mask"]``
+            (:func:`micro_batch_response_mask`).
 
     Returns:
         one :class:`SequenceLayout` per sequence, in batch order.
@@ -137,10 +178,11 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool) -> list[Sequen
         ValueError: a missing or non-nested tensor, 3-D (mRoPE) position ids, or a layout that disagrees with
             ``input_ids.offsets()``.
     """
-    for name in ("input_ids", "response_mask"):
-        if name not in micro_batch.keys() or not micro_batch[name].is_nested:
+    response_mask = micro_batch["response_mask"] if response_mask is None else response_mask
+    for name, value in (("input_ids", micro_batch.get("input_ids", None)), ("response_mask", response_mask)):
+        if value is None or not value.is_nested:
             raise ValueError(f"the rhythm capture needs the nested '{name}' of verl's v1 (TransferQueue) batches")
-    input_ids, response_mask = micro_batch["input_ids"], micro_batch["response_mask"]
+    input_ids = micro_batch["input_ids"]
     seq_lens = input_ids.offsets().diff().cpu()
     resp_lens = response_mask.offsets().diff().cpu()
     masks = []
@@ -181,19 +223,43 @@ def engine_device() -> torch.device:
     return torch.device(name) if name in ("cpu", "meta") else torch.device(name, get_device_id())
 
 
-def rhythm_model_outputs(rhythms: list[SequenceRhythm], seq_lens: list[int], seconds: float) -> dict:
-    """The engine's extra ``model_output`` entries for one micro-batch.
+def rhythm_model_outputs(
+    rhythms: list[SequenceRhythm],
+    seq_lens: list[int],
+    response_lens: list[int],
+    seconds: float,
+    *,
+    data_parallel_size: int = 1,
+) -> dict:
+    """The engine's extra ``model_output`` entries for one micro-batch, sliced to the responses.
 
     Args:
-        rhythms: one :class:`SequenceRhythm` per sequence, in batch order (``RhythmCapture.finalize()``).
+        rhythms: one :class:`SequenceRhythm` per sequence, in batch order (``RhythmCapture.finalize()``), each
+            ``(L_i,)`` over the whole sequence.
         seq_lens: L_i, the full length of each sequence.
-        seconds: capture wall time of the micro-batch, split over the sequences by length.
+        response_lens: r_i, the response length of each sequence (its last r_i positions).
+        seconds: capture time of the micro-batch on this rank, split over the sequences by length.
+        data_parallel_size: the data-parallel size (``engine.get_data_parallel_size()``). verl returns the outputs
+            of one rank per data-parallel group only (sequence-parallel rank 0: ``is_mp_src_rank_with_outputs``
+            in ``verl/workers/engine/fsdp/transformer_impl.py``, read by ``collect_lazy_compute_data_proto`` in
+            ``verl/single_controller/base/decorator.py``), so each share is divided by it and a batch's shares
+            add up to the mean capture time of a rank.
 
     Returns:
-        ``{WAAD_FULL: (bsz, L_i), FAI_FULL: (bsz, L_i), SEQ_STATS: (bsz, 3)}``, nested jagged fp32.
+        ``{WAAD: (bsz, r_i), FAI: (bsz, r_i)}`` (each response token at its own position) and
+        ``{SEQ_STATS: (bsz, 3)}``, nested jagged fp32.
+
+    Raises:
+        ValueError: the lists disagree in length, a statistic does not cover its sequence, a response is longer
+            than its sequence, or ``data_parallel_size`` < 1.
     """
-    if len(rhythms) != len(seq_lens):
-        raise ValueError(f"{len(rhythms)} captured sequences for a micro-batch of {len(seq_lens)}")
+    if not len(rhythms) == len(seq_lens) == len(response_lens):
+        raise ValueError(
+            f"{len(rhythms)} captured sequences for a micro-batch of {len(seq_lens)} sequences and "
+            f"{len(response_lens)} responses"
+        )
+    if data_parallel_size < 1:
+        raise ValueError(f"data_parallel_size={data_parallel_size}: must be >= 1")
     for i, (r, n) in enumerate(zip(rhythms, seq_lens, strict=True)):
         if r.waad.shape != (n,) or r.fai.shape != (n,):
             raise ValueError(f"sequence {i}: captured {tuple(r.waad.shape)} statistics for {n} positions")
@@ -201,10 +267,10 @@ def rhythm_model_outputs(rhythms: list[SequenceRhythm], seq_lens: list[int], sec
     stats = []
     for r, n in zip(rhythms, seq_lens, strict=True):
         span = r.span.float()
-        share = span.new_tensor(seconds * n / total)
+        share = span.new_tensor(seconds * n / total / data_parallel_size)
         stats.append(torch.stack([span[r.local_heads].mean(), span[r.global_heads].mean(), share]))
     return {
-        WAAD_FULL: nested_from_rows([r.waad.float() for r in rhythms]),
-        FAI_FULL: nested_from_rows([r.fai.float() for r in rhythms]),
+        WAAD: response_own_positions([r.waad.float() for r in rhythms], response_lens),
+        FAI: response_own_positions([r.fai.float() for r in rhythms], response_lens),
         SEQ_STATS: nested_from_rows(stats),
     }

@@ -37,12 +37,70 @@ from verl_rhythm.measure.settings import CaptureSettings, select_layers
 
 __all__ = [
     "BatchLayout",
+    "EventTimer",
     "Kernels",
     "RhythmCapture",
+    "WallTimer",
     "SequenceLayout",
     "layouts_from_attention_mask",
     "layouts_from_position_ids",
 ]
+
+
+class WallTimer:
+    """Host wall time of the timed spans: the capture's own time where the work runs synchronously (CPU)."""
+
+    def __init__(self):
+        self._seconds = 0.0
+
+    def start(self) -> float:
+        return time.perf_counter()
+
+    def stop(self, token: float) -> None:
+        self._seconds += time.perf_counter() - token
+
+    def seconds(self) -> float:
+        return self._seconds
+
+
+class EventTimer:
+    """Device time of the timed spans, from events recorded on the current stream (CUDA).
+
+    On a GPU the host only launches the capture's kernels, so host wall time would measure launches. Each span is
+    bracketed by two timing events recorded on the stream the forward runs on (no wait); :meth:`seconds` reads their
+    elapsed times. It waits (``Event.synchronize``) for the last event only: :meth:`RhythmCapture.finalize` calls it
+    after its own copy of the spans to the host, which already waited for everything queued before it on that
+    stream, so only the few kernels that finalize launched after that copy can still be running.
+
+    Args:
+        event: the event class (``torch.cuda.Event``; anything with ``record()``, ``synchronize()`` and
+            ``elapsed_time(end)`` in milliseconds).
+    """
+
+    def __init__(self, event=None):
+        self._event = event if event is not None else torch.cuda.Event
+        self._spans: list = []
+
+    def start(self):
+        begin = self._event(enable_timing=True)
+        begin.record()
+        return begin
+
+    def stop(self, token) -> None:
+        end = self._event(enable_timing=True)
+        end.record()
+        self._spans.append((token, end))
+
+    def seconds(self) -> float:
+        if not self._spans:
+            return 0.0
+        self._spans[-1][1].synchronize()
+        return sum(begin.elapsed_time(end) for begin, end in self._spans) / 1000.0
+
+
+def timer_for(device_type: str):
+    """The timer of a capture on ``device_type``: :class:`EventTimer` on CUDA, :class:`WallTimer` elsewhere."""
+    return EventTimer() if device_type == "cuda" else WallTimer()
 
 
 class RhythmCapture:
@@ -61,8 +119,12 @@ class RhythmCapture:
             head_group_scope, layers, chunk_size); given a ``RhythmConfig``, its ``capture`` part.
         layers: the selected decoder layers, ``select_layers(num_layers, cfg.layers, layer_types)``.
         layouts: the sequences of the current forward, or ``None`` until :meth:`set_layouts`.
-        seconds: wall time spent inside :meth:`record` and :meth:`finalize` since the last :meth:`reset` (on a GPU
-            this is launch time: the work itself runs asynchronously).
+        seconds: time spent inside :meth:`record` and :meth:`finalize` since the last :meth:`reset`: host wall time
+            on CPU; on CUDA the device time between events recorded around each call (:class:`EventTimer`), read
+            once :meth:`finalize` has run (reading it waits for the last event).
+        timer: what times the calls since the last :meth:`reset` (``None`` before the first): made by the ``timer``
+            argument, a callable of the device type (default :func:`timer_for`) returning an object with
+            ``start()``, ``stop(token)`` and ``seconds()``, at the first :meth:`record` / :meth:`finalize`.
         paths: per recorded layer, ``"triton"`` (the fused kernels), ``"batched"`` or ``"fused"``.
         fused: let the hook replace a selected layer's SDPA call by one that also returns the full-row statistics
             (:mod:`.fused`). ``None`` (the default) decides per device: on CPU, where the replacement's parity with
@@ -90,6 +152,7 @@ class RhythmCapture:
         layer_types: list[str] | None = None,
         kernels: Kernels | None = None,
         group=None,
+        timer=None,
     ):
         self.cfg = getattr(cfg, "capture", cfg)  # a whole RhythmConfig also does: its capture part is read
         self.group = group
@@ -106,7 +169,8 @@ class RhythmCapture:
         self._columns: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._checks: list[tuple[int, torch.Tensor]] = []
         self.paths: dict[int, str] = {}
-        self.seconds = 0.0
+        self._make_timer = timer if timer is not None else timer_for
+        self.timer = None
         if layouts is not None:
             self.set_layouts(layouts)
 
@@ -130,7 +194,6 @@ class RhythmCapture:
         )
         self._columns = {}  # the fused path's per-column positions belong to the old layouts
         self.reset()
-        self.seconds = 0.0
         if device is not None:
             self.to(device)
 
@@ -185,7 +248,17 @@ class RhythmCapture:
         self._stats = {}
         self._checks = []
         self.paths = {}
-        self.seconds = 0.0
+        self.timer = None
+
+    @property
+    def seconds(self) -> float:
+        """See the class attributes: 0 before anything was timed."""
+        return self.timer.seconds() if self.timer is not None else 0.0
+
+    def _start_timer(self, device: torch.device):
+        if self.timer is None:
+            self.timer = self._make_timer(torch.device(device).type)
+        return self.timer.start()
 
     def record(self, layer_idx: int | None, query: torch.Tensor, key: torch.Tensor, scaling: float | None, **kwargs):
         """Compute and keep the statistics of every layout for one layer; ignores layers not selected.
@@ -207,7 +280,7 @@ class RhythmCapture:
             return
         if self.layouts is None:
             raise RuntimeError("RhythmCapture.record called before set_layouts(): the sequence layout is unknown")
-        t = time.perf_counter()
+        t = self._start_timer(query.device)
         scaling = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
         lse, dist = kwargs.get("lse"), kwargs.get("dist")
         window, softcap, sinks = kwargs.get("sliding_window"), kwargs.get("softcap"), kwargs.get("s_aux")
@@ -239,7 +312,7 @@ class RhythmCapture:
             self.paths[layer_idx] = "fused"
         else:
             self.paths[layer_idx] = "triton" if kernels.triton else "batched"
-        self.seconds += time.perf_counter() - t
+        self.timer.stop(t)
 
     def _check_segments(self, layer_idx: int, device: torch.device, window, kwargs) -> None:
         """Queue the device check that the layer's kernel attended over the layouts' sequences (read in finalize)."""
@@ -360,9 +433,9 @@ class RhythmCapture:
 
         One copy to the host (the spans, for the head groups, and the deferred layout checks).
         """
-        t = time.perf_counter()
         self._missing()
         waad, fai_num, span = (self._packed(name) for name in ("waad", "fai_num", "span"))
+        t = self._start_timer(span.device)
         checks = [c.to(span.device).reshape(()) for _, c in self._checks]
         flags = torch.stack(checks).any() if checks else None
         span, flags, heads, rows = self._all_heads(span, flags)
@@ -399,5 +472,5 @@ class RhythmCapture:
                 idx = torch.arange(k, device=span.device)
                 empty = (span.new_zeros(0), span.new_zeros(k), idx[:g], idx[k - g :])
             out.append(SequenceRhythm(empty[0], empty[0], empty[1], empty[2], empty[3], list(heads)))
-        self.seconds += time.perf_counter() - t
+        self.timer.stop(t)
         return out
