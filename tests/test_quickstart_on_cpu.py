@@ -19,6 +19,8 @@ def test_the_constants_are_the_recipes():
     assert RECIPE["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] == quickstart.PROMPTS_PER_STEP
     assert RECIPE["actor_rollout_ref"]["rollout"]["n"] == quickstart.RESPONSES_PER_PROMPT
     assert RECIPE["actor_rollout_ref"]["model"]["override_config"]["attn_implementation"] == "sdpa"
+    assert RECIPE["actor_rollout_ref"]["actor"]["ppo_micro_batch_size_per_gpu"] == quickstart.MICRO_BATCH
+    assert RECIPE["actor_rollout_ref"]["rollout"]["log_prob_micro_batch_size_per_gpu"] == quickstart.MICRO_BATCH
 
 
 @pytest.mark.parametrize(
@@ -29,19 +31,20 @@ def test_the_constants_are_the_recipes():
         (
             ["trainer.n_gpus_per_node=3", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=3"],
             [f"{quickstart.ATTN_KEY}=flash_attention_2", "data.train_batch_size=9",
-             "actor_rollout_ref.actor.ppo_mini_batch_size=9"],
+             "actor_rollout_ref.actor.ppo_mini_batch_size=9", *(f"{k}=12" for k in quickstart.MICRO_KEYS)],
         ),
         (
             ["trainer.n_gpus_per_node=3"],
-            ["data.train_batch_size=9", "actor_rollout_ref.actor.ppo_mini_batch_size=9"],
+            ["data.train_batch_size=9", "actor_rollout_ref.actor.ppo_mini_batch_size=9",
+             *(f"{k}=12" for k in quickstart.MICRO_KEYS)],
         ),
         (  # the user's keys win
             ["trainer.n_gpus_per_node=3", "+actor_rollout_ref.actor.ulysses_sequence_parallel_size=3",
              f"{quickstart.ATTN_KEY}=eager", "data.train_batch_size=12"],
-            ["actor_rollout_ref.actor.ppo_mini_batch_size=9"],
+            ["actor_rollout_ref.actor.ppo_mini_batch_size=12"],
         ),
         (["trainer.n_gpus_per_node=5", "actor_rollout_ref.rollout.n=2"], ["data.train_batch_size=10",
-          "actor_rollout_ref.actor.ppo_mini_batch_size=10"]),
+          "actor_rollout_ref.actor.ppo_mini_batch_size=10", *(f"{k}=4" for k in quickstart.MICRO_KEYS)]),
     ],
 )  # fmt: skip
 def test_fitted_defaults(overrides, expected):
@@ -63,4 +66,6 @@ def test_the_fitted_batch_satisfies_verls_divisibility_rules(workers, sp, n):
     mini = int(values.get("actor_rollout_ref.actor.ppo_mini_batch_size", quickstart.PROMPTS_PER_STEP))
     assert prompts >= quickstart.PROMPTS_PER_STEP and mini == prompts
     assert (prompts * n) % workers == 0 and (mini * n) % (workers // sp) == 0
+    for key in quickstart.MICRO_KEYS:  # every worker's share splits into whole micro-batches
+        assert (prompts * n // (workers // sp)) % int(values.get(key, quickstart.MICRO_BATCH)) == 0
     assert (values.get(quickstart.ATTN_KEY) == "flash_attention_2") == (sp > 1)

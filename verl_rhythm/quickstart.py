@@ -118,6 +118,12 @@ PROMPTS_PER_STEP = 8
 """The recipe's ``data.train_batch_size`` (and ``actor.ppo_mini_batch_size``: one update per step)."""
 RESPONSES_PER_PROMPT = 4
 """The recipe's ``actor_rollout_ref.rollout.n``."""
+MICRO_BATCH = 16
+"""The recipe's micro-batch size per worker, under each key of :data:`MICRO_KEYS`."""
+MICRO_KEYS = (
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+)
 
 
 def fitted_defaults(overrides: list[str]) -> list[str]:
@@ -127,7 +133,9 @@ def fitted_defaults(overrides: list[str]) -> list[str]:
       monkey_patch.py``), which the CPU backend serves; the recipe's SDPA would be refused at start-up.
     - verl needs ``train_batch_size · n`` divisible by the number of workers (``verl/utils/config.py:validate_config``)
       and the mini-batch's responses divisible by the data-parallel size (``engine_workers.py:TrainingWorker``): the
-      recipe's 8 prompts per step round up to the next count that divides, e.g. 9 on 3 workers.
+      recipe's 8 prompts per step round up to the next count that divides, e.g. 9 on 3 workers. Each worker's share
+      of the responses must then split into whole micro-batches (``verl/workers/engine/utils.py:
+      prepare_micro_batches``): the recipe's micro-batch of 16 becomes the largest size up to 16 that divides it.
 
     Args:
         overrides: the Hydra overrides given on the command line (``key=value``, ``+key=value``).
@@ -141,15 +149,19 @@ def fitted_defaults(overrides: list[str]) -> list[str]:
     if sp > 1 and ATTN_KEY not in values:
         fitted.append(f"{ATTN_KEY}=flash_attention_2")
     workers = int(values.get("trainer.n_gpus_per_node", 1)) * int(values.get("trainer.nnodes", 1))
+    data_parallel = max(workers // sp, 1)
     n = int(values.get("actor_rollout_ref.rollout.n", RESPONSES_PER_PROMPT))
     prompts = PROMPTS_PER_STEP
-    while (prompts * n) % workers or (prompts * n) % max(workers // sp, 1):
+    while (prompts * n) % workers or (prompts * n) % data_parallel:
         prompts += 1
-    if prompts != PROMPTS_PER_STEP:
-        if "data.train_batch_size" not in values:
-            fitted.append(f"data.train_batch_size={prompts}")
-        if "actor_rollout_ref.actor.ppo_mini_batch_size" not in values:
-            fitted.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}")
+    prompts = int(values.get("data.train_batch_size", prompts))
+    for key in ("data.train_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size"):  # one update per step
+        if key not in values and prompts != PROMPTS_PER_STEP:
+            fitted.append(f"{key}={prompts}")
+    per_worker = prompts * n // data_parallel
+    micro = max(d for d in range(1, MICRO_BATCH + 1) if per_worker % d == 0)
+    if micro != MICRO_BATCH:
+        fitted += [f"{key}={micro}" for key in MICRO_KEYS if key not in values]
     return fitted
 
 
