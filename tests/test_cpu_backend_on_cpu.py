@@ -273,6 +273,26 @@ def test_unsupported_settings_are_refused_naming_the_key(cpu_recipe, monkeypatch
         patches.check_config(config)
 
 
+def test_a_rollout_outside_the_training_workers_is_refused_naming_the_key(cpu_recipe, monkeypatch):
+    """``actor_rollout_ref.hybrid_engine=false`` would ask the hf replica for the colocated or standalone start-up it
+    does not implement: refused at start-up by key; the replica's own error, should it be reached some other way
+    (a reward or teacher model's rollout), names the key and the modes that run."""
+    from verl_rhythm.backends.cpu.rollout import HFReplica
+
+    config = cpu_recipe.copy()
+    OmegaConf.update(config, "actor_rollout_ref.hybrid_engine", False)
+    monkeypatch.setattr(patches, "is_selected", lambda: True)
+    with pytest.raises(patches.CPUBackendConfigError, match="actor_rollout_ref.hybrid_engine=false is not supported"):
+        patches.check_config(config)
+    replica = object.__new__(HFReplica)  # the start-up methods read nothing of the replica
+    for start in (lambda: replica.init_colocated(None), replica.init_standalone):
+        with pytest.raises(NotImplementedError) as err:
+            asyncio.run(start())
+        message = str(err.value)
+        assert "actor_rollout_ref.hybrid_engine=true" in message and "colocated and standalone" in message
+        assert "trainer.v1.trainer_mode=sync or colocate_async" in message
+
+
 @pytest.mark.parametrize("override", [None, "trainer.v1.trainer_mode=colocate_async", "trainer.use_v1=false"])
 def test_the_recipe_passes_the_checks_in_every_trainer_that_runs_here(cpu_recipe, monkeypatch, override):
     config = cpu_recipe.copy()
@@ -288,6 +308,7 @@ def test_the_recipe_passes_the_checks_in_every_trainer_that_runs_here(cpu_recipe
     "override, match",
     [
         ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm needs a GPU"),
+        ("actor_rollout_ref.hybrid_engine=false", "actor_rollout_ref.hybrid_engine=false is not supported"),
     ],
 )
 def test_main_ppo_refuses_before_any_worker_starts(tmp_path, override, match):
