@@ -73,8 +73,17 @@ def _check(result):
     assert result.returncode == 0, result.log[-6000:]
 
 
-def grpo_reference(dump: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def grpo_reference(
+    dump: dict, tokenizer, kl_in_reward: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """verl's GRPO advantage for a dumped update batch, with every reward re-scored from the decoded text.
+
+    Args:
+        dump: one update batch (:mod:`verl_rhythm.testing.dump_update`) holding whole GRPO groups.
+        tokenizer: the run's tokenizer.
+        kl_in_reward: ``algorithm.use_kl_in_reward=True`` runs: the fixed KL coefficient. GRPO then reads verl's
+            ``ray_trainer.apply_kl_penalty`` rewards, recomputed here from the dumped ``old_log_probs`` and
+            ``ref_log_prob``: score - β · KL(old, ref) per token (``algorithm.kl_penalty=kl``).
 
     Returns:
         ``(grpo (bs, T), advantages used by the update (bs, T), response_mask (bs, T))``.
@@ -92,6 +101,11 @@ def grpo_reference(dump: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor, t
         )
         assert rewards[i].sum().item() == pytest.approx(expected), "the reward the trainer used is not the task's"
         index.append(groups.setdefault(tuple(prompt.tolist()), len(groups)))
+    if kl_in_reward is not None:
+        from verl.trainer.ppo.core_algos import kl_penalty
+
+        kl = kl_penalty(pad(dump["old_log_probs"]).float(), pad(dump["ref_log_prob"]).float(), kl_penalty="kl")
+        rewards = rewards - kl_in_reward * kl * mask
     grpo, _ = compute_grpo_outcome_advantage(rewards, mask.float(), np.array(index), norm_adv_by_std_in_grpo=True)
     return grpo, pad(dump["advantages"]).float(), mask
 
@@ -113,7 +127,7 @@ def merge_dumps(dumps: list[dict]) -> dict:
     return {k: [row for d in dumps for row in d[k]] for k in dumps[0]}
 
 
-def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled") -> None:
+def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled", kl_in_reward: float | None = None) -> None:
     """Every dumped update trained on GRPO × γ and not on plain GRPO.
 
     γ is recomputed here by ``strategy`` (default knobs) from the WAAD and FAI each update carried, independently of
@@ -126,13 +140,14 @@ def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled") -> Non
         dumps: the update batches (:mod:`verl_rhythm.testing.dump_update`), each holding whole GRPO groups (merge the
             shards of a data-parallel update with :func:`merge_dumps` first).
         strategy: the registered strategy the run trained with.
+        kl_in_reward: the KL coefficient of an ``algorithm.use_kl_in_reward=True`` run (see :func:`grpo_reference`).
     """
     from verl_rhythm.credit.gamma import compute_gamma
 
     tokenizer = tiny_tokenizer()
     amplified = 0
     for n, dump in enumerate(dumps):
-        grpo, used, mask = grpo_reference(dump, tokenizer)
+        grpo, used, mask = grpo_reference(dump, tokenizer, kl_in_reward)
         width = mask.shape[1]
         waad, fai = (response_statistic(dump, k, width) for k in ("rhythm_waad", "rhythm_fai"))
         gamma = compute_gamma(strategy, mask, waad=waad, fai=fai).gamma
