@@ -5,6 +5,8 @@
 Compiles both kernels with ``triton.compile`` for ``GPUTarget("cuda", 80 | 90, 32)`` in bf16 at head dims 128 and 64
 and prints, per kernel, registers, stack and local memory (spills), static and dynamic shared memory and the
 tensor-core instructions in the SASS (:mod:`verl_rhythm.testing.triton_compile`). Run without ``TRITON_INTERPRET``.
+It compiles and never runs them: the bf16 ``tl.dot`` has executed only upcast to fp32, in Triton's interpreter, so
+nothing here shows its results on a GPU (``benchmarks/gpu_check.sh`` checks that).
 
 Usage: ``python benchmarks/triton_resources.py``
 """

@@ -272,10 +272,23 @@ def test_finalize_equals_the_per_sequence_grouping():
         for layer in (0, 2):
             for c in (capture, reference):
                 c.record(layer, q * (1 + layer), k, 0.4)
-        for got, want in zip(capture.finalize(), reference.finalize(), strict=True):
+        finals = capture.finalize()
+        for got, want in zip(finals, reference.finalize(), strict=True):
             assert torch.equal(got.local_heads, want.local_heads) and torch.equal(got.global_heads, want.global_heads)
             for name in ("waad", "fai", "span"):  # the batched full rows come from the attention kernel: fp32 rounding
                 torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-5, rtol=1e-5)
-        for st, lay in zip(capture.head_stats(), layouts, strict=True):
+        # each sequence's own head statistics, grouped alone: the per-sequence path's, and under the sequence scope
+        # exactly what finalize returned for it
+        rows = zip(capture.head_stats(), reference.head_stats(), layouts, finals, strict=True)
+        for i, (st, ref_st, lay, final) in enumerate(rows):
             own = rhythm_from_head_stats(st, cfg.head_quantile)
+            want = rhythm_from_head_stats(ref_st, cfg.head_quantile)
             assert own.waad.shape == (lay.length,)
+            assert torch.equal(own.local_heads, want.local_heads) and torch.equal(own.global_heads, want.global_heads)
+            for name in ("waad", "fai", "span"):
+                torch.testing.assert_close(getattr(own, name), getattr(want, name), atol=1e-5, rtol=1e-5)
+            if scope == "sequence":
+                assert torch.equal(own.local_heads, final.local_heads), f"sequence {i}"
+                assert torch.equal(own.global_heads, final.global_heads), f"sequence {i}"
+                for name in ("waad", "fai", "span"):
+                    torch.testing.assert_close(getattr(own, name), getattr(final, name), atol=1e-5, rtol=1e-5)

@@ -149,9 +149,25 @@ def test_fully_masked_row_is_an_empty_sequence():
     q, k = q.expand(3, -1, -1, -1), k.expand(3, -1, -1, -1)
     capture = RhythmCapture(cfg, 1, layouts)
     capture.record(0, q, k, 0.25)
-    empty = capture.finalize()[1]
+    finals = capture.finalize()
+    empty = finals[1]
     assert empty.waad.shape == (0,) and empty.fai.shape == (0,) and torch.all(empty.span == 0)
-    check(q, k, 0.25, layouts[2], 10, 10, 100, 4)
+    # the rows around it: the capture's statistics and rhythm equal the dense reference of each row's own columns
+    for i in (0, 2):
+        st = capture.head_stats()[i]
+        maps, zmax = dense_maps(q, k, 0.25, layouts[i])
+        ref = head_stats_dense(
+            maps, layouts[i].response_mask, st.heads, cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi
+        )
+        tol = tolerance(zmax)
+        torch.testing.assert_close(st.waad, ref.waad, atol=tol, rtol=0, msg=f"WAAD terms of row {i}")
+        torch.testing.assert_close(st.fai_num, ref.fai_num, atol=tol, rtol=0, msg=f"FAI numerators of row {i}")
+        assert torch.equal(st.fai_count, ref.fai_count)
+        want = rhythm_from_head_stats(ref, cfg.head_quantile)
+        assert torch.equal(finals[i].local_heads, want.local_heads)
+        assert torch.equal(finals[i].global_heads, want.global_heads)
+        torch.testing.assert_close(finals[i].waad, want.waad.float(), atol=tol, rtol=0, msg=f"WAAD of row {i}")
+        torch.testing.assert_close(finals[i].fai, want.fai.float(), atol=tol, rtol=0, msg=f"FAI of row {i}")
 
 
 def test_chunk_size_does_not_change_results():

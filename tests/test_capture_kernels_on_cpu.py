@@ -174,30 +174,57 @@ def test_the_measure_package_catches_no_error():
 
 
 def test_cuda_and_cuda0_are_one_device_and_only_host_tensors_are_pinned(monkeypatch):
-    """BatchLayout.to on CUDA, with torch.cuda's device query and the copies replaced (no GPU here)."""
+    """BatchLayout.to on CUDA. No GPU here: torch.cuda's device query, ``Tensor.pin_memory`` (a copy into a new host
+    tensor, as on a GPU machine) and the host-to-device ``Tensor.to`` (which returns what it was handed) are replaced;
+    what is checked is what BatchLayout hands them: every index tensor of the layout and its grids, pinned once, the
+    pinned copy (same values) sent asynchronously to cuda:0, and the moved tensor kept. A real move to ``meta`` checks
+    the same walk without any replacement."""
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert canonical_device("cuda") == canonical_device("cuda:0") == torch.device("cuda", 0)
     assert canonical_device("cpu") == torch.device("cpu") and canonical_device("cuda:1").index == 1
+
+    def owners(lay):
+        return [lay, *lay.grids]
+
+    def values(lay):
+        return {(i, n): getattr(o, n).clone() for i, o in enumerate(owners(lay)) for n in o._TENSORS}
+
+    real = BatchLayout(packed_layouts([30, 12, 25], [10, 2, 24]), 10, 20, 64)
+    before = values(real)
+    assert real.to("meta") is real and real.device == torch.device("meta")
+    for i, o in enumerate(owners(real)):
+        for n in o._TENSORS:
+            on_meta = getattr(o, n)
+            assert on_meta.device.type == "meta"
+            assert on_meta.shape == before[i, n].shape and on_meta.dtype == before[i, n].dtype
+
     pinned, moved = [], []
 
     def pin_memory(self, *args, **kwargs):
         assert self.device.type == "cpu"  # pinning a device tensor raises on a GPU
-        pinned.append(self.numel())
-        return self
+        copy = self.clone()
+        pinned.append(copy)
+        return copy
 
     def to(self, device, *args, **kwargs):
-        moved.append((torch.device(device), kwargs.get("non_blocking")))
+        moved.append((self, torch.device(device), kwargs.get("non_blocking")))
         return self
 
     lay = BatchLayout(packed_layouts([30, 12, 25], [10, 2, 24]), 10, 20, 64)
+    before = values(lay)
     monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
     monkeypatch.setattr(torch.Tensor, "to", to)
-    tensors = len(lay._TENSORS) + sum(len(g._TENSORS) for g in lay.grids)
     assert lay.to("cuda") is lay and lay.device == torch.device("cuda", 0)
-    assert len(pinned) == tensors and moved == [(torch.device("cuda", 0), True)] * tensors
+    assert len(pinned) == len(before) == len(moved)
+    for (tensor, device, non_blocking), copy in zip(moved, pinned, strict=True):
+        assert tensor is copy and device == torch.device("cuda", 0) and non_blocking is True  # the pinned copy
+    kept = {id(t) for t in pinned}
+    for (i, n), want in before.items():
+        got = getattr(owners(lay)[i], n)
+        assert id(got) in kept and torch.equal(got, want), f"{type(owners(lay)[i]).__name__}.{n}"
     lay.to("cuda:0")  # the same device: nothing moves again
     lay.to(torch.device("cuda"))
-    assert len(moved) == tensors
+    assert len(moved) == len(before)
     assert all(g.device == torch.device("cuda", 0) for g in lay.grids)
 
 

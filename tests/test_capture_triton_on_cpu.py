@@ -31,6 +31,7 @@ from test_capture_batched_on_cpu import VARIANTS, dense_reference, packed_layout
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure.capture import RhythmCapture
+from verl_rhythm.measure.heads import rhythm_from_head_stats
 from verl_rhythm.measure.kernels import kernels_for
 
 TRITON = dataclasses.replace(kernels_for("cpu"), triton=True)
@@ -78,8 +79,15 @@ def test_kernels_equal_the_dense_reference(kind, variant, dtype):
     opts = VARIANTS[variant]
     capture = _capture(layouts, q, k, opts)
     assert _check(capture, layouts, q, k, opts) > 0  # a real comparison
-    rhythms = capture.finalize()
-    assert [r.waad.shape[0] for r in rhythms] == LENGTHS
+    # the per-token rhythm: that of the dense reference's head statistics (same head groups, WAAD, FAI)
+    for i, (layout, got) in enumerate(zip(layouts, capture.finalize(), strict=True)):
+        ref, zmax = dense_reference(q, k, 0.35, layout, CFG.waad_window, CFG.fai_horizon_lo, CFG.fai_horizon_hi, **opts)
+        want = rhythm_from_head_stats(ref, CFG.head_quantile)
+        assert got.waad.shape == (LENGTHS[i],)
+        assert torch.equal(got.local_heads, want.local_heads) and torch.equal(got.global_heads, want.global_heads)
+        tol = 1e-5 + 10 * torch.finfo(torch.float32).eps * zmax
+        torch.testing.assert_close(got.waad, want.waad.float(), atol=tol, rtol=0, msg=f"WAAD of sequence {i}")
+        torch.testing.assert_close(got.fai, want.fai.float(), atol=tol, rtol=0, msg=f"FAI of sequence {i}")
 
 
 def test_non_contiguous_query_views_as_transformers_hands_them():

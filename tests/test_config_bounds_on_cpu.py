@@ -115,11 +115,28 @@ def test_accepted_configs_keep_the_advantages_finite(values, norm, seed, reward_
 
 
 def test_the_largest_gamma_the_bounds_allow_is_finite_in_bf16():
-    """The coupled rule's worst token: an anchor that introduces every dominated anchor of its look-back window."""
+    """The coupled rule's worst token, built and computed: at the bounds (γ_amp = GAMMA_AMP_MAX, α = 1, q = 1: every
+    token an anchor, equal FAI) a response of k + 2 tokens, k = INTRO_WINDOW_MAX, with one WAAD jump at its second
+    token. Every later anchor (WAAD 0, at the median) is dominated and its look-back window's largest Δ is that jump,
+    so one token introduces about k anchors: γ reaches 1 + (γ_amp − 1)(1 + k) within one α-share, never above it.
+    That γ times the largest advantage (|GRPO| ≤ √n normalised, rewards up to 1e6 otherwise) is finite in bf16."""
     k = INTRO_WINDOW_MAX
-    worst = 1 + (GAMMA_AMP_MAX - 1) * (1 + 1.0 * k)
-    adv_bound = math.sqrt(BS) * 1e6  # |GRPO advantage| <= sqrt(n) normalised; rewards up to 1e6 otherwise
-    assert math.isfinite(float(torch.tensor(worst * adv_bound, dtype=torch.bfloat16)))
+    bound = 1 + (GAMMA_AMP_MAX - 1) * (1 + k)
+    waad = torch.zeros(1, k + 2)
+    waad[0, 1] = 1000.0
+    mask = torch.ones(1, k + 2, dtype=torch.bool)
+    credit = compute_gamma(
+        "coupled", mask, waad=waad, fai=torch.ones(1, k + 2), top_q=1.0, gamma_amp=GAMMA_AMP_MAX, alpha=1.0,
+        intro_window=k,
+    )  # fmt: skip
+    gamma = credit.gamma
+    assert bound - (GAMMA_AMP_MAX - 1) <= float(gamma.max()) <= bound, float(gamma.max())
+    adv_bound = math.sqrt(BS) * 1e6
+    for sign in ("both", "positive", "negative"):
+        for a in (adv_bound, -adv_bound):
+            scaled = apply_gamma(torch.full((1, k + 2), a, dtype=torch.bfloat16), gamma, sign)
+            assert bool(torch.isfinite(scaled).all()), (sign, a)
+            assert float(scaled.abs().max()) >= abs(a)  # γ really applied (≥ 1 everywhere, > 1 somewhere)
 
 
 UNUSED = [("global", "rhythm_waad"), ("local", "rhythm_fai"), ("none", "rhythm_fai"), ("entropy", "rhythm_waad")]

@@ -155,6 +155,80 @@ def test_a_response_stops_at_eos_and_keeps_it(tiny):
         tiny.lm_head.bias = None
 
 
+def _next_token_logits(model, prompt, tokens):
+    """``(len(tokens), V)``: the raw logits each token was drawn from, from one unpadded forward pass."""
+    with torch.no_grad():
+        return model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1].float()
+
+
+SAMPLED_PROMPTS = [[1, 30, 31], [1, 32, 33, 34], [1, 35], [1, 36, 37, 38, 39]] * 2
+
+
+def _sample(tiny, params, seed):
+    return sampling.generate_batch(
+        tiny, SAMPLED_PROMPTS, params, eos_token_ids=[EOS], pad_token_id=EOS, generator_seed=seed
+    )
+
+
+def test_top_k_samples_only_among_the_k_most_likely_tokens(tiny):
+    params = sampling.SamplingParams(max_tokens=8, temperature=1.5, top_k=3, ignore_eos=True)
+    out = _sample(tiny, params, seed=5)
+    drawn, not_argmax = 0, 0
+    for prompt, completion in zip(SAMPLED_PROMPTS, out, strict=True):
+        logits = _next_token_logits(tiny, prompt, completion.token_ids)
+        ranks = (logits > logits.gather(-1, torch.tensor(completion.token_ids)[:, None])).sum(-1)  # 0 = argmax
+        assert torch.all(ranks < 3), f"a token outside the top 3 of prompt {prompt}: ranks {ranks.tolist()}"
+        drawn += len(ranks)
+        not_argmax += int((ranks > 0).sum())
+    assert drawn == 64 and not_argmax > 0  # sampled, not greedy
+    assert [c.token_ids for c in _sample(tiny, params, seed=5)] == [c.token_ids for c in out]  # seeded
+    assert [c.token_ids for c in _sample(tiny, params, seed=6)] != [c.token_ids for c in out]
+
+
+def test_top_p_samples_only_from_the_nucleus(tiny):
+    """The nucleus of each step: the most likely tokens (under the temperature) until their mass reaches top_p."""
+    top_p, temperature = 0.3, 1.0
+    params = sampling.SamplingParams(max_tokens=8, temperature=temperature, top_p=top_p, ignore_eos=True)
+    out = _sample(tiny, params, seed=7)
+    sizes = []
+    for prompt, completion in zip(SAMPLED_PROMPTS, out, strict=True):
+        probs = torch.softmax(_next_token_logits(tiny, prompt, completion.token_ids) / temperature, -1)
+        token_p = probs.gather(-1, torch.tensor(completion.token_ids)[:, None])
+        mass_above = (probs * (probs > token_p)).sum(-1)  # mass of the strictly more likely tokens
+        assert torch.all(mass_above < top_p + 1e-5), f"a token outside the {top_p} nucleus of prompt {prompt}"
+        sorted_probs = probs.sort(-1, descending=True).values
+        sizes += ((sorted_probs.cumsum(-1) - sorted_probs) < top_p).sum(-1).tolist()
+    assert max(sizes) > 1 and max(sizes) < 128  # a nucleus of several tokens, not the whole vocabulary
+    assert len({tuple(c.token_ids) for c in out}) > 1
+    assert [c.token_ids for c in _sample(tiny, params, seed=7)] == [c.token_ids for c in out]
+
+
+def test_repetition_penalty_divides_the_logits_of_tokens_already_seen(tiny):
+    """Greedy under repetition penalty θ equals an argmax loop over logits where every token already in the prompt
+    or the response is penalised (positive logits divided by θ, negative ones multiplied: transformers'
+    ``RepetitionPenaltyLogitsProcessor``, vLLM's rule), for prompts of unequal lengths sampled in one batch."""
+    theta = 3.0
+    params = sampling.SamplingParams(max_tokens=8, temperature=0, repetition_penalty=theta, ignore_eos=True)
+    out = sampling.generate_batch(tiny, SAMPLED_PROMPTS[:4], params, eos_token_ids=[EOS], pad_token_id=EOS)
+    plain = sampling.generate_batch(
+        tiny,
+        SAMPLED_PROMPTS[:4],
+        sampling.SamplingParams(max_tokens=8, temperature=0, ignore_eos=True),
+        eos_token_ids=[EOS],
+        pad_token_id=EOS,
+    )
+    assert [c.token_ids for c in out] != [c.token_ids for c in plain]  # the penalty changed something
+    for prompt, completion in zip(SAMPLED_PROMPTS[:4], out, strict=True):
+        ids = list(prompt)
+        for _ in range(8):
+            with torch.no_grad():
+                logits = tiny(torch.tensor([ids])).logits[0, -1].float()
+            seen = torch.tensor(sorted(set(ids)))
+            logits[seen] = torch.where(logits[seen] > 0, logits[seen] / theta, logits[seen] * theta)
+            ids.append(int(logits.argmax()))
+        assert completion.token_ids == ids[len(prompt) :], f"prompt {prompt}"
+
+
 @pytest.mark.parametrize(
     "params, key",
     [
@@ -273,6 +347,26 @@ def test_unsupported_settings_are_refused_naming_the_key(cpu_recipe, monkeypatch
         patches.check_config(config)
 
 
+def test_a_rollout_outside_the_training_workers_is_refused_naming_the_key(cpu_recipe, monkeypatch):
+    """``actor_rollout_ref.hybrid_engine=false`` would ask the hf replica for the colocated or standalone start-up it
+    does not implement: refused at start-up by key; the replica's own error, should it be reached some other way
+    (a reward or teacher model's rollout), names the key and the modes that run."""
+    from verl_rhythm.backends.cpu.rollout import HFReplica
+
+    config = cpu_recipe.copy()
+    OmegaConf.update(config, "actor_rollout_ref.hybrid_engine", False)
+    monkeypatch.setattr(patches, "is_selected", lambda: True)
+    with pytest.raises(patches.CPUBackendConfigError, match="actor_rollout_ref.hybrid_engine=false is not supported"):
+        patches.check_config(config)
+    replica = object.__new__(HFReplica)  # the start-up methods read nothing of the replica
+    for start in (lambda: replica.init_colocated(None), replica.init_standalone):
+        with pytest.raises(NotImplementedError) as err:
+            asyncio.run(start())
+        message = str(err.value)
+        assert "actor_rollout_ref.hybrid_engine=true" in message and "colocated and standalone" in message
+        assert "trainer.v1.trainer_mode=sync or colocate_async" in message
+
+
 @pytest.mark.parametrize("override", [None, "trainer.v1.trainer_mode=colocate_async", "trainer.use_v1=false"])
 def test_the_recipe_passes_the_checks_in_every_trainer_that_runs_here(cpu_recipe, monkeypatch, override):
     config = cpu_recipe.copy()
@@ -288,6 +382,7 @@ def test_the_recipe_passes_the_checks_in_every_trainer_that_runs_here(cpu_recipe
     "override, match",
     [
         ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm needs a GPU"),
+        ("actor_rollout_ref.hybrid_engine=false", "actor_rollout_ref.hybrid_engine=false is not supported"),
     ],
 )
 def test_main_ppo_refuses_before_any_worker_starts(tmp_path, override, match):

@@ -21,7 +21,13 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_rhythm.config import RhythmConfig, RhythmConfigError
 from verl_rhythm.glue import core_algos as rhythm_algos
-from verl_rhythm.glue.checks import RhythmSetupError, check_rhythm_run, flash_attention_2_source, warn_if_ignored
+from verl_rhythm.glue.checks import (
+    TURBO_CP_KEY,
+    RhythmSetupError,
+    check_rhythm_run,
+    flash_attention_2_source,
+    warn_if_ignored,
+)
 
 ATTN = "actor_rollout_ref.model.override_config.attn_implementation"
 
@@ -145,6 +151,21 @@ def test_each_unsupported_setting_fails_by_key(compose, overrides, key):
     with pytest.raises(RhythmSetupError) as err:
         check_rhythm_run(compose(*overrides))
     assert key in str(err.value)
+
+
+def test_fsdp_turbo_context_parallelism_is_refused_by_key(compose):
+    """FSDP-Turbo runs the capture (its engine inherits the FSDP forward step), but its own context parallelism
+    shards sequences under eager attention: refused at start-up naming the key; at 1 (verl's default), or on another
+    FSDP strategy (which never reads the turbo config), the run passes."""
+    turbo = "actor_rollout_ref.actor.strategy=fsdp_turbo"
+    assert TURBO_CP_KEY == "actor_rollout_ref.actor.fsdp_config.turbo_config.distributed.ulysses_parallel_size"
+    with pytest.raises(RhythmSetupError) as err:
+        check_rhythm_run(compose(turbo, f"{TURBO_CP_KEY}=2"))
+    (line,) = [x for x in str(err.value).splitlines() if TURBO_CP_KEY in x]
+    assert f"{TURBO_CP_KEY}=2" in line and "set it to 1" in line
+    assert check_rhythm_run(compose(turbo, f"{TURBO_CP_KEY}=1")) == RhythmConfig()
+    assert check_rhythm_run(compose(turbo)) == RhythmConfig()  # verl's default: 1
+    assert check_rhythm_run(compose("actor_rollout_ref.actor.strategy=fsdp2", f"{TURBO_CP_KEY}=2")) == RhythmConfig()
 
 
 def test_layers_outside_the_model_fail_by_key(compose):

@@ -205,14 +205,13 @@ def test_flash_attention_2_in_bf16_strict_mode(engines, models, cpu_flash_attn):
         for attn, out in outs.items():
             waad, fai = out[WAAD][i], out[FAI][i]
             assert bool(torch.isfinite(waad).all() and torch.isfinite(fai).all())
-            # measured here: at most 0.006 (WAAD, in [0, W]) and 9e-5 (FAI) off the fp32 reference
-            torch.testing.assert_close(waad, response(r.waad, i), atol=0.03, rtol=0, msg=f"{attn} WAAD {i}")
-            torch.testing.assert_close(fai, response(r.fai, i), atol=1e-3, rtol=0, msg=f"{attn} FAI {i}")
+            # docs/verl-integration.md quotes 0.006 (WAAD, in [0, W]) and 9e-5 (FAI) off the fp32 reference:
+            # asserted within twice that
+            torch.testing.assert_close(waad, response(r.waad, i), atol=0.012, rtol=0, msg=f"{attn} WAAD {i}")
+            torch.testing.assert_close(fai, response(r.fai, i), atol=1.8e-4, rtol=0, msg=f"{attn} FAI {i}")
         flash, sdpa = outs["flash_attention_2"], outs["sdpa"]
-        torch.testing.assert_close(flash[WAAD][i], sdpa[WAAD][i], atol=0.03, rtol=0)
-    worst = max(
-        float((o[WAAD][i] - response(r.waad, i)).abs().max()) for o in outs.values() for i, r in enumerate(ref)
-    )
+        torch.testing.assert_close(flash[WAAD][i], sdpa[WAAD][i], atol=0.012, rtol=0)
+    worst = max(float((o[WAAD][i] - response(r.waad, i)).abs().max()) for o in outs.values() for i, r in enumerate(ref))
     assert worst > 0  # bf16 really ran
 
 

@@ -73,8 +73,17 @@ def _check(result):
     assert result.returncode == 0, result.log[-6000:]
 
 
-def grpo_reference(dump: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def grpo_reference(
+    dump: dict, tokenizer, kl_in_reward: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """verl's GRPO advantage for a dumped update batch, with every reward re-scored from the decoded text.
+
+    Args:
+        dump: one update batch (:mod:`verl_rhythm.testing.dump_update`) holding whole GRPO groups.
+        tokenizer: the run's tokenizer.
+        kl_in_reward: ``algorithm.use_kl_in_reward=True`` runs: the fixed KL coefficient. GRPO then reads verl's
+            ``ray_trainer.apply_kl_penalty`` rewards, recomputed here from the dumped ``old_log_probs`` and
+            ``ref_log_prob``: score - β · KL(old, ref) per token (``algorithm.kl_penalty=kl``).
 
     Returns:
         ``(grpo (bs, T), advantages used by the update (bs, T), response_mask (bs, T))``.
@@ -92,6 +101,11 @@ def grpo_reference(dump: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor, t
         )
         assert rewards[i].sum().item() == pytest.approx(expected), "the reward the trainer used is not the task's"
         index.append(groups.setdefault(tuple(prompt.tolist()), len(groups)))
+    if kl_in_reward is not None:
+        from verl.trainer.ppo.core_algos import kl_penalty
+
+        kl = kl_penalty(pad(dump["old_log_probs"]).float(), pad(dump["ref_log_prob"]).float(), kl_penalty="kl")
+        rewards = rewards - kl_in_reward * kl * mask
     grpo, _ = compute_grpo_outcome_advantage(rewards, mask.float(), np.array(index), norm_adv_by_std_in_grpo=True)
     return grpo, pad(dump["advantages"]).float(), mask
 
@@ -107,19 +121,49 @@ def response_statistic(dump: dict, key: str, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
-def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled") -> None:
-    """Every dumped update trained on GRPO × γ, with γ recomputed here by ``strategy`` (default knobs) from the WAAD
-    and FAI the update carried: exact on every token, including those whose GRPO advantage is 0."""
+def merge_dumps(dumps: list[dict]) -> dict:
+    """The dumps of one update's data-parallel shards as one batch (rows in rank order), so that every GRPO group is
+    whole again."""
+    return {k: [row for d in dumps for row in d[k]] for k in dumps[0]}
+
+
+def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled", kl_in_reward: float | None = None) -> None:
+    """Every dumped update trained on GRPO × γ and not on plain GRPO.
+
+    γ is recomputed here by ``strategy`` (default knobs) from the WAAD and FAI each update carried, independently of
+    the run's estimator; GRPO is verl's, from the re-scored rewards. Checked: the update's advantage equals GRPO × γ
+    on every token (including those whose GRPO advantage is 0, and none off the response mask), and at least one
+    token of the run has γ > 1 and a non-zero GRPO advantage, where the update therefore differs from plain GRPO. An
+    estimator that computed γ but never applied it fails here.
+
+    Args:
+        dumps: the update batches (:mod:`verl_rhythm.testing.dump_update`), each holding whole GRPO groups (merge the
+            shards of a data-parallel update with :func:`merge_dumps` first).
+        strategy: the registered strategy the run trained with.
+        kl_in_reward: the KL coefficient of an ``algorithm.use_kl_in_reward=True`` run (see :func:`grpo_reference`).
+    """
     from verl_rhythm.credit.gamma import compute_gamma
 
     tokenizer = tiny_tokenizer()
-    for dump in dumps:
-        grpo, used, mask = grpo_reference(dump, tokenizer)
+    amplified = 0
+    for n, dump in enumerate(dumps):
+        grpo, used, mask = grpo_reference(dump, tokenizer, kl_in_reward)
         width = mask.shape[1]
         waad, fai = (response_statistic(dump, k, width) for k in ("rhythm_waad", "rhythm_fai"))
         gamma = compute_gamma(strategy, mask, waad=waad, fai=fai).gamma
-        assert torch.any(gamma > 1), "the strategy selected nothing: the check would not see γ"
-        assert torch.allclose(used, grpo * gamma * mask, atol=1e-5)
+        assert torch.all(used[~mask] == 0), f"update {n}: an advantage off the response mask"
+        want = grpo * gamma * mask
+        assert torch.allclose(used, want, atol=1e-5), (
+            f"update {n}: the advantage is not GRPO × γ (max |diff| {(used - want).abs().max():.3g}; "
+            f"max |diff| to plain GRPO {(used - grpo * mask).abs().max():.3g})"
+        )
+        where = mask & (gamma > 1 + 1e-4) & (grpo.abs() > 1e-3)
+        # |GRPO| > 1e-3 and γ ≥ 1 + 1e-4: GRPO × γ is more than 1e-7 away from GRPO, beyond fp32 noise here
+        assert torch.all((used[where] - grpo[where]).abs() > 1e-7)
+        amplified += int(where.sum())
+    assert amplified > 0, (
+        "no token with γ > 1 and a non-zero GRPO advantage in any update: the run cannot tell GRPO × γ from GRPO"
+    )
 
 
 def test_every_step_reports_rhythm_metrics(coupled_run):
@@ -192,8 +236,7 @@ def test_two_data_parallel_workers_train_on_grpo_times_gamma(dp2_run):
     _check(dp2_run)
     assert dp2_run.steps == [1]
     assert len(dp2_run.dumps) == 2  # each worker updated on its half of the batch
-    gamma = gamma_of_updates([{k: [row for d in dp2_run.dumps for row in d[k]] for k in dp2_run.dumps[0]}])
-    assert torch.all(gamma > 1 - 1e-5)
+    assert_grpo_times_gamma([merge_dumps(dp2_run.dumps)])
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +267,8 @@ def test_sequence_parallel_training_uses_grpo_times_gamma(sp2_run):
     for key in ("responses", "advantages"):
         for a, b in zip(sp2_run.dumps[0][key], sp2_run.dumps[1][key], strict=True):
             assert torch.equal(a, b)
+    assert_grpo_times_gamma(sp2_run.dumps[:1])
     gamma = gamma_of_updates(sp2_run.dumps[:1])
-    assert torch.all(gamma > 1 - 1e-5)
     assert torch.allclose((gamma - 1) * 4, ((gamma - 1) * 4).round(), atol=1e-3)
 
 
@@ -336,7 +379,6 @@ def test_a_custom_strategy_drives_the_update(custom_run):
     """The update trained on GRPO × γ, γ recomputed here from the statistics the update carried with the same
     selection rule; when the strategy exists only in the driver, the workers (which imported the user's package but
     never registered it) captured all the same."""
-    from verl_rhythm.credit.gamma import compute_gamma
     from verl_rhythm.credit.registry import register_strategy, unregister_strategy
 
     sys.path.insert(0, str(PLUGINS))
@@ -357,11 +399,6 @@ def test_a_custom_strategy_drives_the_update(custom_run):
         assert runner <= pids["driver_only"] and not actors & pids["driver_only"], (marks, actors, runner)
     register_strategy("test_early_anchor", needs=("fai",), summary=SUMMARY)(early_anchors)
     try:
-        tokenizer = tiny_tokenizer()
-        for dump in result.dumps:
-            grpo, used, mask = grpo_reference(dump, tokenizer)
-            gamma = compute_gamma("test_early_anchor", mask, fai=response_statistic(dump, "rhythm_fai", mask.shape[1]))
-            gamma = gamma.gamma
-            assert torch.allclose(used, grpo * gamma * mask, atol=1e-5)
+        assert_grpo_times_gamma(result.dumps, strategy="test_early_anchor")
     finally:
         unregister_strategy("test_early_anchor")

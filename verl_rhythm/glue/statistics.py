@@ -117,9 +117,7 @@ def capture_rows(seq_stats: torch.Tensor, *, stage_seconds: float) -> torch.Tens
     stats = torch.stack([row.float().reshape(-1) for row in seq_stats.unbind()])  # (bsz, 3)
     col = {name: stats[:, i] for i, name in enumerate(SEQ_STATS_COLUMNS)}
     stage = torch.full_like(col["capture_s"], stage_seconds / max(stats.shape[0], 1))
-    return torch.stack(
-        [col["span_local"], col["span_global"], col["capture_s"], stage], dim=-1
-    ).float()
+    return torch.stack([col["span_local"], col["span_global"], col["capture_s"], stage], dim=-1).float()
 
 
 def capture_metrics(rows: torch.Tensor, has_response: torch.Tensor) -> dict[str, float]:

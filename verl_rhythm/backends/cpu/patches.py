@@ -119,6 +119,12 @@ def check_config(config) -> None:
             "replicas (the hf rollout runs inside the training workers only) and a non-naive checkpoint engine "
             "(nccl, nixl or mooncake); set trainer.v1.trainer_mode=sync or colocate_async"
         )
+    if not config.actor_rollout_ref.get("hybrid_engine", True):
+        raise CPUBackendConfigError(
+            "actor_rollout_ref.hybrid_engine=false is not supported on the CPU platform: the hf rollout runs only "
+            "inside the training workers (verl's hybrid mode), never on replicas of its own; "
+            "set actor_rollout_ref.hybrid_engine=true"
+        )
     for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
         if int(rollout.get(key, 1) or 1) != 1:
             raise CPUBackendConfigError(

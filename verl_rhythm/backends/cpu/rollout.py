@@ -307,8 +307,9 @@ class HFReplica(RolloutReplica):
 
 
 _HYBRID_ONLY = (
-    "hf rollout: only the hybrid mode (the rollout shares the training workers) is supported; "
-    "use trainer.v1.trainer_mode=sync and actor_rollout_ref.hybrid_engine=true"
+    "hf rollout: replicas on resources of their own (verl's colocated and standalone rollout modes) are not "
+    "supported, only the hybrid mode, in which the rollout shares the training workers: set "
+    "actor_rollout_ref.hybrid_engine=true and trainer.v1.trainer_mode=sync or colocate_async"
 )
 
 
