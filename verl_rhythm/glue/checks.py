@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from verl_rhythm.config import RhythmConfig, RhythmConfigError, select_layers
+from verl_rhythm.glue import seams
 
 ESTIMATOR_NAME = "rhythm"
 PLUGIN_NAME = "rhythm"
@@ -54,6 +55,7 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
     """
     if not is_rhythm_run(config):
         return None
+    seams.check_at_start_up()  # a verl whose seams moved: one line naming its version and the function (RhythmDisabled)
     cfg = RhythmConfig.from_algorithm_config(_get(config, "algorithm"))
     problems = []
 
