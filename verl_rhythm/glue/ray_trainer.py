@@ -103,7 +103,7 @@ def install(module) -> None:
 
 def _guard_init_workers(cls) -> None:
     original = inspect.getattr_static(cls, "init_workers", None)
-    if not is_wrapped(original) and seams.mismatch(original, method=True) is None:
+    if inspect.isfunction(original) and not is_wrapped(original):  # the guard passes every argument through
         cls.init_workers = seams.guard(original, lambda call: getattr(call["self"], "config", None))
 
 

@@ -85,11 +85,11 @@ def disabled() -> dict[str, str]:
 
 
 def refusal() -> str | None:
-    """The one line a rhythm run stops with, or ``None`` when no seam moved in this process."""
+    """The one line a rhythm run stops with (every seam that moved, by name), or ``None`` when none moved here."""
     found = disabled()
     if not found:
         return None
-    changes = "; ".join(f"{seam} ({why})" for seam, why in found.items())
+    changes = "; ".join(f"{seam} ({why})" for seam, why in sorted(found.items()))
     return (
         f"verl-rhythm disabled: verl {verl_version()} changed {changes}; "
         "algorithm.adv_estimator=rhythm cannot run (every other estimator runs verl's own code)"

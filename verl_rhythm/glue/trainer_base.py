@@ -77,7 +77,7 @@ def install(module) -> None:
 
 def _guard_constructor(cls) -> None:
     original = cls.__dict__.get("__init__")
-    if original is not None and not is_wrapped(original) and seams.mismatch(original, method=True) is None:
+    if inspect.isfunction(original) and not is_wrapped(original):  # the guard passes every argument through
         cls.__init__ = seams.guard(original, lambda call: call["config"])
 
 
