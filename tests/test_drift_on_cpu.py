@@ -212,6 +212,8 @@ seen["wrapped"] = {
     "compute_data_metrics": is_wrapped(metric_utils.compute_data_metrics),
 }
 seen["registered"] = "rhythm" in core_algos.ADV_ESTIMATOR_REGISTRY
+from verl_rhythm.glue import contract
+seen["contract"] = contract.changed("verl.trainer.ppo.v1.trainer_base:PPOTrainer")
 
 # a run that does not use rhythm: verl's own code
 seen["grpo"] = grpo_matches(ray_trainer.compute_advantage(batch(), "grpo", config=GRPO.algorithm))
@@ -251,6 +253,10 @@ def test_a_renamed_or_reshaped_seam_leaves_verl_its_own_and_refuses_only_rhythm(
     assert all(seen["own"].values()), seen["own"]
     assert all(seen["wrapped"].values()), seen["wrapped"]  # the seams that did not move are still in place
     assert seen["registered"]
+    # the pinned-source review table names the renamed method too (contract.changed)
+    assert seen["contract"] == {
+        "verl.trainer.ppo.v1.trainer_base:PPOTrainer._compute_old_log_prob": "b2630e6178ed99f7 -> missing"
+    }
     assert seen["is_patched"] == {
         "verl.trainer.ppo.core_algos": True,
         "verl.trainer.ppo.v1.trainer_base": False,
