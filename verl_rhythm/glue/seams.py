@@ -109,11 +109,15 @@ def refuse() -> None:
 
 def check_at_start_up() -> None:
     """:func:`refuse`, after importing every verl module the glue watches (a rhythm run only: their installers run
-    and record what moved) and checking the Ulysses seam, which is otherwise installed by the first capture."""
-    from verl_rhythm.glue import monkey_patch
-    from verl_rhythm.glue.plugin import PATCHES
+    and record what moved) and checking the Ulysses seam, which is otherwise installed by the first capture.
 
-    for name in [*PATCHES, monkey_patch.MODULE]:
+    Without the plugin loaded in this process (``VERL_USE_EXTERNAL_PLUGINS``) nothing is installed on import, so only
+    the Ulysses seam is checked; the start-up check names the plugin policy itself.
+    """
+    from verl_rhythm.glue import monkey_patch
+
+    plugin = sys.modules.get("verl_rhythm.glue.plugin")
+    for name in [*getattr(plugin, "PATCHES", {}), monkey_patch.MODULE]:
         if name in sys.modules:
             continue
         try:
