@@ -48,13 +48,46 @@ def test_a_hook_on_an_imported_module_runs_at_once(package):
     assert seen == [target]
 
 
-def test_a_failing_hook_fails_the_import(package):
+def test_a_failing_hook_is_recorded_and_the_others_still_run(package, caplog):
+    """A patch that raises never fails the import (the module is the importer's): it is kept in ``failed()`` and
+    handed to ``on_error``, and the module's later hooks still run."""
+    reported, seen = [], []
+
     def boom(module):
         raise RuntimeError("patch failed")
 
-    post_import.when_imported(package, boom)
-    with pytest.raises(RuntimeError, match="patch failed"):
+    post_import.when_imported(package, boom, on_error=lambda m, err: reported.append((m.__name__, str(err))))
+    post_import.when_imported(package, boom)  # no on_error: a WARNING line
+    post_import.when_imported(package, lambda m: seen.append(m.VALUE))
+    with caplog.at_level("WARNING", logger="verl_rhythm.post_import"):
+        import rhythm_probe_pkg.target as target
+
+    assert target.VALUE == 1 and seen == [1]
+    assert reported == [(package, "patch failed")]
+    assert post_import.failed()[package] == [f"{boom.__qualname__}: RuntimeError: patch failed"] * 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"verl-rhythm: the patch of {package} failed ({boom.__qualname__}: RuntimeError: patch failed)"
+    ]
+    assert package not in post_import.pending()
+
+
+def test_hooks_of_a_module_whose_body_fails_wait_for_the_next_import(package, tmp_path):
+    """The module's own import error is the importer's; the hooks stay pending and run when a retry succeeds."""
+    target = tmp_path / "rhythm_probe_pkg" / "target.py"
+    target.write_text("raise ImportError('not yet')\n")
+    seen = []
+    post_import.when_imported(package, lambda m: seen.append(m.VALUE))
+    with pytest.raises(ImportError, match="not yet"):
         import rhythm_probe_pkg.target  # noqa: F401
+    assert seen == [] and post_import.pending()[package] == 1
+    target.write_text("VALUE = 3\n")
+    sys.modules.pop(package, None)
+    import importlib
+
+    importlib.invalidate_caches()
+    import rhythm_probe_pkg.target  # noqa: F401, F811
+
+    assert seen == [3] and package not in post_import.pending()
 
 
 def test_the_plugin_registers_the_estimator_and_its_patches():

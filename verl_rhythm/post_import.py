@@ -25,29 +25,35 @@ from types import ModuleType
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[ModuleType], None]
+OnError = Callable[[ModuleType, Exception], None]
 
 _lock = threading.RLock()
-_pending: dict[str, list[Callback]] = {}
+_pending: dict[str, list[tuple[Callback, OnError | None]]] = {}
+_failed: dict[str, list[str]] = {}
 
 
-def when_imported(module_name: str, callback: Callback) -> None:
+def when_imported(module_name: str, callback: Callback, *, on_error: OnError | None = None) -> None:
     """Call ``callback(module)`` once ``module_name`` has been imported (now, if it already has been).
 
-    Callbacks of one module run in registration order, after the module body and before the importer sees it.
-    An exception in a callback propagates to the ``import`` statement that triggered it: a failed patch must not
-    leave a half-patched verl running.
+    Callbacks of one module run in registration order, after the module body and before the importer sees it. An
+    exception in a callback never reaches the ``import`` statement (the module is the importer's, whatever a patch
+    does): it is kept in :func:`failed` and handed to ``on_error`` (logged at WARNING level when there is none), and
+    the module's remaining callbacks still run. The callbacks of a module whose own body fails to import stay
+    pending, for the next try.
 
     Args:
         module_name: the fully qualified module name, e.g. ``"verl.trainer.ppo.v1.trainer_base"``.
         callback: called with the module object.
+        on_error: called with the module and the exception when ``callback`` raises (e.g. to record the patch as
+            disabled, :func:`verl_rhythm.glue.seams.record_disabled`).
     """
     with _lock:
         module = sys.modules.get(module_name)
         if module is None:
-            _pending.setdefault(module_name, []).append(callback)
+            _pending.setdefault(module_name, []).append((callback, on_error))
             _ensure_finder()
             return
-    callback(module)
+    _run(module, callback, on_error)
 
 
 def pending() -> dict[str, int]:
@@ -56,11 +62,33 @@ def pending() -> dict[str, int]:
         return {name: len(cbs) for name, cbs in _pending.items() if cbs}
 
 
+def failed() -> dict[str, list[str]]:
+    """Module name → the callbacks that raised on it in this process (``qualname: ExceptionType: message``)."""
+    with _lock:
+        return {name: list(errors) for name, errors in _failed.items()}
+
+
+def _run(module: ModuleType, callback: Callback, on_error: OnError | None) -> None:
+    try:
+        callback(module)
+    # the boundary with the importer: whatever a patch raises is recorded and reported here, never raised into the
+    # import of the module (which would fail an unrelated program, and lose the callbacks on a retried import)
+    except Exception as err:
+        what = f"{getattr(callback, '__qualname__', repr(callback))}: {type(err).__name__}: {err}"
+        with _lock:
+            _failed.setdefault(module.__name__, []).append(what)
+        logger.debug("verl-rhythm: traceback of the failed patch of %s", module.__name__, exc_info=True)
+        if on_error is None:
+            logger.warning("verl-rhythm: the patch of %s failed (%s)", module.__name__, what)
+        else:
+            on_error(module, err)  # reports it (one line)
+
+
 def _run_callbacks(module: ModuleType) -> None:
     with _lock:
         callbacks = _pending.pop(module.__name__, [])
-    for callback in callbacks:
-        callback(module)
+    for callback, on_error in callbacks:
+        _run(module, callback, on_error)
 
 
 class _LoaderProxy(importlib.abc.Loader):

@@ -17,4 +17,6 @@
 - :mod:`.padding`: ``verl/workers/utils/padding.py`` (response layout without the log-prob shift).
 - :mod:`.checks`: the fail-fast start-up checks; :mod:`.tq_fields`: the field names; :mod:`.contract`: the pinned
   verl internals.
+- :mod:`.seams`: each seam's check before it is wrapped; a seam a later verl moved is left as verl's own and disables
+  rhythm runs alone, with one line naming verl's version and the function.
 """

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from verl_rhythm.config import RhythmConfig, RhythmConfigError, select_layers
+from verl_rhythm.glue import seams
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
     if not is_rhythm_run(config):
         warn_if_ignored(config)
         return None
+    seams.check_at_start_up()  # a verl whose seams moved: one line naming its version and the function (RhythmDisabled)
     cfg = RhythmConfig.from_algorithm_config(_get(config, "algorithm"))
     problems = []
 

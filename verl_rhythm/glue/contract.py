@@ -10,8 +10,11 @@ hard-codes an accelerator. Each entry below names one function and why it matter
 Version policy (``setup.py`` allows ``verl>=0.9.1,<0.10``): the hashes are a review signal, not a gate. On the
 releases of :data:`VERL_VERSIONS` ``tests/test_glue_plugin_on_cpu.py`` asserts every hash (a mismatch there is an
 error in this table); on any other 0.9.x release the same test reports the functions whose source changed and is
-skipped, and the behavioural tests (verl's trainer, engine and ``main_ppo`` run for real) decide. Nothing is checked
-or logged in a user's run.
+skipped, and the behavioural tests (verl's trainer, engine and ``main_ppo`` run for real) decide. A user's run never
+checks the hashes; what it checks is the call shape of each function the glue wraps, when it is wrapped (present, the
+parameters its wrapper reads, no new required one; :mod:`verl_rhythm.glue.seams`): a function that moved disables
+rhythm alone, loudly. Those checks compare against verl 0.9.1's parameter lists (``tests/test_drift_on_cpu.py``
+asserts them on the pinned release).
 """
 
 from __future__ import annotations
@@ -146,12 +149,19 @@ PINNED: dict[str, tuple[str, str]] = {
 }
 
 
+MISSING = "missing"
+"""What :func:`source_hash` returns for a function that is no longer there (a seam that moved)."""
+
+
 def source_hash(qualified: str) -> str:
-    """sha256 (first 16 hex digits) of the source of ``module:attr.path`` (wrappers unwrapped to verl's code)."""
+    """sha256 (first 16 hex digits) of the source of ``module:attr.path`` (wrappers unwrapped to verl's code), or
+    :data:`MISSING`."""
     module_name, _, attr_path = qualified.partition(":")
     obj = importlib.import_module(module_name)
     for part in attr_path.split("."):
-        obj = getattr(obj, part)
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return MISSING
         obj = stock(obj)
     obj = inspect.unwrap(obj) if not isinstance(obj, type) else obj
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]

@@ -26,6 +26,7 @@ from verl.trainer.ppo import core_algos
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.credit import apply_gamma, credit_metrics, rhythm_credit
+from verl_rhythm.glue import seams
 from verl_rhythm.glue.checks import ESTIMATOR_NAME
 from verl_rhythm.glue.tq_fields import STATISTIC_FIELDS
 
@@ -147,7 +148,6 @@ def check_statistics(cfg: RhythmConfig, given: dict[str, torch.Tensor | None]) -
             raise ValueError(template.format(strategy=cfg.strategy, field=field))
 
 
-@core_algos.register_adv_est(ESTIMATOR_NAME)
 def compute_rhythm_outcome_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -180,9 +180,11 @@ def compute_rhythm_outcome_advantage(
         ``(advantages, returns)``, both ``(bs, response_length)``, equal (as verl's GRPO returns them).
 
     Raises:
+        RhythmDisabled: a seam of the glue moved in this verl (:mod:`verl_rhythm.glue.seams`).
         ValueError: ``config`` or ``index`` missing, or a statistic the strategy needs is missing (the capture did
             not run).
     """
+    seams.refuse()
     if config is None:
         raise ValueError(
             "the rhythm estimator needs verl's algorithm config (config=...; ray_trainer.compute_advantage passes it) "
@@ -220,6 +222,31 @@ def compute_rhythm_outcome_advantage(
     return scaled, scaled
 
 
+GRPO_READS = ("token_level_rewards", "response_mask", "index", "epsilon", "norm_adv_by_std_in_grpo")
+"""The keywords the estimator passes to verl's ``compute_grpo_outcome_advantage``."""
+GRPO_KNOWN = (*GRPO_READS, "config")
+"""verl 0.9.1's parameters of ``compute_grpo_outcome_advantage`` (:func:`verl_rhythm.glue.seams.mismatch`)."""
+
+
+def register(module=core_algos) -> bool:
+    """Register :func:`compute_rhythm_outcome_advantage` as ``rhythm`` with ``module.register_adv_est``; whether it is.
+
+    Checked first: ``register_adv_est`` takes the name as its one required parameter, and the GRPO function the
+    estimator builds on takes the keywords it passes. Either moved: ``rhythm`` is not registered, both stay verl's own,
+    the seam is recorded as disabled (one WARNING line), and a run asking for ``rhythm`` is refused at start-up (and
+    by verl itself, ``get_adv_estimator_fn``: ``Unknown advantage estimator``); every other run is untouched.
+    """
+    name = module.__name__
+    register_fn = getattr(module, "register_adv_est", None)
+    grpo = getattr(module, "compute_grpo_outcome_advantage", None)
+    # checked one after the other: each seam that moved is recorded
+    ok = seams.checked(f"{name}.register_adv_est", register_fn, known=("name_or_enum",))
+    ok = seams.checked(f"{name}.compute_grpo_outcome_advantage", grpo, reads=GRPO_READS, known=GRPO_KNOWN) and ok
+    if ok:
+        register_fn(ESTIMATOR_NAME)(compute_rhythm_outcome_advantage)
+    return ok
+
+
 def varied_group_share(scores: torch.Tensor, index: np.ndarray) -> float:
     """Share of GRPO groups whose responses got different rewards: only those have a non-zero advantage, so only
     there can γ change the update.
@@ -232,3 +259,6 @@ def varied_group_share(scores: torch.Tensor, index: np.ndarray) -> float:
     for gid, score in zip(index.tolist() if hasattr(index, "tolist") else index, scores.tolist(), strict=True):
         groups.setdefault(gid, set()).add(score)
     return sum(len(v) > 1 for v in groups.values()) / max(len(groups), 1)
+
+
+register()

@@ -16,10 +16,10 @@ recipe trainers), so it is wrapped when ``metric_utils`` finishes importing, bef
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from verl_rhythm.wrapping import is_wrapped, mark
+from verl_rhythm.glue import seams
+from verl_rhythm.wrapping import is_wrapped
 
 METRICS_KEY = "rhythm_metrics"
 """``DataProto.meta_info`` key under which the legacy trainer's advantage step leaves the ``rhythm/*`` metrics."""
@@ -32,18 +32,19 @@ def step_metrics(batch: Any) -> dict[str, float]:
 
 
 def install(module) -> None:
-    """Wrap ``module.compute_data_metrics``; idempotent."""
-    stock = module.compute_data_metrics
+    """Wrap ``module.compute_data_metrics``; idempotent. A function that moved stays verl's own and is recorded as
+    disabled (:mod:`verl_rhythm.glue.seams`)."""
+    stock = getattr(module, "compute_data_metrics", None)
     if is_wrapped(stock):
         return
+    if seams.checked(f"{module.__name__}.compute_data_metrics", stock, reads=("batch",), known=("batch", "use_critic")):
+        module.compute_data_metrics = seams.wrap(stock, _compute_data_metrics)
 
-    @functools.wraps(stock)
-    def compute_data_metrics(batch, *args, **kwargs):
-        metrics = stock(batch, *args, **kwargs)
-        extra = step_metrics(batch)
-        return {**metrics, **extra} if extra else metrics
 
-    module.compute_data_metrics = mark(compute_data_metrics, stock)
+def _compute_data_metrics(call: seams.Call) -> dict:
+    metrics = call.stock()
+    extra = step_metrics(call["batch"])
+    return {**metrics, **extra} if extra else metrics
 
 
 def rebind(module) -> None:
@@ -51,5 +52,7 @@ def rebind(module) -> None:
     import verl.trainer.ppo.metric_utils as metric_utils
 
     install(metric_utils)
-    if not is_wrapped(getattr(module, "compute_data_metrics", None)):
-        module.compute_data_metrics = metric_utils.compute_data_metrics
+    wrapped = getattr(metric_utils, "compute_data_metrics", None)
+    bound = getattr(module, "compute_data_metrics", None)
+    if is_wrapped(wrapped) and bound is not None and not is_wrapped(bound):
+        module.compute_data_metrics = wrapped

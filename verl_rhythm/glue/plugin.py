@@ -25,12 +25,19 @@ Under Ulysses sequence parallelism the engine's first capturing micro-batch also
 verl swallows plugin import errors (logged at debug level); the trainer side therefore stops a rhythm run whose
 workers did not produce the capture (:class:`verl_rhythm.glue.trainer_base.RhythmCaptureMissing`). Importing this
 module twice is a no-op.
+
+A later verl that renamed or reshaped a wrapped function: each installer checks its target first and leaves a seam
+that moved as verl's own, recorded and logged (:mod:`verl_rhythm.glue.seams`); no installer raises into verl's import
+(a patch that fails anyway is recorded the same way, and the module's other patches still run). Every run that does
+not ask for rhythm is then verl's own; a rhythm run is refused at start-up with one line naming verl's version and
+the function (:func:`verl_rhythm.glue.seams.refusal`). :func:`is_patched` reports such a module as not patched.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from verl_rhythm.glue import seams
 from verl_rhythm.post_import import when_imported
 
 PATCHES = {
@@ -48,11 +55,18 @@ _registered = False
 def _installer(glue_module: str):
     def install(verl_module) -> None:
         glue = importlib.import_module(glue_module)
-        if hasattr(glue, "install"):  # core_algos registers at import (@register_adv_est)
+        if hasattr(glue, "install"):  # core_algos registers at import (glue.core_algos.register)
             glue.install(verl_module)
 
     install.__qualname__ = f"install[{glue_module}]"
     return install
+
+
+def _failed(glue_module: str):
+    def record(verl_module, err: Exception) -> None:
+        seams.record_disabled(verl_module.__name__, f"{glue_module} failed: {type(err).__name__}: {err}")
+
+    return record
 
 
 def register() -> None:
@@ -62,25 +76,31 @@ def register() -> None:
         return
     _registered = True
     for verl_module, glue_module in PATCHES.items():
-        when_imported(verl_module, _installer(glue_module))
+        when_imported(verl_module, _installer(glue_module), on_error=_failed(glue_module))
 
 
 def is_loaded() -> bool:
     """Whether the ``rhythm`` estimator is registered in this process's verl registry."""
-    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+    from verl.trainer.ppo import core_algos as verl_algos
 
     from verl_rhythm.glue import core_algos
     from verl_rhythm.glue.checks import ESTIMATOR_NAME
 
-    return ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is core_algos.compute_rhythm_outcome_advantage
+    registry = getattr(verl_algos, "ADV_ESTIMATOR_REGISTRY", None) or {}
+    return registry.get(ESTIMATOR_NAME) is core_algos.compute_rhythm_outcome_advantage
 
 
 def is_patched() -> dict[str, bool]:
-    """For each verl module of :data:`PATCHES` already imported in this process, whether its patch is in place."""
+    """For each verl module of :data:`PATCHES` already imported in this process, whether its patch is in place.
+
+    ``False`` for a module where a seam moved (:func:`verl_rhythm.glue.seams.disabled` says which and why): the glue
+    left that verl object as it is, and rhythm runs are refused.
+    """
     import sys
 
     from verl_rhythm.wrapping import is_wrapped
 
+    disabled = seams.disabled()
     out = {}
     if "verl.trainer.ppo.core_algos" in sys.modules:
         out["verl.trainer.ppo.core_algos"] = is_loaded()
@@ -88,21 +108,26 @@ def is_patched() -> dict[str, bool]:
     if trainer is not None:
         from verl_rhythm.glue.trainer_base import WRAPPED
 
-        out["verl.trainer.ppo.v1.trainer_base"] = all(is_wrapped(getattr(trainer.PPOTrainer, n)) for n in WRAPPED)
+        cls = getattr(trainer, "PPOTrainer", None)
+        out["verl.trainer.ppo.v1.trainer_base"] = all(is_wrapped(getattr(cls, n, None)) for n in WRAPPED)
     ray_trainer = sys.modules.get("verl.trainer.ppo.ray_trainer")
     if ray_trainer is not None:
         from verl_rhythm.glue.ray_trainer import METHODS
 
-        wrapped = [getattr(ray_trainer.RayPPOTrainer, n) for n in METHODS] + [ray_trainer.compute_advantage]
+        cls = getattr(ray_trainer, "RayPPOTrainer", None)
+        wrapped = [getattr(cls, n, None) for n in METHODS] + [getattr(ray_trainer, "compute_advantage", None)]
         out["verl.trainer.ppo.ray_trainer"] = all(is_wrapped(f) for f in wrapped)
     metric_utils = sys.modules.get("verl.trainer.ppo.metric_utils")
     if metric_utils is not None:
-        out["verl.trainer.ppo.metric_utils"] = is_wrapped(metric_utils.compute_data_metrics)
+        out["verl.trainer.ppo.metric_utils"] = is_wrapped(getattr(metric_utils, "compute_data_metrics", None))
     engine = sys.modules.get("verl.workers.engine.fsdp.transformer_impl")
     if engine is not None:
         from verl_rhythm.glue import transformer_impl
 
         out["verl.workers.engine.fsdp.transformer_impl"] = transformer_impl.is_installed(engine)
+    for name in out:
+        if any(seam == name or seam.startswith(name + ".") for seam in disabled):
+            out[name] = False
     return out
 
 

@@ -28,19 +28,23 @@ Wrapped (never copied); a run whose ``algorithm.adv_estimator`` is not ``rhythm`
   (:func:`~verl_rhythm.glue.statistics.advantage_handoff`, step from :data:`STEP`), then popped from ``data``
   (:data:`BATCH_FIELDS`), so the actor update does not receive them; the ``rhythm/*`` metrics go into
   ``data.meta_info[METRICS_KEY]``, from where :mod:`verl_rhythm.glue.metric_utils` adds them to the step's metrics.
+
+Each wrapper passes every argument through to the stock function and reads the ones it needs by name; one whose name
+or parameters changed in a later verl is left as verl's own and disables rhythm, loudly (:mod:`verl_rhythm.glue.seams`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
+import inspect
 from collections.abc import Iterator
 
 import torch
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import core_algos as rhythm_algos
+from verl_rhythm.glue import seams
 from verl_rhythm.glue.checks import ESTIMATOR_NAME, check_rhythm_run
 from verl_rhythm.glue.metric_utils import METRICS_KEY
 from verl_rhythm.glue.statistics import (
@@ -76,33 +80,44 @@ _KEPT: contextvars.ContextVar[list | None] = contextvars.ContextVar("verl_rhythm
 
 def install(module) -> None:
     """Wrap ``RayPPOTrainer.__init__``, ``RayPPOTrainer._compute_old_log_prob`` and ``compute_advantage`` of
-    ``module``; idempotent."""
-    cls = module.RayPPOTrainer
-    for name, wrapper in METHODS.items():
-        original = cls.__dict__[name]
-        if not is_wrapped(original):
-            setattr(cls, name, _wrap(original, wrapper))
-    if not is_wrapped(module.compute_advantage):
-        module.compute_advantage = mark(
-            functools.wraps(module.compute_advantage)(_advantage(module.compute_advantage)), module.compute_advantage
-        )
+    ``module``; idempotent.
+
+    Each is checked first (:func:`verl_rhythm.glue.seams.mismatch`); one that moved stays verl's own and is recorded
+    as disabled. If ``__init__`` moved, ``RayPPOTrainer.init_workers`` (called before any worker exists) gets the
+    start-up guard instead (:func:`verl_rhythm.glue.seams.guard`, reading ``self.config``).
+    """
+    cls = getattr(module, "RayPPOTrainer", None)
+    if not isinstance(cls, type):
+        seams.record_disabled(f"{module.__name__}.RayPPOTrainer", "not found")
+    else:
+        for name, wrapper in METHODS.items():
+            original = inspect.getattr_static(cls, name, None)
+            if is_wrapped(original):
+                continue
+            if seams.checked(f"{module.__name__}.RayPPOTrainer.{name}", original, method=True, **SHAPES[name]):
+                setattr(cls, name, seams.wrap(original, wrapper))
+            elif name == "__init__":
+                _guard_init_workers(cls)
+    stock_fn = getattr(module, "compute_advantage", None)
+    if not is_wrapped(stock_fn) and seams.checked(
+        f"{module.__name__}.compute_advantage", stock_fn, **SHAPES["compute_advantage"]
+    ):
+        module.compute_advantage = seams.wrap(stock_fn, _compute_advantage)
     from verl_rhythm.glue import metric_utils
 
     metric_utils.rebind(module)
 
 
-def _wrap(original, wrapper):
-    @functools.wraps(original)
-    def method(self, *args, **kwargs):
-        return wrapper(original, self, *args, **kwargs)
-
-    return mark(method, original)
+def _guard_init_workers(cls) -> None:
+    original = inspect.getattr_static(cls, "init_workers", None)
+    if inspect.isfunction(original) and not is_wrapped(original):  # the guard passes every argument through
+        cls.init_workers = seams.guard(original, lambda call: getattr(call["self"], "config", None))
 
 
-def _init(original, self, config, *args, **kwargs):
-    if check_rhythm_run(config) is not None:
+def _init(call: seams.Call):
+    if check_rhythm_run(call["config"]) is not None:
         keep_collected_outputs()
-    return original(self, config, *args, **kwargs)
+    return call.stock()
 
 
 def keep_collected_outputs() -> None:
@@ -151,16 +166,17 @@ def _kept_outputs() -> Iterator[list]:
         _KEPT.reset(token)
 
 
-def _compute_old_log_prob(original, self, batch, *args, **kwargs):
+def _compute_old_log_prob(call: seams.Call):
+    self, batch = call["self"], call["batch"]
     cfg = rhythm_config(self.config)
     if cfg is None:
-        return original(self, batch, *args, **kwargs)
+        return call.stock()
     captured_mask = batch.batch["response_mask"].clone()
     if not cfg.needs_attention:
-        old_log_prob, *rest = original(self, batch, *args, **kwargs)
+        old_log_prob, *rest = call.stock()
     else:
         with capture_requested(batch.meta_info, cfg) as timing, _kept_outputs() as kept:
-            old_log_prob, *rest = original(self, batch, *args, **kwargs)
+            old_log_prob, *rest = call.stock()
         if not kept:
             raise RhythmCaptureMissing(
                 f"algorithm.rhythm.strategy={cfg.strategy!r}: no output of actor_rollout_wg.{WORKER_METHOD} passed "
@@ -202,37 +218,35 @@ def padded_statistics(output, batch, cfg: RhythmConfig, *, stage_seconds: float)
     return fields
 
 
-def _advantage(stock):
-    def compute_advantage(data, adv_estimator, *args, **kwargs):
-        if str(getattr(adv_estimator, "value", adv_estimator)) != ESTIMATOR_NAME or rhythm_algos.in_handoff():
-            # the v1 trainer's _compute_advantage calls this function inside its own hand-off (trainer_base)
-            return stock(data, adv_estimator, *args, **kwargs)
-        config = kwargs.get("config", args[4] if len(args) > 4 else None)  # after gamma, lam, num_repeat, norm
-        cfg = RhythmConfig.from_algorithm_config(config)
-        fields = fetch_fields(cfg)
-        keys = data.batch.keys()
-        if CAPTURED_MASK not in keys:
-            # not a batch of the legacy trainer's old-log-prob pass: the estimator runs on what verl passes it (and
-            # names a statistic it lacks); without a hand-off it draws with step 0 and reports no metrics
-            return stock(data, adv_estimator, *args, **kwargs)
-        missing = [f for f in fields if f not in data.batch.keys()]
-        if missing:
-            raise RhythmCaptureMissing(
-                f"algorithm.rhythm.strategy={cfg.strategy!r}: the batch holds no {missing} for the advantage step "
-                "(the old-log-prob pass did not add them: a trainer whose old-log-prob step does not call "
-                "RayPPOTrainer._compute_old_log_prob, or algorithm.rollout_correction.bypass_mode=true)"
-            )
-        mask = data.batch[CAPTURED_MASK]
-        with advantage_handoff(cfg, mask, {f: data.batch[f] for f in fields}, step=batch_step(data)) as metrics:
-            out = stock(data, adv_estimator, *args, **kwargs)
-        if CAPTURE_ROW in keys:
-            metrics.update(capture_metrics(data.batch[CAPTURE_ROW], mask.bool().any(-1)))
-        out.meta_info[METRICS_KEY] = metrics
-        ours = [f for f in dict.fromkeys((*BATCH_FIELDS, *fields)) if f in out.batch.keys()]
-        out.pop(batch_keys=ours)  # nothing of the capture goes on to the actor update (_update_actor sends the batch)
-        return out
-
-    return compute_advantage
+def _compute_advantage(call: seams.Call):
+    data, adv_estimator = call["data"], call["adv_estimator"]
+    if str(getattr(adv_estimator, "value", adv_estimator)) != ESTIMATOR_NAME or rhythm_algos.in_handoff():
+        # the v1 trainer's _compute_advantage calls this function inside its own hand-off (trainer_base)
+        return call.stock()
+    seams.refuse()
+    cfg = RhythmConfig.from_algorithm_config(call["config"])
+    fields = fetch_fields(cfg)
+    keys = data.batch.keys()
+    if CAPTURED_MASK not in keys:
+        # not a batch of the legacy trainer's old-log-prob pass: the estimator runs on what verl passes it (and
+        # names a statistic it lacks); without a hand-off it draws with step 0 and reports no metrics
+        return call.stock()
+    missing = [f for f in fields if f not in data.batch.keys()]
+    if missing:
+        raise RhythmCaptureMissing(
+            f"algorithm.rhythm.strategy={cfg.strategy!r}: the batch holds no {missing} for the advantage step "
+            "(the old-log-prob pass did not add them: a trainer whose old-log-prob step does not call "
+            "RayPPOTrainer._compute_old_log_prob, or algorithm.rollout_correction.bypass_mode=true)"
+        )
+    mask = data.batch[CAPTURED_MASK]
+    with advantage_handoff(cfg, mask, {f: data.batch[f] for f in fields}, step=batch_step(data)) as metrics:
+        out = call.stock()
+    if CAPTURE_ROW in keys:
+        metrics.update(capture_metrics(data.batch[CAPTURE_ROW], mask.bool().any(-1)))
+    out.meta_info[METRICS_KEY] = metrics
+    ours = [f for f in dict.fromkeys((*BATCH_FIELDS, *fields)) if f in out.batch.keys()]
+    out.pop(batch_keys=ours)  # nothing of the capture goes on to the actor update (_update_actor sends the batch)
+    return out
 
 
 def batch_step(data) -> int:
@@ -255,3 +269,27 @@ def batch_step(data) -> int:
 
 METHODS = {"__init__": _init, "_compute_old_log_prob": _compute_old_log_prob}
 """verl ``RayPPOTrainer`` method → its wrapper (with ``compute_advantage``, the list of what this module wraps)."""
+SHAPES = {
+    "__init__": {
+        "reads": ("config",),
+        "known": (
+            "config",
+            "tokenizer",
+            "role_worker_mapping",
+            "resource_pool_manager",
+            "ray_worker_group_cls",
+            "processor",
+            "train_dataset",
+            "val_dataset",
+            "collate_fn",
+            "train_sampler",
+            "device_name",
+        ),
+    },
+    "_compute_old_log_prob": {"reads": ("batch",), "known": ("batch",)},
+    "compute_advantage": {
+        "reads": ("data", "adv_estimator", "config"),
+        "known": ("data", "adv_estimator", "gamma", "lam", "num_repeat", "norm_adv_by_std_in_grpo", "config"),
+    },
+}
+"""Per wrapped function, the parameters its wrapper reads and verl 0.9.1's parameters (:func:`seams.mismatch`)."""

@@ -33,6 +33,7 @@ import torch
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import core_algos as rhythm_algos
+from verl_rhythm.glue import seams
 from verl_rhythm.glue.checks import is_rhythm_run
 from verl_rhythm.glue.tq_fields import (
     CAPTURE_KEY,
@@ -64,8 +65,15 @@ class RhythmCaptureMissing(RuntimeError):
 
 
 def rhythm_config(config: Any) -> RhythmConfig | None:
-    """The run's :class:`RhythmConfig` from the full verl config, or ``None`` when it is not a rhythm run."""
-    return RhythmConfig.from_algorithm_config(config.algorithm) if is_rhythm_run(config) else None
+    """The run's :class:`RhythmConfig` from the full verl config, or ``None`` when it is not a rhythm run.
+
+    Raises:
+        RhythmDisabled: a rhythm run where a seam of the glue moved (:func:`verl_rhythm.glue.seams.refuse`).
+    """
+    if not is_rhythm_run(config):
+        return None
+    seams.refuse()
+    return RhythmConfig.from_algorithm_config(config.algorithm)
 
 
 @contextlib.contextmanager

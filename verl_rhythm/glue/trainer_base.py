@@ -22,6 +22,10 @@ methods are wrapped (never copied); each calls the stock method, and a run whose
   :data:`~verl_rhythm.glue.tq_fields.RHYTHM_FIELDS`: the actor update (``tqbridge`` fetches a batch's ``fields``)
   never receives them.
 
+Each wrapper passes every argument through to the stock method and reads the ones it needs by name
+(:class:`verl_rhythm.glue.seams.Call`); a method whose name or parameters changed in a later verl is left as verl's own
+and disables rhythm, loudly (:mod:`verl_rhythm.glue.seams`).
+
 Every mode reaches these wrappers: ``sync`` and ``colocate_async`` inherit the three methods, and
 ``PPOTrainerSeparateAsync._compute_old_log_prob`` (``trainer_separate_async.py``) calls ``super()`` around its
 weight swap.
@@ -29,12 +33,13 @@ weight swap.
 
 from __future__ import annotations
 
-import functools
+import inspect
 
 import torch
 import transfer_queue as tq
 
 from verl_rhythm.config import RhythmConfig
+from verl_rhythm.glue import seams
 from verl_rhythm.glue.checks import check_rhythm_run
 from verl_rhythm.glue.statistics import (
     RhythmCaptureMissing,
@@ -48,17 +53,35 @@ from verl_rhythm.glue.statistics import (
     rhythm_config,
 )
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, ENGINE_OUTPUTS, RHYTHM_FIELDS, SEQ_STATS
-from verl_rhythm.wrapping import is_wrapped, mark
+from verl_rhythm.wrapping import is_wrapped
 from verl_rhythm.wrapping import stock as _stock
 
 
 def install(module) -> None:
-    """Wrap :data:`WRAPPED` on ``module.PPOTrainer``; idempotent (the stock methods stay reachable for tests)."""
-    cls = module.PPOTrainer
+    """Wrap :data:`WRAPPED` on ``module.PPOTrainer``; idempotent (the stock methods stay reachable for tests).
+
+    Each method is checked first (:func:`verl_rhythm.glue.seams.mismatch`); one that moved stays verl's own and is
+    recorded as disabled. If ``init`` moved, ``PPOTrainer.__init__`` gets the start-up guard instead
+    (:func:`verl_rhythm.glue.seams.guard`: a rhythm config is refused before the stock constructor runs).
+    """
+    cls = getattr(module, "PPOTrainer", None)
+    if not isinstance(cls, type):
+        seams.record_disabled(f"{module.__name__}.PPOTrainer", "not found")
+        return
     for name, wrapper in WRAPPED.items():
-        original = cls.__dict__[name]
-        if not is_wrapped(original):
-            setattr(cls, name, _wrap(original, wrapper))
+        original = inspect.getattr_static(cls, name, None)
+        if is_wrapped(original):
+            continue
+        if seams.checked(f"{module.__name__}.PPOTrainer.{name}", original, method=True, **SHAPES[name]):
+            setattr(cls, name, seams.wrap(original, wrapper))
+        elif name == "init":
+            _guard_constructor(cls)
+
+
+def _guard_constructor(cls) -> None:
+    original = cls.__dict__.get("__init__")
+    if inspect.isfunction(original) and not is_wrapped(original):  # the guard passes every argument through
+        cls.__init__ = seams.guard(original, lambda call: call["config"])
 
 
 def stock(cls, name: str):
@@ -66,25 +89,18 @@ def stock(cls, name: str):
     return _stock(getattr(cls, name))
 
 
-def _wrap(original, wrapper):
-    @functools.wraps(original)
-    def method(self, *args, **kwargs):
-        return wrapper(original, self, *args, **kwargs)
-
-    return mark(method, original)
+def _init(call: seams.Call):
+    check_rhythm_run(call["self"].config)
+    return call.stock()
 
 
-def _init(original, self):
-    check_rhythm_run(self.config)
-    return original(self)
-
-
-def _compute_old_log_prob(original, self, batch, metrics: dict):
+def _compute_old_log_prob(call: seams.Call):
+    self, batch, metrics = call["self"], call["batch"], call["metrics"]
     cfg = rhythm_config(self.config)
     if cfg is None or not cfg.needs_attention:
-        return original(self, batch, metrics)
+        return call.stock()
     with capture_requested(batch.extra_info, cfg) as timing:
-        out = original(self, batch, metrics)
+        out = call.stock()
     if getattr(out, "extra_info", None):
         out.extra_info.pop(CAPTURE_KEY, None)
     metrics.update(capture_statistics(out, cfg, stage_seconds=timing["seconds"]))
@@ -117,10 +133,11 @@ def capture_statistics(batch, cfg: RhythmConfig, *, stage_seconds: float) -> dic
     return capture_metrics(capture_rows(data[SEQ_STATS], stage_seconds=stage_seconds), has_response)
 
 
-def _compute_advantage(original, self, batch, metrics: dict):
+def _compute_advantage(call: seams.Call):
+    self, batch, metrics = call["self"], call["batch"], call["metrics"]
     cfg = rhythm_config(self.config)
     if cfg is None:
-        return original(self, batch, metrics)
+        return call.stock()
     fields = fetch_fields(cfg)
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask", *fields])
     missing = [f for f in fields if f not in data.keys()]
@@ -133,7 +150,7 @@ def _compute_advantage(original, self, batch, metrics: dict):
     response_mask = padded["response_mask"]  # as captured: rejection sampling may drop tokens inside the stock step
     step = draw_step(self.global_steps, self.local_trigger_step, self.parameter_sync_step)  # PPOTrainer.step
     with advantage_handoff(cfg, response_mask, {f: padded[f] for f in fields}, step=step) as rhythm_metrics:
-        out = original(self, batch, metrics)
+        out = call.stock()
     metrics.update(rhythm_metrics)
     if out.fields is not None:  # the update steps fetch exactly these (tqbridge → select_fields)
         out.fields = [f for f in out.fields if f not in RHYTHM_FIELDS]
@@ -142,3 +159,9 @@ def _compute_advantage(original, self, batch, metrics: dict):
 
 WRAPPED = {"init": _init, "_compute_old_log_prob": _compute_old_log_prob, "_compute_advantage": _compute_advantage}
 """verl ``PPOTrainer`` method → its wrapper (the single list of what this module wraps)."""
+SHAPES = {
+    "init": {"reads": (), "known": ()},
+    "_compute_old_log_prob": {"reads": ("batch", "metrics"), "known": ("batch", "metrics")},
+    "_compute_advantage": {"reads": ("batch", "metrics"), "known": ("batch", "metrics")},
+}
+"""Per wrapped method, the parameters its wrapper reads and verl 0.9.1's parameters (:func:`seams.mismatch`)."""

@@ -27,6 +27,7 @@ and verl's functions as they are.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 
@@ -35,6 +36,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import build_attention_mask_from_nested
 
 from verl_rhythm.glue import monkey_patch as ulysses
+from verl_rhythm.glue import seams
 from verl_rhythm.glue.checks import text_layer_types, text_num_layers
 from verl_rhythm.glue.padding import nested_from_rows, response_own_positions
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI, SEQ_STATS, WAAD
@@ -43,28 +45,37 @@ from verl_rhythm.measure.capture import RhythmCapture
 from verl_rhythm.measure.heads import SequenceRhythm
 from verl_rhythm.measure.layout import SequenceLayout, layouts_from_attention_mask, layouts_from_position_ids
 from verl_rhythm.measure.settings import CaptureSettings
-from verl_rhythm.wrapping import is_wrapped, mark
+from verl_rhythm.wrapping import is_wrapped
 
 logger = logging.getLogger(__name__)
 
 
+SEAM = "FSDPEngineWithLMHead.forward_step"
+READS = ("micro_batch", "forward_only")
+"""The parameters of ``forward_step`` the wrapper reads (every argument is passed through)."""
+KNOWN = ("micro_batch", "loss_function", "forward_only")
+"""verl 0.9.1's parameters of ``forward_step`` (:func:`verl_rhythm.glue.seams.mismatch`)."""
+
+
 def install(module) -> None:
-    """Wrap ``module.FSDPEngineWithLMHead.forward_step`` with :func:`forward_step`; idempotent."""
-    cls = module.FSDPEngineWithLMHead
-    original = cls.__dict__["forward_step"]
+    """Wrap ``module.FSDPEngineWithLMHead.forward_step`` with :func:`forward_step`; idempotent. A ``forward_step`` that
+    moved stays verl's own and is recorded as disabled (:mod:`verl_rhythm.glue.seams`)."""
+    cls = getattr(module, "FSDPEngineWithLMHead", None)
+    original = inspect.getattr_static(cls, "forward_step", None) if isinstance(cls, type) else None
     if is_wrapped(original):
         return
-
-    @functools.wraps(original)
-    def wrapper(self, micro_batch, loss_function, forward_only):
-        return forward_step(original, self, micro_batch, loss_function=loss_function, forward_only=forward_only)
-
-    cls.forward_step = mark(wrapper, original)
+    if seams.checked(f"{module.__name__}.{SEAM}", original, method=True, reads=READS, known=KNOWN):
+        cls.forward_step = seams.wrap(original, _forward_step)
 
 
 def is_installed(module) -> bool:
     """Whether ``module.FSDPEngineWithLMHead.forward_step`` is the capturing wrapper."""
-    return is_wrapped(module.FSDPEngineWithLMHead.__dict__["forward_step"])
+    cls = getattr(module, "FSDPEngineWithLMHead", None)
+    return isinstance(cls, type) and is_wrapped(cls.__dict__.get("forward_step"))
+
+
+def _forward_step(call: seams.Call):
+    return forward_step(call.stock, call["self"], call["micro_batch"], forward_only=call["forward_only"])
 
 
 @functools.lru_cache(maxsize=16)
@@ -73,7 +84,7 @@ def capture_settings(spec: str) -> CaptureSettings:
     return CaptureSettings.from_json(spec)
 
 
-def forward_step(original, engine, micro_batch, loss_function, forward_only):
+def forward_step(stock, engine, micro_batch, forward_only):
     """The stock forward step; with :data:`CAPTURE_KEY` on the micro-batch, also the rhythm outputs.
 
     Extra ``model_output`` keys (only when capturing), sliced to the response here in the worker so that only the
@@ -82,12 +93,13 @@ def forward_step(original, engine, micro_batch, loss_function, forward_only):
     log-probs); :data:`SEQ_STATS`, nested ``(bsz, 3)`` fp32 (see :data:`verl_rhythm.glue.tq_fields.SEQ_STATS_COLUMNS`).
 
     Args:
-        original: the stock ``forward_step``; engine: the engine instance (any ``FSDPEngineWithLMHead``).
-        micro_batch, loss_function, forward_only: as verl passes them.
+        stock: calls the stock ``forward_step`` with the arguments verl passed (every one, unknown ones included).
+        engine: the engine instance (any ``FSDPEngineWithLMHead``).
+        micro_batch, forward_only: as verl passes them.
     """
     spec = tu.get_non_tensor_data(data=micro_batch, key=CAPTURE_KEY, default=None)
     if spec is None:
-        return original(engine, micro_batch, loss_function=loss_function, forward_only=forward_only)
+        return stock()
     if not forward_only or torch.is_grad_enabled():
         raise RuntimeError(
             f"'{CAPTURE_KEY}' reached a forward step with gradients (forward_only={forward_only}): the rhythm "
@@ -114,7 +126,7 @@ def forward_step(original, engine, micro_batch, loss_function, forward_only):
         ulysses.install()  # idempotent
     own = time.perf_counter() - t0
     with hook.capture_active(capture):
-        loss, output = original(engine, micro_batch, loss_function=loss_function, forward_only=forward_only)
+        loss, output = stock()
     rhythms = capture.finalize()  # capture.seconds: time in record() during the forward, plus this
     seq_lens = micro_batch["input_ids"].offsets().diff().tolist()
     response_lens = response_mask.offsets().diff().tolist()
