@@ -130,17 +130,20 @@ def keep_collected_outputs() -> None:
     inside :func:`_kept_outputs`, also keeps it. Called from ``RayPPOTrainer.__init__``, before ``init_workers``.
 
     Raises:
-        RuntimeError: the method no longer carries a dispatch dict with a ``collect_fn`` (verl changed it).
+        RhythmDisabled: the method no longer carries a dispatch dict with a ``collect_fn`` (verl changed it; recorded
+            as a disabled seam, :mod:`verl_rhythm.glue.seams`).
     """
     from verl.single_controller.base.decorator import MAGIC_ATTR
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
-    mode = (getattr(getattr(ActorRolloutRefWorker, WORKER_METHOD), MAGIC_ATTR, None) or {}).get("dispatch_mode")
+    method = getattr(ActorRolloutRefWorker, WORKER_METHOD, None)
+    mode = (getattr(method, MAGIC_ATTR, None) or {}).get("dispatch_mode")
     if not isinstance(mode, dict) or "collect_fn" not in mode:
-        raise RuntimeError(
-            f"ActorRolloutRefWorker.{WORKER_METHOD} has no collect_fn in its registered dispatch mode ({mode!r}): "
-            "the legacy trainer's rhythm capture cannot receive the worker outputs; see verl_rhythm/glue/contract.py"
+        seams.record_disabled(
+            f"verl.workers.engine_workers.ActorRolloutRefWorker.{WORKER_METHOD}",
+            f"no collect_fn in its registered dispatch mode ({mode!r})",
         )
+        seams.refuse()
     stock = mode["collect_fn"]
     if is_wrapped(stock):
         return
