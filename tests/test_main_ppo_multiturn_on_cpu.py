@@ -104,16 +104,16 @@ def test_the_update_is_grpo_times_the_per_segment_gamma(multiturn_run):
     width = mask.shape[1]
     waad, fai = (response_statistic(dump, k, width) for k in ("rhythm_waad", "rhythm_fai"))
     credit = compute_gamma("coupled", mask, waad=waad, fai=fai)
+    gamma = torch.ones_like(grpo)
+    for i in range(mask.shape[0]):
+        gamma[i] = torch.tensor(reference(mask[i].tolist(), waad[i].tolist(), fai[i].tolist(), "coupled")[0])
+    assert torch.all(gamma[~mask] == 1) and torch.all(used[~mask] == 0)
+    assert torch.allclose(used, grpo * gamma * mask, atol=1e-5)
+    assert torch.allclose(gamma, credit.gamma, atol=1e-6)
     before_hole = mask.clone()
     before_hole[:, :-1] &= ~mask[:, 1:]  # the last token of each assistant turn
     assert int((before_hole & (segment_ids(mask) < 2)).sum()) == 2 * mask.shape[0]
     assert torch.all(credit.delta[before_hole] == 0) and not credit.preplan[before_hole].any()
-    gamma = torch.ones_like(grpo)
-    for i in range(mask.shape[0]):
-        gamma[i] = torch.tensor(reference(mask[i].tolist(), waad[i].tolist(), fai[i].tolist(), "coupled")[0])
-    assert torch.allclose(gamma, credit.gamma, atol=1e-6)
-    assert torch.all(gamma[~mask] == 1) and torch.all(used[~mask] == 0)
-    assert torch.allclose(used, grpo * gamma * mask, atol=1e-5)
     assert torch.any((gamma > 1) & (grpo.abs() > 1e-6)), "no amplified token with a GRPO advantage: γ went unchecked"
     # the same reference with the holes closed (each response's assistant tokens as one turn: Δ and the look-back
     # across tool output) gives another update on this batch, so the check above tells the two semantics apart
