@@ -201,10 +201,11 @@ def test_same_response_same_gamma_wherever_padding_puts_it(batch, strategy, pad,
     mask, waad, fai, ent, seed = batch
     ref = run_all(mask[:1], waad[:1], fai[:1], ent[:1], seed, strategy).gamma[0][mask[0]]
     n, t = int(mask[0].sum()), mask.shape[1]
-    # left padding, and masked holes spread inside the row (multi-turn style), in a longer row
+    # left and right padding in a longer row (masked holes inside a response split it into assistant turns, which
+    # changes ΔWAAD and the coupled look-back: tests/test_credit_multiturn_on_cpu.py)
     width = t + pad
-    holes = sorted(data.draw(st.lists(st.integers(0, width - 1), max_size=pad, unique=True)))
-    layout = [i for i in range(width) if i not in holes][-n:] if n else []
+    start = data.draw(st.integers(0, width - n))
+    layout = list(range(start, start + n))
     new_mask = torch.zeros(1, width, dtype=torch.bool)
     new_mask[0, layout] = True
 

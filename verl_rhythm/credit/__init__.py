@@ -4,7 +4,7 @@
 
 - :mod:`.settings`: :class:`CreditSettings`, the credit's ``algorithm.rhythm.*`` keys.
 - :mod:`.registry`: the strategy registry (:func:`register_strategy`); :mod:`.builtin`: the built-in strategies.
-- :mod:`.gamma`: TopQ, ΔWAAD, the coupled rule and :func:`compute_gamma`.
+- :mod:`.gamma`: TopQ, assistant segments, ΔWAAD, the coupled rule and :func:`compute_gamma`.
 - :mod:`.rhythm`: :func:`rhythm_credit`, γ under a run's credit settings (the estimator and the report).
 
 Names are imported on first use, so ``from verl_rhythm.credit.settings import CreditSettings`` stays free of torch.
@@ -22,6 +22,7 @@ __all__, __getattr__ = exports(
         "compute_gamma": "gamma",
         "coupled_sets": "gamma",
         "gamma_for": "gamma",
+        "segment_ids": "gamma",
         "top_q_mask": "gamma",
         "waad_delta": "gamma",
         "Strategy": "registry",

@@ -26,7 +26,7 @@ from verl_rhythm.credit.registry import register_strategy
 def coupled(tokens: Tokens) -> Selection:
     s = tokens.settings
     dominated, intro = coupled_sets(
-        tokens.waad, tokens.delta, tokens.preplan, tokens.anchor, tokens.valid, s.intro_window
+        tokens.waad, tokens.delta, tokens.preplan, tokens.anchor, tokens.valid, s.intro_window, tokens.segment
     )
     bonus = s.gamma_amp - 1.0
     gamma = (

@@ -5,6 +5,11 @@
 Every function works on a batch in verl's response layout: ``(B, T)`` tensors where ``response_mask`` marks the
 valid response tokens of each row. Rows are first *compacted* (valid tokens moved to the front, in order), so the
 same response gets the same γ wherever padding or masked-out tokens put it; results are scattered back.
+
+A multi-turn response (verl's agent loop: tool-output tokens inside the response with ``response_mask`` = 0) is cut
+into *assistant segments*, the maximal runs of consecutive ``response_mask`` = 1 positions in the original layout.
+Compaction closes the holes, so each compacted token carries its segment id (:func:`segment_ids`): ΔWAAD and the
+coupled look-back window stay inside one segment, while TopQ shares and the WAAD median stay per response.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ class Credit:
         anchor: bool, TopQ(FAI, q) when FAI was given, else all False.
         dominated: bool, the coupled rule's D (anchors whose bonus moves to a preplan token).
         intro: int64, how many dominated anchors name this token as their introductory token (I(D) counts).
-        delta: fp32, ΔWAAD_t = |WAAD_t - WAAD_{t+1}| over consecutive valid tokens (0 for the last); 0 without WAAD.
+        delta: fp32, ΔWAAD_t = |WAAD_t - WAAD_{t+1}| where t+1 is the next position of t's assistant segment (a
+            maximal run of ``response_mask`` = 1); 0 for the last token of every segment (the token before a tool-output
+            hole and the response's last token), off the mask, and without WAAD.
     """
 
     gamma: torch.Tensor
@@ -54,9 +61,13 @@ class Tokens:
             that does not need it, not finite).
         fai: ``(B, T)`` fp32 compacted FAI, or ``None`` likewise.
         entropy: ``(B, T)`` fp32 compacted token entropy, or ``None`` likewise.
-        delta: ``(B, T)`` fp32 ΔWAAD (0 without WAAD).
-        preplan: ``(B, T)`` bool, TopQ(ΔWAAD, q) (all False without WAAD).
-        anchor: ``(B, T)`` bool, TopQ(FAI, q) (all False without FAI).
+        delta: ``(B, T)`` fp32 ΔWAAD within a segment: 0 for the last token of each segment (the token before a
+            tool-output hole, the response's last token) and beyond ``valid``; 0 without WAAD.
+        preplan: ``(B, T)`` bool, TopQ(ΔWAAD, q) over the whole response (all False without WAAD).
+        anchor: ``(B, T)`` bool, TopQ(FAI, q) over the whole response (all False without FAI).
+        segment: ``(B, T)`` int64 assistant segment of each compacted token (0, 1, ... in order: a new segment starts
+            after every run of ``response_mask`` = 0 inside the response, e.g. tool output); -1 beyond ``valid``.
+            A single-turn response is one segment.
         settings: the run's :class:`~verl_rhythm.credit.settings.CreditSettings` (``top_q``, ``gamma_amp``, ``alpha``,
             ``intro_window``, ``bottom_score``).
         generator: the torch generator to draw random scores from (``None``: torch's default one).
@@ -70,6 +81,7 @@ class Tokens:
     delta: torch.Tensor
     preplan: torch.Tensor
     anchor: torch.Tensor
+    segment: torch.Tensor
     settings: CreditSettings
     generator: torch.Generator | None = None
 
@@ -162,6 +174,7 @@ def gamma_for(
     n_valid = mask.sum(-1)
     order = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices  # valid tokens first, in order
     cmask = torch.arange(t, device=mask.device)[None, :] < n_valid[:, None]
+    segment = torch.where(cmask, segment_ids(mask).gather(1, order), torch.full_like(order, -1))
 
     def compact(x: torch.Tensor | None, name: str) -> torch.Tensor | None:
         """Compacted, 0 beyond the valid tokens; a needed statistic must be there and finite, another is dropped
@@ -186,12 +199,22 @@ def gamma_for(
     preplan, anchor = zeros_b, zeros_b
     delta = torch.zeros(b, t, dtype=torch.float32, device=mask.device)
     if stats["waad"] is not None:
-        delta = waad_delta(stats["waad"], n_valid)
+        delta = waad_delta(stats["waad"], n_valid, segment)
         preplan = top_q_mask(delta, cmask, settings.top_q)
     if stats["fai"] is not None:
         anchor = top_q_mask(stats["fai"], cmask, settings.top_q)
     tokens = Tokens(
-        cmask, n_valid, stats["waad"], stats["fai"], stats["entropy"], delta, preplan, anchor, settings, generator
+        valid=cmask,
+        n_valid=n_valid,
+        waad=stats["waad"],
+        fai=stats["fai"],
+        entropy=stats["entropy"],
+        delta=delta,
+        preplan=preplan,
+        anchor=anchor,
+        segment=segment,
+        settings=settings,
+        generator=generator,
     )
 
     picked = spec.select(tokens)
@@ -264,16 +287,47 @@ def top_q_mask(score: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tens
     return (rank < k) & valid
 
 
-def waad_delta(waad: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
-    """ΔWAAD_t = |WAAD_t - WAAD_{t+1}| on compacted rows; 0 for each row's last valid token and beyond.
+def segment_ids(response_mask: torch.Tensor) -> torch.Tensor:
+    """The assistant segment of every position: segments are the maximal runs of consecutive valid positions.
+
+    In verl's multi-turn agent loop (``verl/experimental/agent_loop/agent_loop.py``, ``AgentLoopOutput.response_mask``:
+    1 for LLM-generated tokens, 0 for tool-response tokens) each run of 1s between tool outputs is one assistant turn.
+
+    Args:
+        response_mask: ``(B, T)`` bool, in the original (uncompacted) layout.
+
+    Returns:
+        ``(B, T)`` int64: 0 for the first segment of a row, 1 for the next, ...; -1 where the mask is not set.
+    """
+    mask = response_mask.bool()
+    before = torch.zeros_like(mask)
+    before[:, 1:] = mask[:, :-1]
+    starts = (mask & ~before).long().cumsum(-1) - 1
+    return torch.where(mask, starts, torch.full_like(starts, -1))
+
+
+def waad_delta(waad: torch.Tensor, n_valid: torch.Tensor, segment: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔWAAD_t = |WAAD_t - WAAD_{t+1}| on compacted rows, never across a segment boundary.
+
+    Δ is 0 for each row's last valid token and beyond, and for the last token of every segment: the token before a
+    tool-output hole is treated like a response's last token (its successor in the compacted row lies after the hole).
 
     Args:
         waad: ``(B, T)`` compacted WAAD (valid tokens first).
         n_valid: ``(B,)`` valid counts.
+        segment: ``(B, T)`` int64 segment id of each compacted token (:func:`segment_ids` gathered into the compacted
+            order), or ``None``: each row's valid tokens are one segment.
+
+    Returns:
+        ``(B, T)`` ΔWAAD, the dtype of ``waad``.
     """
     d = torch.zeros_like(waad)
     d[:, :-1] = (waad[:, 1:] - waad[:, :-1]).abs()
     keep = torch.arange(waad.shape[-1], device=waad.device)[None, :] < (n_valid[:, None] - 1)
+    if segment is not None:
+        same = torch.zeros_like(keep)
+        same[:, :-1] = segment[:, 1:] == segment[:, :-1]
+        keep = keep & same
     return torch.where(keep, d, torch.zeros_like(d))
 
 
@@ -284,13 +338,16 @@ def coupled_sets(
     anchor: torch.Tensor,
     valid: torch.Tensor,
     k: int,
+    segment: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The coupled rule's dominated anchors D and introductory-token counts I(D), on compacted rows.
 
     An anchor t is locally dominated when WAAD_t <= τ_waad (the response's lower median WAAD) and
     max_{u in [t-k, t-1]} Δ_u >= τ_Δ (the smallest Δ that TopQ(Δ, q) selected). Its introductory token is
-    argmax_{u in [t-k, t-1]} Δ_u, ties to the earliest; the window is clipped at the response start, and an
-    anchor at the first token (empty window) is never dominated.
+    argmax_{u in [t-k, t-1]} Δ_u, ties to the earliest. The window is clipped at the start of t's segment (the
+    response start, or the first token after a tool-output hole), so it never reaches into an earlier assistant
+    turn; an anchor at the first token of a segment (empty window) is never dominated. τ_waad and τ_Δ are per
+    response, over all its valid tokens.
 
     Args:
         waad: ``(B, T)`` compacted WAAD.
@@ -299,6 +356,8 @@ def coupled_sets(
         anchor: ``(B, T)`` bool, TopQ(FAI, q).
         valid: ``(B, T)`` bool, compacted validity (a prefix of each row).
         k: look-back window.
+        segment: ``(B, T)`` int64 segment id of each compacted token (-1 beyond ``valid``), or ``None``: each row's
+            valid tokens are one segment.
 
     Returns:
         ``(dominated, intro)``: bool ``(B, T)`` and int64 ``(B, T)`` counts.
@@ -309,12 +368,17 @@ def coupled_sets(
     med_idx = ((n - 1).clamp_min(0) // 2)[:, None]
     tau_waad = torch.sort(torch.where(valid, waad, inf), dim=-1).values.gather(1, med_idx)  # lower median
     tau_delta = torch.where(preplan, delta, inf).min(-1, keepdim=True).values
-    # windows[:, t, j] = Δ_{t-k+j}, j = 0..k-1 (earliest first); -inf before the response start
-    padded = torch.cat([torch.full((b, k), float("-inf"), device=waad.device), delta], dim=-1)
-    windows = padded.unfold(1, k, 1)[:, :t, :]
+    if segment is None:
+        segment = torch.where(valid, 0, -1)
+    # windows[:, t, j] = Δ_{t-k+j}, j = 0..k-1 (earliest first); -inf outside t's segment (before the response start
+    # or before a tool-output hole)
+    padded = torch.cat([torch.full((b, k), float("-inf"), device=waad.device), delta.float()], dim=-1)
+    seg_padded = torch.cat([torch.full((b, k), -2, dtype=segment.dtype, device=waad.device), segment], dim=-1)
+    in_segment = seg_padded.unfold(1, k, 1)[:, :t, :] == segment[:, :, None]
+    windows = padded.unfold(1, k, 1)[:, :t, :].masked_fill(~in_segment, float("-inf"))
     win_max = windows.max(-1).values
     win_arg = windows.argmax(-1)  # torch.argmax returns the first maximal index: ties to the earliest
-    has_window = torch.arange(t, device=waad.device)[None, :] >= 1
+    has_window = in_segment.any(-1)
     dominated = anchor & valid & has_window & (waad <= tau_waad) & (win_max >= tau_delta)
     intro_pos = torch.arange(t, device=waad.device)[None, :] - k + win_arg
     intro = torch.zeros(b, t, dtype=torch.long, device=waad.device)
