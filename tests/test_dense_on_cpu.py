@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from verl_rhythm.measure.heads import HeadStats
-from verl_rhythm.testing import dense
+from verl_rhythm.testing import credit_ref, dense
 from verl_rhythm.testing.dense import (
     attention_maps_for_sequence,
     fai_count,
@@ -25,15 +25,17 @@ from verl_rhythm.testing.dense import (
 )
 
 
-def test_the_reference_imports_nothing_of_the_product():
-    """``testing/dense.py`` is written from the spec alone: torch and the standard library, no ``verl_rhythm``."""
-    tree = ast.parse(pathlib.Path(dense.__file__).read_text())
+@pytest.mark.parametrize("module", [dense, credit_ref], ids=["dense", "credit_ref"])
+def test_the_references_import_nothing_of_the_product(module):
+    """``testing/dense.py`` and ``testing/credit_ref.py`` are written from the spec alone: torch and the standard
+    library, no ``verl_rhythm``."""
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
     imported = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import from {node.module!r} in dense.py"
+            assert node.level == 0, f"relative import from {node.module!r} in {module.__name__}"
             imported.append(node.module or "")
     assert imported, "no import found: the AST walk is broken"
     allowed = {"__future__", "math", "dataclasses", "fractions", "typing", "torch"}
