@@ -150,7 +150,7 @@ def test_batched_matches_dense_and_reference(kind, variant, chunk, tiled):
         torch.testing.assert_close(stats.span[j], span, atol=tol, rtol=1e-5)
         tok = slice(lay.offsets[j], lay.offsets[j] + lay.lengths[j])
         assert torch.equal(lay.counts[tok], dense.fai_count(layout.response_mask, lo, hi)), "|T(s)|"
-        if not opts:  # the per-sequence reference path: same numbers, to fp32 rounding
+        if not opts:  # the per-sequence path (a second implementation): same numbers, to fp32 rounding
             own = layer_head_stats(q, k, 0.35, layout, 0, **settings)
             for name, x in got.items():
                 torch.testing.assert_close(x, getattr(own, name), atol=tol, rtol=1e-5)

@@ -118,23 +118,20 @@ def fai_rows(response_mask: torch.Tensor, horizon_lo: int, horizon_hi: int) -> t
 
     (The spec's upper bound min(N, s + H_hi) only says that t is a position of the sequence: t <= N - 1 always.)
     """
-    resp = [bool(x) for x in response_mask.tolist()]
-    n = len(resp)
-    rows = [[False] * n for _ in range(n)]
-    for s in range(n):
-        for t in range(s + horizon_lo, min(n - 1, s + horizon_hi) + 1):
-            rows[t][s] = resp[t]
-    return torch.tensor(rows, dtype=torch.bool).reshape(n, n)
+    n = response_mask.numel()
+    t = torch.arange(n, device=response_mask.device)[:, None]
+    s = torch.arange(n, device=response_mask.device)[None, :]
+    return response_mask.bool()[:, None] & (s + horizon_lo <= t) & (t <= (s + horizon_hi).clamp(max=n - 1))
 
 
 def fai_count(response_mask: torch.Tensor, horizon_lo: int, horizon_hi: int) -> torch.Tensor:
     """|T(s)| for every key position s: ``(N,)`` fp32."""
-    return fai_rows(response_mask.cpu().bool(), horizon_lo, horizon_hi).sum(0).float()
+    return fai_rows(response_mask.bool(), horizon_lo, horizon_hi).sum(0).float()
 
 
-def _offsets(n: int) -> torch.Tensor:
+def _offsets(n: int, device=None) -> torch.Tensor:
     """``(N, N)`` float64 ``t - s`` with the future (s > t) set to 0."""
-    pos = torch.arange(n, dtype=torch.float64)
+    pos = torch.arange(n, dtype=torch.float64, device=device)
     return (pos[:, None] - pos[None, :]).clamp_min(0)
 
 
@@ -144,16 +141,16 @@ def _check(attn: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tenso
     n = attn.shape[-1]
     if response_mask.shape != (n,):
         raise ValueError(f"response_mask must be ({n},) to match attn, got {tuple(response_mask.shape)}")
-    return attn.detach().cpu().double(), response_mask.detach().cpu().bool()
+    return attn.detach().double(), response_mask.detach().to(attn.device).bool()
 
 
 def head_spans(attn: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Spec Sec. 2: d = mean over t in R of sum_s A[t, s] (t - s), full row; ``(K,)`` float64, 0 without R."""
     a, resp = _check(attn, response_mask)
-    dist = (a * _offsets(a.shape[-1])).sum(-1)  # (K, N)
+    dist = (a * _offsets(a.shape[-1], a.device)).sum(-1)  # (K, N)
     rows = int(resp.sum())
     if rows == 0:
-        return torch.zeros(a.shape[0], dtype=torch.float64)
+        return torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
     return dist[:, resp].sum(-1) / rows
 
 
@@ -172,14 +169,14 @@ def group_heads(span: torch.Tensor, heads: list[tuple[int, int]], quantile: floa
 
 def waad_of_map(a: torch.Tensor, window: int) -> torch.Tensor:
     """Eq. 9 on one map ``(N, N)``: WAAD_t = sum_{s <= t} A[t, s] min(t - s, W); ``(N,)`` float64."""
-    a = a.detach().cpu().double()
-    return (a * _offsets(a.shape[-1]).clamp_max(window)).sum(-1)
+    a = a.detach().double()
+    return (a * _offsets(a.shape[-1], a.device).clamp_max(window)).sum(-1)
 
 
 def fai_of_map(a: torch.Tensor, response_mask: torch.Tensor, horizon_lo: int, horizon_hi: int) -> torch.Tensor:
     """Eq. 10 on one map ``(N, N)``: FAI_s = mean over t in T(s) of A[t, s], 0 where T(s) is empty; ``(N,)`` f64."""
-    a = a.detach().cpu().double()
-    member = fai_rows(response_mask.detach().cpu().bool(), horizon_lo, horizon_hi)
+    a = a.detach().double()
+    member = fai_rows(response_mask.detach().to(a.device).bool(), horizon_lo, horizon_hi)
     count = member.sum(0)
     total = (a * member).sum(0)
     return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
@@ -203,13 +200,13 @@ def head_stats_dense(
         waad_window, fai_horizon_lo, fai_horizon_hi: W, H_lo, H_hi.
 
     Returns:
-        :class:`DenseHeadStats` (fp32 tensors on the CPU).
+        :class:`DenseHeadStats` (fp32 tensors on the maps' device).
     """
     a, resp = _check(attn, response_mask)
     if len(heads) != a.shape[0]:
         raise ValueError(f"attn has {a.shape[0]} heads but heads lists {len(heads)}")
     member = fai_rows(resp, fai_horizon_lo, fai_horizon_hi).double()
-    offsets = _offsets(a.shape[-1])
+    offsets = _offsets(a.shape[-1], a.device)
     return DenseHeadStats(
         dist=(a * offsets).sum(-1).float(),
         waad=(a * offsets.clamp_max(waad_window)).sum(-1).float(),
@@ -242,7 +239,7 @@ def rhythm_dense(
     """
     own = head_spans(attn, response_mask)
     local, glob = group_heads(own if span is None else span, heads, head_quantile)
-    local_t, glob_t = torch.tensor(local, dtype=torch.long), torch.tensor(glob, dtype=torch.long)
+    local_t, glob_t = (torch.tensor(x, dtype=torch.long, device=attn.device) for x in (local, glob))
     bands = (waad_window, fai_horizon_lo, fai_horizon_hi)
     waad, fai = rhythm_dense_group_maps(attn, response_mask, local_t, glob_t, *bands)
     return DenseRhythm(waad, fai, own.float(), local_t, glob_t, list(heads))
@@ -267,8 +264,8 @@ def rhythm_dense_group_maps(
         ``(waad, fai)``, each ``(N,)`` fp32.
     """
     a, resp = _check(attn, response_mask)
-    a_loc = a.index_select(0, local_heads.cpu().long()).mean(0)
-    a_glob = a.index_select(0, global_heads.cpu().long()).mean(0)
+    a_loc = a.index_select(0, local_heads.to(a.device).long()).mean(0)
+    a_glob = a.index_select(0, global_heads.to(a.device).long()).mean(0)
     return waad_of_map(a_loc, waad_window).float(), fai_of_map(a_glob, resp, fai_horizon_lo, fai_horizon_hi).float()
 
 
