@@ -82,10 +82,12 @@ def capture_and_maps(arch, path, cfg, layouts, **inputs):
     return capture, forward(eager, **inputs).attentions
 
 
-def assert_matches_dense(capture, attentions, cfg, columns, atol=ATOL):
+def assert_matches_dense(capture, attentions, cfg, columns, atol=ATOL, layer_types=None):
     """The capture's layers are the reference's choice, and every layout's HeadStats and SequenceRhythm equal the
-    dense reference's (fp32, ``atol``): per-head vectors, |T(s)|, spans, head groups, WAAD and FAI."""
-    layers = dense.select_layers(len(attentions), cfg.layers)
+    dense reference's (fp32, ``atol``): per-head vectors, |T(s)|, spans, head groups, WAAD and FAI.
+
+    ``attentions`` holds one entry per decoder layer; ``layer_types`` is the model's ``config.layer_types``."""
+    layers = dense.select_layers(len(attentions), cfg.layers, layer_types)
     assert capture.layers == layers
     bands = (cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi)
     for lay, st, rh, cols in zip(capture.layouts, capture.head_stats(), capture.finalize(), columns, strict=True):
