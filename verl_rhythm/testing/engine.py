@@ -154,8 +154,8 @@ def dense_rhythm(model, sequences, cfg: RhythmConfig) -> list:
         cfg: the rhythm config (layers, W, H_lo, H_hi, head_quantile, head_group_scope), read as plain attributes.
 
     Returns:
-        one :class:`~verl_rhythm.testing.dense.DenseRhythm` per sequence, over its prompt + response positions (the
-        ``micro_batch`` scope groups over all ``sequences`` together).
+        one :class:`~verl_rhythm.testing.dense.DenseRhythm` per sequence (CPU tensors), over its prompt + response
+        positions (the ``micro_batch`` scope groups over all ``sequences`` together).
     """
     from verl_rhythm.testing import dense
 
@@ -167,7 +167,11 @@ def dense_rhythm(model, sequences, cfg: RhythmConfig) -> list:
         with torch.no_grad():
             attentions = model(ids, output_attentions=True).attentions
         m, heads = dense.attention_maps_for_sequence(attentions, layers, 0, torch.arange(ids.shape[1], device=device))
-        maps.append(m.cpu())
-        masks.append(torch.cat([torch.zeros(len(prompt), dtype=torch.bool), mask.cpu().bool()]))
+        maps.append(m)
+        masks.append(torch.cat([torch.zeros(len(prompt), dtype=torch.bool), mask.cpu().bool()]).to(device))
         del attentions
-    return dense.rhythm_for_sequences(maps, masks, heads or [], cfg)
+    out = dense.rhythm_for_sequences(maps, masks, heads or [], cfg)
+    for r in out:  # results on the host, whatever device the maps were on
+        r.waad, r.fai, r.span = r.waad.cpu(), r.fai.cpu(), r.span.cpu()
+        r.local_heads, r.global_heads = r.local_heads.cpu(), r.global_heads.cpu()
+    return out
