@@ -7,7 +7,7 @@ anything else). Models are random and built in-process; ``--smollm2 DIR`` adds t
 
 1. Exactness (fp32 and bf16 inputs), on a tiny random Llama with GQA and head dim 64, for a packed row of unequal
    sequences, a left-padded batch and unpadded rows:
-   - ``chunked`` (the per-sequence reference) and ``batched`` (the training path), the hook on an eager forward,
+   - ``chunked`` (the per-sequence path) and ``batched`` (the training path), the hook on an eager forward,
      vs the dense reference on the same forward's ``output_attentions`` maps (fp32) and vs float64 maps recomputed
      from the q/k the hook saw (both dtypes);
    - the SDPA forward with the fused path asked for (``RhythmCapture(fused=True)``; the default on CPU, opt-in on
@@ -59,7 +59,7 @@ from verl_rhythm.measure.capture import (  # noqa: E402
 from verl_rhythm.measure.heads import rhythm_from_head_stats  # noqa: E402
 from verl_rhythm.measure.hook import capture_active, install_attention_hook  # noqa: E402
 from verl_rhythm.testing.chunked import ChunkedCapture  # noqa: E402
-from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense  # noqa: E402
+from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense, rhythm_dense  # noqa: E402
 
 CFG = RhythmConfig(layers=(1, 2, 4), chunk_size=64)
 EPS32 = torch.finfo(torch.float32).eps
@@ -83,7 +83,7 @@ class QKCapture(KeepQK, RhythmCapture):
 
 
 class QKChunked(KeepQK, ChunkedCapture):
-    """The per-sequence test reference, keeping q/k."""
+    """The per-sequence test path, keeping q/k."""
 
 
 def llama(device, dtype, *, layers, hidden, heads, kv_heads, inter, vocab, impl, seed=0):
@@ -125,7 +125,9 @@ def errors(capture, cfg, maps_by_layout):
     for lay, st, maps in zip(capture.layouts, capture.head_stats(), maps_by_layout, strict=True):
         ref = head_stats_dense(maps, lay.response_mask.to(maps.device), st.heads, cfg.waad_window,
                                cfg.fai_horizon_lo, cfg.fai_horizon_hi)  # fmt: skip
-        got_rh, ref_rh = rhythm_from_head_stats(st, cfg.head_quantile), rhythm_from_head_stats(ref, cfg.head_quantile)
+        got_rh = rhythm_from_head_stats(st, cfg.head_quantile)
+        ref_rh = rhythm_dense(maps, lay.response_mask.to(maps.device), st.heads, cfg.waad_window, cfg.fai_horizon_lo,
+                              cfg.fai_horizon_hi, cfg.head_quantile)  # fmt: skip
         same_groups &= bool(torch.equal(got_rh.local_heads.cpu(), ref_rh.local_heads.cpu()))
         same_groups &= bool(torch.equal(got_rh.global_heads.cpu(), ref_rh.global_heads.cpu()))
         for a, b in ((st.waad, ref.waad), (st.fai_num, ref.fai_num), (got_rh.waad, ref_rh.waad),

@@ -3,8 +3,10 @@
 """The batched path at training scale: exact, constant work per layer in the number of sequences, no host sync.
 
 - Exactness: :func:`verl_rhythm.measure.batched.layer_stats` on packed and padded layouts of random q/k equals the
-  per-sequence reference (:mod:`verl_rhythm.testing.chunked`) and float64 dense maps of the same q/k, also with a
-  sliding window, soft-capping and sinks (dense maps built with the variant, the sink column dropped as eager does).
+  dense reference (:mod:`verl_rhythm.testing.dense`, written from the spec alone) on float64 maps of the same q/k,
+  also with a sliding window, soft-capping and sinks (dense maps built with the variant, the sink column dropped as
+  eager does); so do the layout's |T(s)| and, after :meth:`RhythmCapture.finalize`, the head groups, WAAD and FAI.
+  The per-sequence path (:mod:`verl_rhythm.testing.chunked`, a second implementation) agrees with it too.
 - Work: a ``TorchDispatchMode`` counts the aten ops of a real forward of a tiny transformers model with and without
   the capture, for packed micro-batches of 1, 16 and 64 sequences: the ops the capture adds per selected layer are
   the same for all three, and none of them reads device memory on the host (``_local_scalar_dense`` behind
@@ -28,8 +30,8 @@ from verl_rhythm.measure.heads import rhythm_from_head_stats
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
 from verl_rhythm.measure.kernels import kernels_for
 from verl_rhythm.measure.layout import BatchLayout
+from verl_rhythm.testing import dense
 from verl_rhythm.testing.chunked import ChunkedCapture, layer_head_stats
-from verl_rhythm.testing.dense import head_stats_dense
 from verl_rhythm.testing.ops import OpCounter
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -46,6 +48,13 @@ def per_sequence(stats: batched.LayerStats, lay: BatchLayout, j: int) -> dict[st
 
 def dense_reference(query, key, scaling, layout, w, lo, hi, *, window=None, softcap=None, sinks=None):
     """float64 maps of one layout from q/k with the variant applied, then the dense statistics, and max |logit|."""
+    maps, zmax = dense_maps(query, key, scaling, layout, window=window, softcap=softcap, sinks=sinks)
+    heads = [(0, h) for h in range(query.shape[1])]
+    return dense.head_stats_dense(maps, layout.response_mask, heads, w, lo, hi), zmax
+
+
+def dense_maps(query, key, scaling, layout, *, window=None, softcap=None, sinks=None):
+    """``(H, N, N)`` float64 maps of one layout from q/k with the variant applied, and max |logit|."""
     cols = slice(layout.start, layout.start + layout.length)
     q = query[layout.row, :, cols].double()
     k = key[layout.row, :, cols].double().repeat_interleave(query.shape[1] // key.shape[1], 0)
@@ -64,8 +73,20 @@ def dense_reference(query, key, scaling, layout, w, lo, hi, *, window=None, soft
     else:
         maps = torch.softmax(z, -1)
     zmax = float(z.masked_fill(~allowed, 0).abs().max()) if n else 0.0
-    heads = [(0, h) for h in range(query.shape[1])]
-    return head_stats_dense(maps, layout.response_mask, heads, w, lo, hi), zmax
+    return maps, zmax
+
+
+def assert_rhythm_matches_dense(got, maps, layout, heads, cfg, tol):
+    """A :class:`SequenceRhythm` of the capture equals the dense reference's spans, groups, WAAD and FAI."""
+    ref = dense.rhythm_dense(
+        maps, layout.response_mask, heads, cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi, cfg.head_quantile
+    )
+    assert got.heads == ref.heads
+    torch.testing.assert_close(got.span, ref.span, atol=tol, rtol=1e-5)
+    assert got.local_heads.tolist() == ref.local_heads.tolist(), "local heads"
+    assert got.global_heads.tolist() == ref.global_heads.tolist(), "global heads"
+    torch.testing.assert_close(got.waad, ref.waad, atol=tol, rtol=0, msg="WAAD")
+    torch.testing.assert_close(got.fai, ref.fai, atol=tol, rtol=0, msg="FAI")
 
 
 SPEC = dict(waad_window=10, fai_horizon_lo=10, fai_horizon_hi=100)
@@ -124,9 +145,12 @@ def test_batched_matches_dense_and_reference(kind, variant, chunk, tiled):
         torch.testing.assert_close(got["waad"], ref.waad, atol=tol, rtol=0)
         torch.testing.assert_close(got["fai_num"], ref.fai_num, atol=tol, rtol=0)
         torch.testing.assert_close(got["dist"], ref.dist, atol=tol, rtol=1e-5)
-        span = (ref.dist * layout.response_mask).sum(-1) / max(1, int(layout.response_mask.sum()))
+        maps, _ = dense_maps(q, k, 0.35, layout, **opts)
+        span = dense.head_spans(maps, layout.response_mask).float()
         torch.testing.assert_close(stats.span[j], span, atol=tol, rtol=1e-5)
-        if not opts:  # the per-sequence reference path: same numbers, to fp32 rounding
+        tok = slice(lay.offsets[j], lay.offsets[j] + lay.lengths[j])
+        assert torch.equal(lay.counts[tok], dense.fai_count(layout.response_mask, lo, hi)), "|T(s)|"
+        if not opts:  # the per-sequence path (a second implementation): same numbers, to fp32 rounding
             own = layer_head_stats(q, k, 0.35, layout, 0, **settings)
             for name, x in got.items():
                 torch.testing.assert_close(x, getattr(own, name), atol=tol, rtol=1e-5)
@@ -261,8 +285,9 @@ def test_record_runs_on_meta_tensors(mask_kind, kernels):
         assert span.shape == (3, 4) and len(capture._checks) == 1  # the layout check was queued, not read
 
 
-def test_finalize_equals_the_per_sequence_grouping():
-    """The batched grouping (one host copy) gives the per-sequence aggregation's groups and token statistics."""
+def test_finalize_equals_the_per_sequence_grouping_and_the_dense_reference():
+    """The batched grouping (one host copy) gives the per-sequence aggregation's groups and token statistics, and the
+    dense reference's (12 heads: groups of floor(3.6) = 3)."""
     layouts = packed_layouts([50, 33, 20, 41], [10, 30, 19, 0])
     q, k = random_qk(1, 6, 3, 150, 8, seed=11)
     for scope in ("sequence", "micro_batch"):
@@ -292,3 +317,18 @@ def test_finalize_equals_the_per_sequence_grouping():
                 assert torch.equal(own.global_heads, final.global_heads), f"sequence {i}"
                 for name in ("waad", "fai", "span"):
                     torch.testing.assert_close(getattr(own, name), getattr(final, name), atol=1e-5, rtol=1e-5)
+        maps = [
+            torch.cat([dense_maps(q * (1 + layer), k, 0.4, lay)[0] for layer in (0, 2)]) for lay in layouts
+        ]  # fmt: skip
+        heads = [(layer, h) for layer in (0, 2) for h in range(6)]
+        if scope == "sequence":
+            for got, m, lay in zip(finals, maps, layouts, strict=True):
+                assert len(got.local_heads) == 3
+                assert_rhythm_matches_dense(got, m, lay, heads, cfg, 1e-5)
+        else:
+            refs = dense.rhythm_for_sequences(maps, [lay.response_mask for lay in layouts], heads, cfg)
+            for got, ref in zip(finals, refs, strict=True):
+                assert got.local_heads.tolist() == ref.local_heads.tolist()
+                assert got.global_heads.tolist() == ref.global_heads.tolist()
+                torch.testing.assert_close(got.waad, ref.waad, atol=1e-5, rtol=0)
+                torch.testing.assert_close(got.fai, ref.fai, atol=1e-5, rtol=0)

@@ -1,10 +1,12 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Edge cases of the chunked capture against the dense reference on explicit maps from the same q/k.
+"""Edge cases of the capture (and of the per-sequence path) against the dense reference on maps of the same q/k.
 
 Reference maps here are softmax(q kᵀ · scaling + causal mask) computed in float64 from the (upcast) q/k, then
-:func:`verl_rhythm.testing.dense.head_stats_dense`; a hypothesis sweep covers shapes, GQA, chunk sizes and band
-settings, the named tests cover the behaviour the spec leaves to us.
+:mod:`verl_rhythm.testing.dense` (written from the spec alone); a hypothesis sweep covers shapes, GQA, chunk sizes
+and band settings for both the capture (:class:`RhythmCapture`, per-head statistics, |T(s)|, head groups, WAAD and
+FAI) and the per-sequence path (:mod:`verl_rhythm.testing.chunked`, a second implementation); the named tests cover
+the behaviour the spec leaves to us.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from verl_rhythm.measure.capture import (
     layouts_from_position_ids,
 )
 from verl_rhythm.measure.heads import rhythm_from_head_stats
+from verl_rhythm.testing import dense
 from verl_rhythm.testing.chunked import layer_head_stats
 from verl_rhythm.testing.dense import head_stats_dense
 
@@ -57,7 +60,28 @@ def check(query, key, scaling, layout, w, lo, hi, chunk):
     torch.testing.assert_close(got.fai_num, ref.fai_num, atol=tol, rtol=0)
     torch.testing.assert_close(got.dist, ref.dist, atol=tol, rtol=1e-5)
     assert torch.equal(got.fai_count, ref.fai_count)
+    check_capture(query, key, scaling, layout, w, lo, hi, chunk, maps, ref, tol)
     return got
+
+
+def check_capture(query, key, scaling, layout, w, lo, hi, chunk, maps, ref, tol):
+    """The capture (layer 7 of 8) on the same q/k: per-head statistics and the sequence's rhythm equal the dense
+    reference's."""
+    cfg = RhythmConfig(layers=(7,), waad_window=w, fai_horizon_lo=lo, fai_horizon_hi=hi, chunk_size=chunk)
+    capture = RhythmCapture(cfg, 8, [layout])
+    capture.record(7, query, key, scaling)
+    (stats,), (rhythm,) = capture.head_stats(), capture.finalize()
+    for name in ("waad", "fai_num"):
+        torch.testing.assert_close(getattr(stats, name), getattr(ref, name), atol=tol, rtol=0, msg=name)
+    torch.testing.assert_close(stats.dist, ref.dist, atol=tol, rtol=1e-5)
+    assert torch.equal(stats.fai_count, ref.fai_count)
+    heads = [(7, h) for h in range(query.shape[1])]
+    want = dense.rhythm_dense(maps, layout.response_mask, heads, w, lo, hi, cfg.head_quantile)
+    assert rhythm.local_heads.tolist() == want.local_heads.tolist()
+    assert rhythm.global_heads.tolist() == want.global_heads.tolist()
+    torch.testing.assert_close(rhythm.span, want.span, atol=tol, rtol=1e-5)
+    torch.testing.assert_close(rhythm.waad, want.waad, atol=tol, rtol=0)
+    torch.testing.assert_close(rhythm.fai, want.fai, atol=tol, rtol=0)
 
 
 @settings(max_examples=30, deadline=None)

@@ -25,7 +25,13 @@ import types
 import pytest
 import torch
 from models import tiny_model
-from test_capture_batched_on_cpu import dense_reference, packed_layouts, random_qk
+from test_capture_batched_on_cpu import (
+    assert_rhythm_matches_dense,
+    dense_maps,
+    dense_reference,
+    packed_layouts,
+    random_qk,
+)
 
 import verl_rhythm.measure
 from verl_rhythm.config import RhythmConfig
@@ -75,12 +81,14 @@ def test_every_kernel_choice_equals_the_dense_reference(choice, dtype):
     capture = RhythmCapture(cfg, 1, layouts, kernels=CHOICES[choice])
     capture.record(0, q, k, 0.25)
     assert capture.kernels is CHOICES[choice]
-    for layout, got in zip(layouts, capture.head_stats(), strict=True):
+    for layout, got, rhythm in zip(layouts, capture.head_stats(), capture.finalize(), strict=True):
         ref, zmax = dense_reference(q, k, 0.25, layout, cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi)
         tol = 1e-5 + 10 * torch.finfo(torch.float32).eps * zmax
         for name in ("waad", "fai_num"):
             torch.testing.assert_close(getattr(got, name), getattr(ref, name), atol=tol, rtol=0, msg=name)
         torch.testing.assert_close(got.dist, ref.dist, atol=tol, rtol=1e-5)
+        assert torch.equal(got.fai_count, ref.fai_count)
+        assert_rhythm_matches_dense(rhythm, dense_maps(q, k, 0.25, layout)[0], layout, ref.heads, cfg, tol)
 
 
 class RefusingKernels(Kernels):

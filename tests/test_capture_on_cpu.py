@@ -2,11 +2,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """The capture equals the dense reference on eager ``output_attentions`` maps of real transformers models.
 
-Ground truth: :func:`verl_rhythm.testing.dense.head_stats_dense` on the maps transformers' eager attention returns.
-Every capture path is checked on padded (left, right) and packed batches of unequal lengths:
+Ground truth: :mod:`verl_rhythm.testing.dense` (written from the spec alone: its own layer choice, spans, head groups,
+|T(s)|, WAAD and FAI) on the maps transformers' eager attention returns. Every capture path is checked on padded
+(left, right) and packed batches of unequal lengths:
 
-- ``chunked``: the hook sees the eager forward's post-RoPE q/k and runs the per-sequence reference path; maps and
-  capture come from the very same forward.
+- ``chunked``: the hook sees the eager forward's post-RoPE q/k and runs the per-sequence path
+  (:mod:`verl_rhythm.testing.chunked`, a second implementation, not a reference); maps and capture come from the very
+  same forward.
 - ``batched``: the same forward, the whole micro-batch in one computation per layer (:mod:`.batched`).
 - ``sdpa``: an SDPA twin of the model (same weights). Where the layer's call has no mask (rows that start at column
   0, no padding) the hook replaces it by the kernel that also returns log-sum-exp and expected position
@@ -24,10 +26,10 @@ from models import ARCHS, tiny_model
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.measure.capture import RhythmCapture, layouts_from_attention_mask, layouts_from_position_ids
-from verl_rhythm.measure.heads import rhythm_from_head_stats
 from verl_rhythm.measure.hook import capture_active, install_attention_hook
+from verl_rhythm.testing import dense
 from verl_rhythm.testing.chunked import ChunkedCapture
-from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense
+from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense, rhythm_dense
 
 ATOL = 1e-5
 CFG = RhythmConfig(layers=(1, 3, 4), waad_window=4, fai_horizon_lo=3, fai_horizon_hi=12, chunk_size=7)
@@ -80,17 +82,23 @@ def capture_and_maps(arch, path, cfg, layouts, **inputs):
     return capture, forward(eager, **inputs).attentions
 
 
-def assert_matches_dense(capture, attentions, cfg, columns, atol=ATOL):
-    """Every layout's HeadStats and SequenceRhythm equal the dense reference's (fp32, ``atol``)."""
+def assert_matches_dense(capture, attentions, cfg, columns, atol=ATOL, layer_types=None):
+    """The capture's layers are the reference's choice, and every layout's HeadStats and SequenceRhythm equal the
+    dense reference's (fp32, ``atol``): per-head vectors, |T(s)|, spans, head groups, WAAD and FAI.
+
+    ``attentions`` holds one entry per decoder layer; ``layer_types`` is the model's ``config.layer_types``."""
+    layers = dense.select_layers(len(attentions), cfg.layers, layer_types)
+    assert capture.layers == layers
+    bands = (cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi)
     for lay, st, rh, cols in zip(capture.layouts, capture.head_stats(), capture.finalize(), columns, strict=True):
-        maps, heads = attention_maps_for_sequence(attentions, capture.layers, lay.row, cols)
-        ref = head_stats_dense(maps, lay.response_mask, heads, cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi)
+        maps, heads = attention_maps_for_sequence(attentions, layers, lay.row, cols)
+        ref = head_stats_dense(maps, lay.response_mask, heads, *bands)
         assert st.heads == ref.heads
         torch.testing.assert_close(st.waad, ref.waad, atol=atol, rtol=0)
         torch.testing.assert_close(st.fai_num, ref.fai_num, atol=atol, rtol=0)
         torch.testing.assert_close(st.dist, ref.dist, atol=atol, rtol=1e-5)
         assert torch.equal(st.fai_count, ref.fai_count)
-        ref_rh = rhythm_from_head_stats(ref, cfg.head_quantile)
+        ref_rh = rhythm_dense(maps, lay.response_mask, heads, *bands, cfg.head_quantile)
         assert torch.equal(rh.local_heads, ref_rh.local_heads) and torch.equal(rh.global_heads, ref_rh.global_heads)
         torch.testing.assert_close(rh.span, ref_rh.span, atol=atol, rtol=1e-5)
         torch.testing.assert_close(rh.waad, ref_rh.waad, atol=atol, rtol=0)
@@ -148,7 +156,7 @@ def test_default_spec_settings_on_longer_sequences(cpu_flash_attn):
     layouts = layouts_from_position_ids(pos, [response_mask(n, p) for n, p in zip(lengths, prompts, strict=True)])
     for path in ("chunked", "batched", "sdpa", "flash"):
         capture, maps = capture_and_maps("llama_gqa", path, cfg, layouts, input_ids=ids, position_ids=pos)
-        assert capture.layers == [2, 3, 4]
+        assert capture.layers == dense.select_layers(6) == [2, 3, 4]
         assert_matches_dense(capture, maps, cfg, [torch.arange(150), torch.arange(150, 380)])
 
 
@@ -161,3 +169,18 @@ def test_unpadded_batch_takes_the_fused_path_and_matches_dense(arch):
     layouts = layouts_from_attention_mask(mask, [response_mask(37, p) for p in (5, 20, 36)])
     capture, maps = capture_and_maps(arch, "sdpa", CFG, layouts, input_ids=ids)
     assert_matches_dense(capture, maps, CFG, [torch.arange(37)] * 3)
+
+
+@pytest.mark.parametrize("types", ["none", "hybrid", "sliding"])
+def test_default_layers_are_the_reference_choice(types):
+    """The capture's default layer choice equals the reference's for every depth up to 64 (and hybrid models)."""
+    for num_layers in range(1, 65):
+        layer_types = None
+        if types == "hybrid":
+            layer_types = [("full_attention" if i % 4 == 3 else "linear_attention") for i in range(num_layers)]
+            if "full_attention" not in layer_types:
+                continue
+        elif types == "sliding":
+            layer_types = [("sliding_attention" if i % 2 else "full_attention") for i in range(num_layers)]
+        capture = RhythmCapture(RhythmConfig(), num_layers, layer_types=layer_types)
+        assert capture.layers == dense.select_layers(num_layers, None, layer_types), (num_layers, types)

@@ -4,7 +4,7 @@
 
 Real text through the real tokenizer; default spec settings (W=10, H_lo=10, H_hi=100, the five middle-third layers
 [10, 12, 15, 18, 20]); a packed row of two unequal sequences, the same two left- and right-padded, and the longer one
-alone (no mask). The chunked reference and the batched path (on the eager forward that also returns the maps) match
+alone (no mask). The per-sequence path and the batched path (on the eager forward that also returns the maps) match
 eager's maps to 1e-5. On the SDPA forward every batch takes the fused path (the masked ones with transformers' bool
 mask, which stock SDPA converts to an additive mask itself), which takes each row's log-sum-exp from the SDPA kernel,
 whose fp32 logits round differently from eager's matmul by about eps32 · |z|: it is held to FUSED_ATOL = 5e-5 on

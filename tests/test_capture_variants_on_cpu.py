@@ -6,8 +6,8 @@ refused at start-up by name.
 - Sliding windows: Mistral (every layer), Qwen2 with ``use_sliding_window`` (upper layers), Gemma 2 and 3
   (alternating sliding/full layers); soft-capping: Gemma 2; sinks: gpt-oss (``s_aux``); hybrid layers: Qwen3-Next,
   whose default layer choice reads the middle third of its softmax-attention layers only.
-- Ground truth: :func:`verl_rhythm.testing.dense.head_stats_dense` on the ``output_attentions`` maps of the same eager
-  forward (the model family's own eager attention, which applies the window, the cap and the sinks).
+- Ground truth: :mod:`verl_rhythm.testing.dense` (the spec-only reference) on the ``output_attentions`` maps of the
+  same eager forward (the model family's own eager attention, which applies the window, the cap and the sinks).
 - Refusals: an explicit linear-attention layer in ``algorithm.rhythm.layers`` and configs with attention the capture
   does not reproduce (chunked local attention, bidirectional attention) fail in the start-up check, naming the key.
 """

@@ -266,3 +266,72 @@ def test_coupled_reference_loop_matches_vectorised():
                 gamma[t] += amp - 1
         c = compute_gamma("coupled", torch.ones(1, n, dtype=torch.bool), waad=waad[None], fai=fai[None])
         assert c.gamma[0].tolist() == pytest.approx(gamma, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ against the spec-only reference
+# verl_rhythm.testing.credit_ref: γ per response in plain loops from spec Sec. 4, sharing no code with the product.
+# Single-turn rows only (the valid tokens of a row are one block: left/right padding, no holes).
+
+
+def test_credit_reference_by_hand():
+    """The reference itself on the hand-computed coupled case above, and TopQ's ceil and tie rule."""
+    from verl_rhythm.testing import credit_ref
+
+    fai = [0, 0, 0, 0.9, 0.8, 0, 0, 0.7, 0, 0.6]
+    assert credit_ref.gamma_row("coupled", COUPLED_WAAD, fai) == [1, 1.5, 1, 1.25, 1.25, 1, 1.25, 1.25, 1, 1.5]
+    assert credit_ref.gamma_row("coupled", COUPLED_WAAD, fai, alpha=1.0) == [1, 2.0, 1, 1, 1, 1, 1.5, 1, 1, 1.5]
+    assert credit_ref.gamma_row("local", [1, 5, 2, 2, 8, 3]) == [1.5, 1, 1, 1.5, 1.5, 1]
+    assert credit_ref.gamma_row("global", None, [0.2, 0.5, 0.2, 0.2, 0.1]) == [1.5, 1.5, 1, 1, 1]
+    assert credit_ref.top_q(list(range(10)), 0.7) == set(range(3, 10))  # ceil(7.000000000000001) is still 7
+    assert credit_ref.gamma_row("coupled", [3.0], [1.0]) == [1.0]
+    with pytest.raises(ValueError, match="contiguous"):
+        credit_ref.gamma_batch("local", T([[1, 0, 1]], dtype=torch.bool), waad=torch.rand(1, 3))
+
+
+@st.composite
+def single_turn_batches(draw):
+    """Rows whose valid tokens are one block anywhere in the row; quantised statistics (ties; exact arithmetic)."""
+    b, t = draw(st.integers(1, 5)), draw(st.integers(1, 48))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    for i in range(b):
+        n = draw(st.integers(0, t))
+        start = draw(st.integers(0, t - n))
+        mask[i, start : start + n] = True
+    waad = torch.randint(0, 41, (b, t), generator=g).float() / 4
+    fai = torch.randint(0, 9, (b, t), generator=g).float() / 8
+    return mask, waad, fai
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    single_turn_batches(),
+    st.sampled_from(("local", "global", "coupled")),
+    st.sampled_from((0.1, 0.25, 0.3, 0.4, 0.7, 1.0)),
+    st.sampled_from((1.25, 1.5, 2.0)),
+    st.sampled_from((0.0, 0.25, 0.5, 0.75, 1.0)),
+    st.integers(1, 5),
+)
+def test_compute_gamma_equals_the_spec_reference(batch, strategy, q, amp, alpha, window):
+    from verl_rhythm.testing import credit_ref
+
+    mask, waad, fai = batch
+    knobs = dict(top_q=q, gamma_amp=amp, alpha=alpha, intro_window=window)
+    got = compute_gamma(strategy, mask, waad=waad, fai=fai, **knobs).gamma
+    want = credit_ref.gamma_batch(strategy, mask, waad, fai, **knobs)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", ["local", "global", "coupled"])
+def test_compute_gamma_equals_the_spec_reference_on_defaults(strategy):
+    """Default knobs, continuous statistics, long responses (padding on either side)."""
+    from verl_rhythm.testing import credit_ref
+
+    g = torch.Generator().manual_seed(5)
+    mask = torch.zeros(6, 300, dtype=torch.bool)
+    for i, (a, n) in enumerate([(0, 300), (0, 211), (89, 211), (40, 2), (10, 1), (150, 97)]):
+        mask[i, a : a + n] = True
+    waad, fai = torch.rand(6, 300, generator=g) * 10, torch.rand(6, 300, generator=g)
+    got = compute_gamma(strategy, mask, waad=waad, fai=fai).gamma
+    torch.testing.assert_close(got.double(), credit_ref.gamma_batch(strategy, mask, waad, fai), atol=1e-6, rtol=0)
+    assert bool((got > 1).any())

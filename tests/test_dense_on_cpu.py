@@ -1,18 +1,45 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Dense reference: hand-computed WAAD, FAI, span and grouping; linearity against literal Eq. 9 / Eq. 10."""
+"""Dense reference: hand-computed WAAD, FAI, span, grouping and layer choice; linearity of the per-head vectors
+against Eq. 9 / Eq. 10 on the group-averaged maps; and the reference imports nothing of the product."""
+
+import ast
+import pathlib
 
 import pytest
 import torch
 
-from verl_rhythm.config import select_layers
-from verl_rhythm.measure.heads import HeadStats, fai_count, group_heads, head_spans, rhythm_for_sequences
+from verl_rhythm.measure.heads import HeadStats
+from verl_rhythm.testing import credit_ref, dense
 from verl_rhythm.testing.dense import (
     attention_maps_for_sequence,
+    fai_count,
+    group_heads,
+    group_size,
+    head_spans,
     head_stats_dense,
     rhythm_dense,
     rhythm_dense_group_maps,
+    rhythm_for_sequences,
+    select_layers,
 )
+
+
+@pytest.mark.parametrize("module", [dense, credit_ref], ids=["dense", "credit_ref"])
+def test_the_references_import_nothing_of_the_product(module):
+    """``testing/dense.py`` and ``testing/credit_ref.py`` are written from the spec alone: torch and the standard
+    library, no ``verl_rhythm``."""
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    imported = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import from {node.module!r} in {module.__name__}"
+            imported.append(node.module or "")
+    assert imported, "no import found: the AST walk is broken"
+    allowed = {"__future__", "math", "dataclasses", "fractions", "typing", "torch"}
+    assert {name.split(".")[0] for name in imported} <= allowed, imported
 
 # One head, N = 4: position 0 is the prompt, R = {1, 2, 3}.
 A = torch.tensor(
@@ -35,7 +62,7 @@ def test_hand_computed_head_statistics():
     # T(0) = {1, 2}, T(1) = {2, 3}, T(2) = {3}, T(3) = {}
     assert s.fai_count.tolist() == [2, 2, 1, 0]
     assert s.fai_num[0].tolist() == pytest.approx([0.7, 0.5, 0.3, 0.0])
-    assert head_spans(s).tolist() == pytest.approx([(0.5 + 0.7 + 1.0) / 3])
+    assert head_spans(A, R).tolist() == pytest.approx([(0.5 + 0.7 + 1.0) / 3])
     r = rhythm_dense(A, R, [(0, 0)], waad_window=2, fai_horizon_lo=1, fai_horizon_hi=2)
     assert r.fai.tolist() == pytest.approx([0.35, 0.25, 0.3, 0.0])  # 0 where T(s) is empty
 
@@ -51,10 +78,35 @@ def test_grouping_by_span_with_deterministic_ties():
     heads = [(0, 0), (0, 1), (1, 0), (1, 1)]
     span = torch.tensor([3.0, 1.0, 2.0, 1.0])
     local, glob = group_heads(span, heads, 0.3)  # max(1, floor(1.2)) = 1 head per group
-    assert local.tolist() == [1] and glob.tolist() == [0]
+    assert local == [1] and glob == [0]
     local, glob = group_heads(span, heads, 0.5)
-    assert local.tolist() == [1, 3]  # tie on span 1.0 -> layer 0 first
-    assert glob.tolist() == [2, 0]
+    assert local == [1, 3]  # tie on span 1.0 -> layer 0 first
+    assert glob == [2, 0]
+
+
+@pytest.mark.parametrize(
+    ("k", "q", "g"), [(10, 0.3, 3), (12, 0.3, 3), (3, 0.3, 1), (1, 0.5, 1), (20, 0.35, 7), (7, 0.5, 3), (24, 0.3, 7)]
+)
+def test_group_size_is_floor_of_the_share(k, q, g):
+    assert group_size(k, q) == g
+
+
+@pytest.mark.parametrize(
+    ("layers", "want"),
+    [(1, [0]), (2, [0, 1]), (3, [1, 2]), (6, [2, 3, 4]), (24, [8, 10, 12, 14, 16]), (28, [9, 11, 14, 16, 18]),
+     (30, [10, 12, 15, 18, 20]), (36, [12, 15, 18, 21, 24])],
+)  # fmt: skip
+def test_layer_choice_is_five_rounded_points_of_the_middle_third(layers, want):
+    """round(linspace(L // 3, 2 L // 3, 5)), halves to even (13.5 -> 14, 12.5 -> 12, 17.5 -> 18), de-duplicated."""
+    assert select_layers(layers) == want
+
+
+def test_layer_choice_counts_only_softmax_layers_and_keeps_explicit_lists():
+    hybrid = ["linear_attention"] * 3 + ["full_attention"]
+    # softmax layers [3, 7, 11, 15]: M = 4 -> points 1, 1.25, 1.5, 1.75, 2 -> indices {1, 2} -> layers 7, 11
+    assert select_layers(16, None, hybrid * 4) == [7, 11]
+    assert select_layers(6, None, ["sliding_attention", "full_attention"] * 3) == [2, 3, 4]
+    assert select_layers(6, (4, 1, 4)) == [1, 4]
 
 
 def random_causal_maps(k, n, seed=0):
@@ -72,34 +124,46 @@ def test_linearity_per_head_average_equals_group_map():
     heads = [(layer, h) for layer in range(2) for h in range(3)]
     r = rhythm_dense(attn, resp, heads, waad_window=4, fai_horizon_lo=3, fai_horizon_hi=9, head_quantile=0.34)
     waad, fai = rhythm_dense_group_maps(attn, resp, r.local_heads, r.global_heads, 4, 3, 9)
-    assert torch.allclose(r.waad, waad, atol=1e-6)
-    assert torch.allclose(r.fai, fai, atol=1e-6)
+    assert torch.equal(r.waad, waad) and torch.equal(r.fai, fai)
+    s = head_stats_dense(attn, resp, heads, 4, 3, 9)
+    per_head_waad = s.waad[r.local_heads].mean(0)
+    per_head_fai = s.fai_num[r.global_heads].mean(0) / s.fai_count.clamp_min(1)
+    assert torch.allclose(per_head_waad, r.waad, atol=1e-6)
+    assert torch.allclose(per_head_fai, r.fai, atol=1e-6)
     assert len(r.local_heads) == len(r.global_heads) == 2
     assert set(r.local_heads.tolist()).isdisjoint(r.global_heads.tolist())
     assert float(r.span[r.local_heads].max()) <= float(r.span[r.global_heads].min())
     assert bool(((r.waad >= 0) & (r.waad <= 4 + 1e-6)).all())
 
 
-def test_fai_count_matches_definition():
+def test_fai_count_by_hand():
     resp = torch.tensor([0, 0, 1, 1, 0, 1, 1, 1, 1], dtype=torch.bool)
-    got = fai_count(resp, 2, 4)
-    want = [sum(1 for t in range(s + 2, min(9, s + 5)) if resp[t]) for s in range(9)]
-    assert got.tolist() == want
+    # T(s) = response rows in [s + 2, s + 4]: s=0 -> {2, 3}, s=1 -> {3, 5}, s=2 -> {5, 6}, s=3 -> {5, 6, 7},
+    # s=4 -> {6, 7, 8}, s=5 -> {7, 8}, s=6 -> {8}, s=7, 8 -> {}
+    assert fai_count(resp, 2, 4).tolist() == [2, 2, 2, 3, 3, 2, 1, 0, 0]
+
+
+class Settings:
+    """Plain settings object (the reference reads attributes only)."""
+
+    def __init__(self, scope):
+        self.waad_window, self.fai_horizon_lo, self.fai_horizon_hi = 10, 10, 100
+        self.head_quantile, self.head_group_scope = 0.25, scope
 
 
 def test_micro_batch_scope_groups_by_mean_span():
     n = 30
-    stats = []
-    for seed in range(3):
-        attn = random_causal_maps(4, n, seed)
-        stats.append(head_stats_dense(attn, torch.arange(n) >= 10, [(0, h) for h in range(4)]))
-    per_seq = rhythm_for_sequences(stats, 0.25, "sequence")
-    shared = rhythm_for_sequences(stats, 0.25, "micro_batch")
-    mean_span = torch.stack([head_spans(s) for s in stats]).mean(0)
+    maps = [random_causal_maps(4, n, seed) for seed in range(3)]
+    masks = [torch.arange(n) >= 10] * 3
+    heads = [(0, h) for h in range(4)]
+    per_seq = rhythm_for_sequences(maps, masks, heads, Settings("sequence"))
+    shared = rhythm_for_sequences(maps, masks, heads, Settings("micro_batch"))
+    mean_span = torch.stack([head_spans(m, r) for m, r in zip(maps, masks, strict=True)]).mean(0)
     assert all(r.local_heads.tolist() == [int(mean_span.argmin())] for r in shared)
-    assert [r.local_heads.tolist() for r in per_seq] == [[int(head_spans(s).argmin())] for s in stats]
+    own = [[int(head_spans(m, r).argmin())] for m, r in zip(maps, masks, strict=True)]
+    assert [r.local_heads.tolist() for r in per_seq] == own
     with pytest.raises(ValueError, match="head_group_scope"):
-        rhythm_for_sequences(stats, 0.25, "batch")
+        rhythm_for_sequences(maps, masks, heads, Settings("batch"))
 
 
 def test_no_response_gives_zero_span_and_zero_fai():
@@ -114,7 +178,9 @@ def test_shape_errors_name_the_tensor():
         head_stats_dense(torch.rand(4, 4), R, [(0, 0)])
     with pytest.raises(ValueError, match="response_mask"):
         head_stats_dense(A, torch.ones(3, dtype=torch.bool), [(0, 0)])
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="heads lists"):
+        head_stats_dense(A, R, [(0, 0), (0, 1)])
+    with pytest.raises(ValueError, match="at least one"):  # the product's container
         HeadStats.concat([])
 
 

@@ -17,6 +17,7 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from verl_rhythm.credit import compute_gamma
 from verl_rhythm.glue import core_algos as rhythm_algos
+from verl_rhythm.testing import credit_ref
 
 
 def make_batch(bs=8, t=12, group=4, seed=0):
@@ -65,7 +66,9 @@ def test_attention_free_strategies_run_from_the_four_stock_fields(strategy):
 @pytest.mark.parametrize("strategy", ["coupled", "local", "global"])
 @pytest.mark.parametrize("sign", ["both", "positive", "negative"])
 def test_attention_strategies_scale_verl_grpo_by_the_credit_gamma(strategy, sign):
-    data, stats = make_batch()
+    """verl's GRPO advantage × γ of the spec-only credit reference (:mod:`verl_rhythm.testing.credit_ref`), on the
+    advantages the sign mode selects."""
+    data, stats = make_batch(bs=12, t=30, seed=1)
     fn = core_algos.get_adv_estimator_fn("rhythm")
     adv, ret = fn(
         token_level_rewards=data.batch["token_level_rewards"],
@@ -77,14 +80,17 @@ def test_attention_strategies_scale_verl_grpo_by_the_credit_gamma(strategy, sign
     grpo, _ = core_algos.compute_grpo_outcome_advantage(
         data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"]
     )
-    gamma = compute_gamma(
-        strategy, data.batch["response_mask"], waad=stats["rhythm_waad"], fai=stats["rhythm_fai"]
-    ).gamma
-    scaled = {"both": torch.ones_like(grpo, dtype=torch.bool), "positive": grpo > 0, "negative": grpo < 0}[sign]
-    expect = torch.where(scaled, grpo * gamma, grpo)
-    assert torch.equal(adv, expect)
+    assert bool((grpo > 0).any()) and bool((grpo < 0).any())
+    gamma = credit_ref.gamma_batch(strategy, data.batch["response_mask"], stats["rhythm_waad"], stats["rhythm_fai"])
+    expect = credit_ref.scale_advantages(grpo, gamma, sign)
+    torch.testing.assert_close(adv.double(), expect, atol=1e-6, rtol=1e-6)
     assert torch.equal(adv, ret)
     assert bool((gamma > 1).any())
+    assert not torch.allclose(adv, grpo)  # γ changed some advantage of the selected sign
+    # and exactly the product's own γ, to the bit
+    product = compute_gamma(strategy, data.batch["response_mask"], waad=stats["rhythm_waad"], fai=stats["rhythm_fai"])
+    scaled = {"both": torch.ones_like(grpo, dtype=torch.bool), "positive": grpo > 0, "negative": grpo < 0}[sign]
+    assert torch.equal(adv, torch.where(scaled, grpo * product.gamma, grpo))
 
 
 def test_missing_capture_fails_loudly_and_says_how_to_fix():

@@ -1,10 +1,11 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Test reference: exact rhythm statistics of one sequence from post-RoPE q/k, in query chunks, one sequence at a time.
+"""A second implementation, for tests: exact rhythm statistics of one sequence from post-RoPE q/k, in query chunks.
 
 Readable and sequence by sequence; the capture's path (:mod:`verl_rhythm.measure.batched`) computes the same numbers
-for a whole micro-batch at once and is tested against this one and the dense reference (:mod:`.dense`). Not part of
-the capture.
+for a whole micro-batch at once. Not a reference: it reuses the product's :class:`HeadStats`, |T(s)| and head
+grouping, so it is tested, like the capture, against the dense reference (:mod:`.dense`), which shares no code with
+the product. Not part of the capture.
 
 For one sequence and one query head with logits z[t, s] = scaling * q_t · k_s (s <= t), everything the method
 needs is
@@ -220,7 +221,7 @@ class ChunkedCapture(RhythmCapture):
             raise RuntimeError("ChunkedCapture.record called before set_layouts()")
         variant = sorted(k for k in ("sliding_window", "softcap", "s_aux") if kwargs.get(k) is not None)
         if variant:
-            raise ValueError(f"layer {layer_idx} uses {variant}: the per-sequence reference handles plain attention")
+            raise ValueError(f"layer {layer_idx} uses {variant}: the per-sequence path handles plain attention")
         scaling = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
         lse, dist = kwargs.get("lse"), kwargs.get("dist")
         cfg = self.cfg

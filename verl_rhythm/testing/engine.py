@@ -144,32 +144,34 @@ def run_log_prob_pass(engine, batch: TensorDict) -> dict[str, torch.Tensor]:
 
 def dense_rhythm(model, sequences, cfg: RhythmConfig) -> list:
     """The dense reference for :func:`log_prob_batch`'s sequences: each run alone through ``model`` (eager attention,
-    ``output_attentions=True``), maps of the selected layers → :mod:`verl_rhythm.testing.dense` → shared grouping.
+    ``output_attentions=True``), then :mod:`verl_rhythm.testing.dense` alone: its own layer choice (from the model
+    config's layer count and ``layer_types``), spans, groups, WAAD and FAI. No capture, grouping or layer-selection
+    code of the product is used.
 
     Args:
         model: a transformers causal LM with eager attention, on the device the sequences go to.
         sequences: as for :func:`log_prob_batch`.
-        cfg: the rhythm config (layers, W, H_lo, H_hi, head_quantile, head_group_scope).
+        cfg: the rhythm config (layers, W, H_lo, H_hi, head_quantile, head_group_scope), read as plain attributes.
 
     Returns:
-        one :class:`~verl_rhythm.measure.heads.SequenceRhythm` per sequence, over its prompt + response positions.
+        one :class:`~verl_rhythm.testing.dense.DenseRhythm` per sequence (CPU tensors), over its prompt + response
+        positions (the ``micro_batch`` scope groups over all ``sequences`` together).
     """
-    from verl_rhythm.config import select_layers
-    from verl_rhythm.glue.checks import text_num_layers
-    from verl_rhythm.measure.heads import rhythm_for_sequences
-    from verl_rhythm.testing.dense import attention_maps_for_sequence, head_stats_dense
+    from verl_rhythm.testing import dense
 
     device = next(model.parameters()).device
-    layers = select_layers(text_num_layers(model.config), cfg.layers)
-    stats = []
+    layers = dense.model_layers(model.config, cfg.layers)
+    maps, masks, heads = [], [], None
     for prompt, response, mask in sequences:
         ids = torch.cat([prompt, response])[None].to(device)
         with torch.no_grad():
             attentions = model(ids, output_attentions=True).attentions
-        maps, heads = attention_maps_for_sequence(attentions, layers, 0, torch.arange(ids.shape[1], device=device))
-        resp = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), mask.bool()]).to(device)
-        stats.append(
-            head_stats_dense(maps.float(), resp, heads, cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi)
-        )
-        del attentions, maps
-    return rhythm_for_sequences(stats, cfg.head_quantile, cfg.head_group_scope)
+        m, heads = dense.attention_maps_for_sequence(attentions, layers, 0, torch.arange(ids.shape[1], device=device))
+        maps.append(m)
+        masks.append(torch.cat([torch.zeros(len(prompt), dtype=torch.bool), mask.cpu().bool()]).to(device))
+        del attentions
+    out = dense.rhythm_for_sequences(maps, masks, heads or [], cfg)
+    for r in out:  # results on the host, whatever device the maps were on
+        r.waad, r.fai, r.span = r.waad.cpu(), r.fai.cpu(), r.span.cpu()
+        r.local_heads, r.global_heads = r.local_heads.cpu(), r.global_heads.cpu()
+    return out
