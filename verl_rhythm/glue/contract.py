@@ -59,6 +59,20 @@ PINNED: dict[str, tuple[str, str]] = {
         "70d1750e0c3ec43a",
         "wrapped: batch.meta_info goes to actor_rollout_wg.compute_log_prob, whose DataProto comes back",
     ),
+    "verl.single_controller.base.decorator:collect_lazy_compute_data_proto": (
+        "4ce1289d66f31f22",
+        "the collect function registered on ActorRolloutRefWorker.compute_log_prob: the legacy trainer keeps its "
+        "result during a capture (ray_trainer.keep_collected_outputs)",
+    ),
+    "verl.single_controller.base.worker_group:WorkerGroup._bind_worker_method": (
+        "cde2edf6deea1380",
+        "binds the registered dispatch mode's collect_fn per worker group when the group is built (after "
+        "RayPPOTrainer.__init__)",
+    ),
+    "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.is_mp_src_rank_with_outputs": (
+        "5f1f93e1ad62cb59",
+        "only sequence-parallel rank 0 returns outputs: the capture seconds are per data-parallel rank",
+    ),
     "verl.trainer.ppo.metric_utils:compute_data_metrics": (
         "081d0a19a8270ad7",
         "wrapped: every legacy/recipe fit calls it with the step's final batch",
