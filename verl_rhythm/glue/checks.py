@@ -12,9 +12,11 @@ as such: each runs the actor's old-log-prob pass, where the statistics are compu
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
+import sys
 from typing import Any
 
 from verl_rhythm.config import RhythmConfig, RhythmConfigError, select_layers
@@ -59,7 +61,7 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
     if not is_rhythm_run(config):
         warn_if_ignored(config)
         return None
-    seams.check_at_start_up()  # a verl whose seams moved: one line naming its version and the function (RhythmDisabled)
+    check_seams_at_start_up()  # a verl whose seams moved: one line naming its version and the function (RhythmDisabled)
     cfg = RhythmConfig.from_algorithm_config(_get(config, "algorithm"))
     problems = []
 
@@ -90,6 +92,29 @@ def check_rhythm_run(config: Any, *, num_layers: int | None = None) -> RhythmCon
             + "\n  - ".join(problems)
         )
     return cfg
+
+
+def check_seams_at_start_up() -> None:
+    """:func:`verl_rhythm.glue.seams.refuse`, after importing every verl module the glue watches (a rhythm run only:
+    their installers run and record what moved) and checking the Ulysses seam, which is otherwise installed by the
+    first capture.
+
+    Without the plugin loaded in this process (``VERL_USE_EXTERNAL_PLUGINS``) nothing is installed on import, so only
+    the Ulysses seam is checked; the start-up check names the plugin policy itself.
+    """
+    from verl_rhythm.glue import monkey_patch
+
+    plugin = sys.modules.get("verl_rhythm.glue.plugin")
+    for name in [*getattr(plugin, "PATCHES", {}), monkey_patch.MODULE]:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as err:  # not importable here at all: not a seam that moved; its own process will say
+            logger.debug("verl-rhythm: start-up check cannot import %s: %s", name, err)
+    if monkey_patch.MODULE in sys.modules:
+        monkey_patch.check(sys.modules[monkey_patch.MODULE])
+    seams.refuse()
 
 
 def warn_if_ignored(config: Any) -> bool:

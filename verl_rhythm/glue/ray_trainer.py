@@ -45,7 +45,7 @@ import torch
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import core_algos as rhythm_algos
 from verl_rhythm.glue import seams
-from verl_rhythm.glue.checks import ESTIMATOR_NAME, check_rhythm_run
+from verl_rhythm.glue.checks import ESTIMATOR_NAME, check_rhythm_run, is_rhythm_run
 from verl_rhythm.glue.metric_utils import METRICS_KEY
 from verl_rhythm.glue.statistics import (
     RhythmCaptureMissing,
@@ -111,7 +111,7 @@ def install(module) -> None:
 def _guard_init_workers(cls) -> None:
     original = inspect.getattr_static(cls, "init_workers", None)
     if inspect.isfunction(original) and not is_wrapped(original):  # the guard passes every argument through
-        cls.init_workers = seams.guard(original, lambda call: getattr(call["self"], "config", None))
+        cls.init_workers = seams.guard(original, lambda call: is_rhythm_run(getattr(call["self"], "config", None)))
 
 
 def _init(call: seams.Call):

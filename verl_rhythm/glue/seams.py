@@ -11,9 +11,10 @@ version and the function. No exception of an installer reaches verl's ``import``
 
 A rhythm run refuses with the one line of :func:`refusal`; where:
 
-- at start-up, by :func:`verl_rhythm.glue.checks.check_rhythm_run` (:func:`check_at_start_up`, which first imports
-  every watched verl module so that a seam of the worker side, e.g. the FSDP engine's ``forward_step``, is checked in
-  the trainer's process too); it runs in the wrapped ``PPOTrainer.init`` / ``RayPPOTrainer.__init__``;
+- at start-up, by :func:`verl_rhythm.glue.checks.check_rhythm_run`
+  (:func:`~verl_rhythm.glue.checks.check_seams_at_start_up`, which first imports every watched verl module so that a
+  seam of the worker side, e.g. the FSDP engine's ``forward_step``, is checked in the trainer's process too); it
+  runs in the wrapped ``PPOTrainer.init`` / ``RayPPOTrainer.__init__``;
 - when that wrapped start-up method is itself the seam that moved, at start-up by a guard on the next start-up method
   (``PPOTrainer.__init__`` of the v1 trainer, ``RayPPOTrainer.init_workers`` of the legacy one), which reads only
   the config (:func:`guard`);
@@ -105,28 +106,6 @@ def refuse() -> None:
     line = refusal()
     if line is not None:
         raise RhythmDisabled(line)
-
-
-def check_at_start_up() -> None:
-    """:func:`refuse`, after importing every verl module the glue watches (a rhythm run only: their installers run
-    and record what moved) and checking the Ulysses seam, which is otherwise installed by the first capture.
-
-    Without the plugin loaded in this process (``VERL_USE_EXTERNAL_PLUGINS``) nothing is installed on import, so only
-    the Ulysses seam is checked; the start-up check names the plugin policy itself.
-    """
-    from verl_rhythm.glue import monkey_patch
-
-    plugin = sys.modules.get("verl_rhythm.glue.plugin")
-    for name in [*getattr(plugin, "PATCHES", {}), monkey_patch.MODULE]:
-        if name in sys.modules:
-            continue
-        try:
-            importlib.import_module(name)
-        except ImportError as err:  # not importable here at all: not a seam that moved; its own process will say
-            logger.debug("verl-rhythm: start-up check cannot import %s: %s", name, err)
-    if monkey_patch.MODULE in sys.modules:
-        monkey_patch.check(sys.modules[monkey_patch.MODULE])
-    refuse()
 
 
 def mismatch(fn: Any, *, reads: Iterable[str] = (), known: Iterable[str] = (), method: bool = False) -> str | None:
@@ -224,12 +203,12 @@ def wrap(original: Callable, wrapper: Callable[[Call], Any]) -> Callable:
     return mark(wrapped, original)
 
 
-def guard(original: Callable, config_of: Callable[[Call], Any]) -> Callable:
-    """A start-up guard around ``original``: a rhythm run (``config_of(call)``) is refused before the stock call."""
-    from verl_rhythm.glue.checks import is_rhythm_run
+def guard(original: Callable, is_rhythm: Callable[[Call], bool]) -> Callable:
+    """A start-up guard around ``original``: a call for which ``is_rhythm(call)`` holds (a rhythm run's config) is
+    refused before the stock call; every other call is the stock one."""
 
     def check(call: Call):
-        if is_rhythm_run(config_of(call)):
+        if is_rhythm(call):
             refuse()
         return call.stock()
 

@@ -40,7 +40,7 @@ import transfer_queue as tq
 
 from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import seams
-from verl_rhythm.glue.checks import check_rhythm_run
+from verl_rhythm.glue.checks import check_rhythm_run, is_rhythm_run
 from verl_rhythm.glue.statistics import (
     RhythmCaptureMissing,
     advantage_handoff,
@@ -81,7 +81,7 @@ def install(module) -> None:
 def _guard_constructor(cls) -> None:
     original = cls.__dict__.get("__init__")
     if inspect.isfunction(original) and not is_wrapped(original):  # the guard passes every argument through
-        cls.__init__ = seams.guard(original, lambda call: call["config"])
+        cls.__init__ = seams.guard(original, lambda call: is_rhythm_run(call["config"]))
 
 
 def stock(cls, name: str):
