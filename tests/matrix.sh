@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
+# The version matrix: the version-sensitive tests under the transformers and Triton releases users run, each in its
+# own venv (.venv-<name>, created if absent) with the CPU torch pinned by tests/constraints-cpu.txt. tests/run.sh
+# calls it after the main suite (transformers 5.10.4, Triton 3.9.0, in .venv).
+#
+#   tf5.9.0-triton3.6  what `pip install 'verl[vllm]==0.9.1'` resolves on a GPU (transformers 5.9.0, Triton 3.6.0),
+#                      with verl: hook, capture paths and variants, CPU flash-attn, the kernels (interpreter and
+#                      compiled), verl's FSDP engine glue.
+#   tf5.5.3            the oldest transformers verl 0.9.1 accepts (>=5.5.3,<5.11), with verl: hook, capture,
+#                      variants, CPU flash-attn, verl's FSDP engine glue (no Triton).
+#   image              the GPU image's stack without verl (transformers 5.17.0, Triton 3.6.0; torch + transformers +
+#                      Triton only, the repository on PYTHONPATH, none of verl-rhythm's install requirements):
+#                      hook, capture, variants, the kernels, and the dry run of `bash benchmarks/gpu_check.sh`.
+#   tf-newest          the newest transformers on the index when this was written (5.25.0; verl 0.9.1 refuses it,
+#                      so no verl), Triton 3.9.0: hook, capture, variants, the kernels.
+#
+# transformers above 5.10 cannot be installed next to verl 0.9.1 (it requires <5.11), so those environments test the
+# part of verl-rhythm that does not import verl (the capture, the hook, the kernels, the CPU flash-attn).
+#
+# Usage: bash tests/matrix.sh [ENV ...]   (default: all). Exit status 1 if any environment failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+C=tests/constraints-cpu.txt
+
+CORE="tests/test_hook_on_cpu.py tests/test_hook_uninstall_on_cpu.py tests/test_capture_on_cpu.py \
+tests/test_capture_batched_on_cpu.py tests/test_capture_edge_on_cpu.py tests/test_capture_variants_on_cpu.py \
+tests/test_capture_kernels_on_cpu.py tests/test_cpu_flash_attn_on_cpu.py"
+TRITON="tests/test_capture_triton_on_cpu.py"
+ENGINE="tests/test_glue_engine_on_cpu.py"
+
+# name | how to install (verl: '.[test]' with verl; bare: torch + the pins + pytest, no verl) | pins | tests
+ENVS=(
+  "tf5.9.0-triton3.6|verl|transformers==5.9.0 triton==3.6.0|$CORE $TRITON $ENGINE"
+  "tf5.5.3|verl|transformers==5.5.3|$CORE $ENGINE"
+  "image|bare|transformers==5.17.0 triton==3.6.0|$CORE $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
+  "tf-newest|bare|transformers==5.25.0 triton==3.9.0|$CORE $TRITON"
+)
+
+wanted=("$@")
+summary=()
+failed=0
+for spec in "${ENVS[@]}"; do
+  IFS='|' read -r name kind pins tests <<<"$spec"
+  if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then
+    continue
+  fi
+  venv=".venv-$name"
+  echo
+  echo "================ matrix: $name ($pins; $kind) ================"
+  t0=$(date +%s)
+  status=ok
+  {
+    if [ ! -x "$venv/bin/python" ]; then "$PY" -m venv "$venv"; fi
+    "$venv/bin/pip" install -q -c "$C" torch==2.13.0 &&
+    if [ "$kind" = verl ]; then
+      # pip lets the pins override: verl 0.9.1 accepts transformers >=5.5.3,<5.11
+      "$venv/bin/pip" install -q -c "$C" -e '.[test]' $pins
+    else
+      "$venv/bin/pip" install -q -c "$C" $pins pytest hypothesis
+    fi
+  } || status="install failed"
+  t1=$(date +%s)
+  versions=$("$venv/bin/python" -c 'import importlib.metadata as m
+def v(p):
+    try:
+        return m.version(p)
+    except m.PackageNotFoundError:
+        return "-"
+print(" ".join(f"{p} {v(p)}" for p in ("torch", "transformers", "triton", "verl")))' 2>/dev/null || echo "?")
+  echo "versions: $versions"
+  counts=""
+  if [ "$status" = ok ]; then
+    log=$(mktemp)
+    # shellcheck disable=SC2086
+    PYTHONPATH="$PWD" "$venv/bin/python" -m pytest -q -p no:cacheprovider $tests 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    counts=$(tail -n 1 "$log" | sed 's/=//g; s/^ *//; s/ *$//')
+    rm -f "$log"
+    [ "$rc" = 0 ] || status="tests failed"
+  fi
+  t2=$(date +%s)
+  [ "$status" = ok ] || failed=1
+  summary+=("matrix $name: $status | $versions | $counts | setup $((t1 - t0))s, tests $((t2 - t1))s")
+done
+echo
+echo "================ matrix summary ================"
+printf '%s\n' "${summary[@]}"
+exit $failed
