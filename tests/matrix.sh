@@ -39,6 +39,11 @@ ENVS=(
   "tf-newest|bare|transformers==5.25.0 triton==3.9.0|$CORE $TRITON"
 )
 
+pipq() {  # pip, quiet, without the lines about absent local index folders
+  "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"
+  return "${PIPESTATUS[0]}"
+}
+
 wanted=("$@")
 summary=()
 failed=0
@@ -54,12 +59,12 @@ for spec in "${ENVS[@]}"; do
   status=ok
   {
     if [ ! -x "$venv/bin/python" ]; then "$PY" -m venv "$venv"; fi
-    "$venv/bin/pip" install -q -c "$C" torch==2.13.0 &&
+    pipq "$venv/bin/pip" install -q -c "$C" torch==2.13.0 &&
     if [ "$kind" = verl ]; then
-      # pip lets the pins override: verl 0.9.1 accepts transformers >=5.5.3,<5.11
-      "$venv/bin/pip" install -q -c "$C" -e '.[test]' $pins
+      # the pins win over verl-rhythm's and verl's own ranges (verl 0.9.1: transformers >=5.5.3,<5.11)
+      pipq "$venv/bin/pip" install -q -c "$C" -e '.[test]' $pins
     else
-      "$venv/bin/pip" install -q -c "$C" $pins pytest hypothesis
+      pipq "$venv/bin/pip" install -q -c "$C" $pins pytest hypothesis
     fi
   } || status="install failed"
   t1=$(date +%s)

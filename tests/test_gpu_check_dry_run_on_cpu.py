@@ -7,7 +7,9 @@ mode, bf16 only, as on a GPU), so that the first GPU run cannot fail on an impor
 The version matrix (``tests/matrix.sh``) runs this file in the GPU image's versions (transformers 5.17.0, Triton
 3.6.0, no verl): only torch, transformers and Triton installed, the repository on ``PYTHONPATH``. What is asserted:
 exit status 0, every stage's JSON in OUT with its checks passed, the versions the summary names are this Python's,
-and the kernels stage covered bf16 in every variant, fp16 and fp32 on the Triton path.
+the kernels stage covered bf16 in every variant, fp16 and fp32 on the Triton path, and the engine stage either said
+in one line that verl is missing or, where verl is installed, ran verl's FSDP engine with sdpa, eager and
+FlashAttention-2, packed and padded.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def test_the_gpu_command_runs_every_stage_on_cpu(tmp_path):
     engine = json.loads((out / "engine.json").read_text())
     if importlib.util.find_spec("verl") is None:
         assert "skipped" in engine and "engine: skipped" in proc.stdout
-    else:
-        assert engine["ok"], engine
+    else:  # verl's FSDP engine: sdpa and eager (fp32 checked, bf16 reported), FlashAttention-2 in bf16 only
+        assert engine["ok"] and engine["versions"]["flash_attn"] == "cpu (verl-rhythm)", engine
+        runs = {(r["attn"], r["dtype"], r["use_remove_padding"]): r for r in engine["runs"]}
+        expected = {(a, d, p) for a in ("sdpa", "eager") for d in ("fp32", "bf16") for p in (True, False)}
+        assert set(runs) == expected | {("flash_attention_2", "bf16", p) for p in (True, False)}
+        for key, run in runs.items():
+            assert "error" not in run and run["ok"] and run["check"] == (key[1] == "fp32"), run
     assert "gpu_check: OK" in proc.stdout
