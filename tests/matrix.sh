@@ -6,18 +6,19 @@
 # calls it after the main suite (transformers 5.10.4, Triton 3.9.0, in .venv).
 #
 #   tf5.9.0-triton3.6  what `pip install 'verl[vllm]==0.9.1'` resolves on a GPU (transformers 5.9.0, Triton 3.6.0),
-#                      with verl: hook, capture paths and variants, CPU flash-attn, the kernels (interpreter and
-#                      compiled), verl's FSDP engine glue.
-#   tf5.5.3            the oldest transformers verl 0.9.1 accepts (>=5.5.3,<5.11), with verl: hook, capture,
-#                      variants, CPU flash-attn, verl's FSDP engine glue (no Triton).
-#   image              the GPU image's stack without verl (transformers 5.17.0, Triton 3.6.0; torch + transformers +
-#                      Triton only, the repository on PYTHONPATH, none of verl-rhythm's install requirements):
-#                      hook, capture, variants, the kernels, and the dry run of `bash benchmarks/gpu_check.sh`.
-#   tf-newest          the newest transformers on the index when this was written (5.25.0; verl 0.9.1 refuses it,
-#                      so no verl), Triton 3.9.0: hook, capture, variants, the kernels.
-#
-# transformers above 5.10 cannot be installed next to verl 0.9.1 (it requires <5.11), so those environments test the
-# part of verl-rhythm that does not import verl (the capture, the hook, the kernels, the CPU flash-attn).
+#                      with verl: TF + TRITON + ENGINE.
+#   tf5.5.3            the oldest transformers verl 0.9.1 accepts (>=5.5.3,<5.11), with verl: TF + ENGINE.
+#   image              the GPU image's stack (transformers 5.17.0, Triton 3.6.0; torch, transformers, Triton, pytest
+#                      and matplotlib only, the repository on PYTHONPATH, none of verl-rhythm's install requirements):
+#                      TF + TRITON + the dry run of `bash benchmarks/gpu_check.sh --out OUT` (every stage on CPU).
+#   tf-newest          the newest transformers on the index when this was written (5.25.0), no verl: TF.
+# TF is what transformers can break (the attention hook and its uninstall, the capture through real model forwards,
+# the attention variants' model classes, transformers' FlashAttention-2 seams under the CPU flash-attn); TRITON the
+# kernels in the interpreter and compiled for sm_80/sm_90/gfx90a/gfx942; ENGINE verl's FSDP engine with the capture.
+# The capture's tensor-level tests (batched, edge, kernels) depend on torch alone, the same 2.13.0 everywhere: the
+# main suite runs them. transformers above 5.10 cannot be installed next to verl 0.9.1 (it requires <5.11), so those
+# environments install no verl and test the part of verl-rhythm that does not import it; the tests that need verl
+# skip there.
 #
 # Usage: bash tests/matrix.sh [ENV ...]   (default: all). Exit status 1 if any environment failed.
 set -uo pipefail
@@ -25,18 +26,17 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 C=tests/constraints-cpu.txt
 
-CORE="tests/test_hook_on_cpu.py tests/test_hook_uninstall_on_cpu.py tests/test_capture_on_cpu.py \
-tests/test_capture_batched_on_cpu.py tests/test_capture_edge_on_cpu.py tests/test_capture_variants_on_cpu.py \
-tests/test_capture_kernels_on_cpu.py tests/test_cpu_flash_attn_on_cpu.py"
+TF="tests/test_hook_on_cpu.py tests/test_hook_uninstall_on_cpu.py tests/test_capture_on_cpu.py \
+tests/test_capture_variants_on_cpu.py tests/test_cpu_flash_attn_on_cpu.py"
 TRITON="tests/test_capture_triton_on_cpu.py"
 ENGINE="tests/test_glue_engine_on_cpu.py"
 
 # name | how to install (verl: '.[test]' with verl; bare: torch + the pins + pytest, no verl) | pins | tests
 ENVS=(
-  "tf5.9.0-triton3.6|verl|transformers==5.9.0 triton==3.6.0|$CORE $TRITON $ENGINE"
-  "tf5.5.3|verl|transformers==5.5.3|$CORE $ENGINE"
-  "image|bare|transformers==5.17.0 triton==3.6.0|$CORE $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
-  "tf-newest|bare|transformers==5.25.0 triton==3.9.0|$CORE $TRITON"
+  "tf5.9.0-triton3.6|verl|transformers==5.9.0 triton==3.6.0|$TF $TRITON $ENGINE"
+  "tf5.5.3|verl|transformers==5.5.3|$TF $ENGINE"
+  "image|bare|transformers==5.17.0 triton==3.6.0|$TF $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
+  "tf-newest|bare|transformers==5.25.0|$TF"
 )
 
 pipq() {  # pip, quiet, without the lines about absent local index folders
@@ -62,9 +62,9 @@ for spec in "${ENVS[@]}"; do
     pipq "$venv/bin/pip" install -q -c "$C" torch==2.13.0 &&
     if [ "$kind" = verl ]; then
       # the pins win over verl-rhythm's and verl's own ranges (verl 0.9.1: transformers >=5.5.3,<5.11)
-      pipq "$venv/bin/pip" install -q -c "$C" -e '.[test]' $pins
+      pipq "$venv/bin/pip" install -q -c "$C" -e '.[test,analyze]' $pins
     else
-      pipq "$venv/bin/pip" install -q -c "$C" $pins pytest hypothesis
+      pipq "$venv/bin/pip" install -q -c "$C" $pins pytest hypothesis matplotlib
     fi
   } || status="install failed"
   t1=$(date +%s)
