@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import sys
 import time
@@ -419,28 +420,31 @@ def regime(device, specs, report, layers, scale, repeats):
             for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 times[k].append(timed(runs[k], device)[0])
         t0, t1 = min(times["stock"]), min(times["capture"])
-        if device.type == "cuda":  # each CUDA default against its alternatives, to settle them
-            default = plain.kernels
-            batched_path = dataclasses.replace(default, triton=False)
-            alternatives = {  # the fused kernels vs the batched path, and each batched-path choice flipped
-                "batched": batched_path,
-                "batched_fp32_grid" if default.low_precision_grid else "batched_bf16_grid": dataclasses.replace(
-                    batched_path, low_precision_grid=not default.low_precision_grid
-                ),
-                "batched_block_loop" if default.tiled_bands else "batched_tiles": dataclasses.replace(
-                    batched_path, tiled_bands=not default.tiled_bands
-                ),
-            }
-            if not default.triton:
+        # each default against its alternatives: settles the CUDA defaults (on CPU it only proves the path)
+        default = plain.kernels
+        batched_path = dataclasses.replace(default, triton=False)
+        alternatives = {  # the fused kernels vs the batched path, and each batched-path choice flipped
+            "batched": batched_path,
+            "batched_fp32_grid" if default.low_precision_grid else "batched_bf16_grid": dataclasses.replace(
+                batched_path, low_precision_grid=not default.low_precision_grid
+            ),
+            "batched_block_loop" if default.tiled_bands else "batched_tiles": dataclasses.replace(
+                batched_path, tiled_bands=not default.tiled_bands
+            ),
+        }
+        if not default.triton and importlib.util.find_spec("triton") is not None:
+            from verl_rhythm.measure.triton_stats import interpreting
+
+            if device.type != "cpu" or interpreting():  # CPU tensors only in Triton's interpreter (dry run)
                 alternatives["triton"] = dataclasses.replace(default, triton=True)
-            for label, kernels in alternatives.items():
-                plain.kernels = kernels
-                try:
-                    runs["capture"]()
-                    row[f"ratio_{label}"] = min(timed(runs["capture"], device)[0] for _ in range(repeats)) / t0
-                finally:
-                    plain.kernels = default
-            row["default"] = "triton" if default.triton else "batched"
+        for label, kernels in alternatives.items():
+            plain.kernels = kernels
+            try:
+                runs["capture"]()
+                row[f"ratio_{label}"] = min(timed(runs["capture"], device)[0] for _ in range(repeats)) / t0
+            finally:
+                plain.kernels = default
+        row["default"] = "triton" if default.triton else "batched"
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
         row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))

@@ -52,6 +52,19 @@ def test_the_gpu_command_runs_every_stage_on_cpu(tmp_path):
         assert all(r["paths"] == ["triton"] for r in kernels), kernels
     (regime,) = json.loads((out / "regime.json").read_text())["rows"]
     assert regime["impl"] == "flash_attention_2" and regime["exact"] and regime["paths"] == ["batched"], regime
+    # the comparisons that settle the CUDA defaults ran (their timings mean nothing on CPU)
+    assert "ratio_batched" in regime and ("ratio_triton" in regime or importlib.util.find_spec("triton") is None)
+    assert ("ratio_batched_fp32_grid" in regime) != ("ratio_batched_bf16_grid" in regime), regime
+    assert ("ratio_batched_block_loop" in regime) != ("ratio_batched_tiles" in regime), regime
+    # the verdict a GPU run prints, from these rows as if a GPU had measured them: one line per default
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu_check import verdict
+
+    exactness = json.loads((out / "exactness.json").read_text())["rows"]
+    lines = verdict({"device": "a GPU", "regime": [{**regime, "default": "triton"}], "exactness": exactness})
+    assert [line.split("=")[0] for line in lines] == [
+        "Kernels.triton", "Kernels.low_precision_grid", "Kernels.tiled_bands", "fused", "capture overhead target (<",
+    ], lines
     engine = json.loads((out / "engine.json").read_text())
     if importlib.util.find_spec("verl") is None:
         assert "skipped" in engine and "engine: skipped" in proc.stdout
