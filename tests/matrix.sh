@@ -3,14 +3,17 @@
 # SPDX-License-Identifier: Apache-2.0
 # The version matrix: the version-sensitive tests under the transformers and Triton releases users run, each in its
 # own venv (.venv-<name>, created if absent) with the CPU torch pinned by tests/constraints-cpu.txt. tests/run.sh
-# calls it after the main suite (transformers 5.10.4, Triton 3.9.0, in .venv).
+# calls it after the main suite (transformers 5.10.4, Triton 3.9.0, in .venv). An environment with verl starts as a
+# copy of .venv (about 30 s instead of 3 to 4 minutes of installing) and gets its pins; one without verl is a fresh
+# venv holding only torch, the pins, pytest and matplotlib, as bare as the GPU image.
 #
 #   tf5.9.0-triton3.6  what `pip install 'verl[vllm]==0.9.1'` resolves on a GPU (transformers 5.9.0, Triton 3.6.0),
 #                      with verl: TF + TRITON + ENGINE.
 #   tf5.5.3            the oldest transformers verl 0.9.1 accepts (>=5.5.3,<5.11), with verl: TF + ENGINE.
 #   image              the GPU image's stack (transformers 5.17.0, Triton 3.6.0; torch, transformers, Triton, pytest
 #                      and matplotlib only, the repository on PYTHONPATH, none of verl-rhythm's install requirements):
-#                      TF + TRITON + the dry run of `bash benchmarks/gpu_check.sh --out OUT` (every stage on CPU).
+#                      the hook, TRITON, and the dry run of `bash benchmarks/gpu_check.sh --out OUT` (every stage on
+#                      CPU: the capture through models of this transformers, the kernels in this Triton).
 #   tf-newest          the newest transformers on the index when this was written (5.25.0), no verl: TF.
 # TF is what transformers can break (the attention hook and its uninstall, the capture through real model forwards,
 # the attention variants' model classes, transformers' FlashAttention-2 seams under the CPU flash-attn); TRITON the
@@ -35,7 +38,7 @@ ENGINE="tests/test_glue_engine_on_cpu.py"
 ENVS=(
   "tf5.9.0-triton3.6|verl|transformers==5.9.0 triton==3.6.0|$TF $TRITON $ENGINE"
   "tf5.5.3|verl|transformers==5.5.3|$TF $ENGINE"
-  "image|bare|transformers==5.17.0 triton==3.6.0|$TF $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
+  "image|bare|transformers==5.17.0 triton==3.6.0|tests/test_hook_on_cpu.py $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
   "tf-newest|bare|transformers==5.25.0|$TF"
 )
 
@@ -58,13 +61,19 @@ for spec in "${ENVS[@]}"; do
   t0=$(date +%s)
   status=ok
   {
-    if [ ! -x "$venv/bin/python" ]; then "$PY" -m venv "$venv"; fi
-    pipq "$venv/bin/pip" install -q -c "$C" torch==2.13.0 &&
+    if [ ! -x "$venv/bin/python" ]; then
+      if [ "$kind" = verl ] && [ -x .venv/bin/python ]; then
+        cp -a .venv "$venv"   # the main suite's venv (verl 0.9.1, CPU torch 2.13.0): only the pins change below
+      else
+        "$PY" -m venv "$venv"
+      fi
+    fi
+    pipq "$venv/bin/python" -m pip install -q -c "$C" torch==2.13.0 &&
     if [ "$kind" = verl ]; then
       # the pins win over verl-rhythm's and verl's own ranges (verl 0.9.1: transformers >=5.5.3,<5.11)
-      pipq "$venv/bin/pip" install -q -c "$C" -e '.[test,analyze]' $pins
+      pipq "$venv/bin/python" -m pip install -q -c "$C" -e '.[test,analyze]' $pins
     else
-      pipq "$venv/bin/pip" install -q -c "$C" $pins pytest hypothesis matplotlib
+      pipq "$venv/bin/python" -m pip install -q -c "$C" $pins pytest hypothesis matplotlib
     fi
   } || status="install failed"
   t1=$(date +%s)
