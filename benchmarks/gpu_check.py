@@ -420,6 +420,7 @@ def regime(device, specs, report, layers, scale, repeats):
             for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 times[k].append(timed(runs[k], device)[0])
         t0, t1 = min(times["stock"]), min(times["capture"])
+        paths = sorted(set(plain.paths.values()))  # the default's (the alternatives below overwrite plain.paths)
         # each default against its alternatives: settles the CUDA defaults (on CPU it only proves the path)
         default = plain.kernels
         batched_path = dataclasses.replace(default, triton=False)
@@ -447,7 +448,7 @@ def regime(device, specs, report, layers, scale, repeats):
         row["default"] = "triton" if default.triton else "batched"
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
-        row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))
+        row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=paths)
         row["ratio_full_depth_estimate"] = 1 + extra_full / (t0 * full / nl)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
