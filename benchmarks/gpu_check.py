@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import sys
 import time
@@ -230,6 +231,88 @@ def exactness(device, report):
     return ok
 
 
+def dense_variant64(query, key, scaling, lay, cfg, *, window=None, softcap=None, sinks=None):
+    """The dense reference of one layout with an attention variant, from float64 maps of the given q/k."""
+    cols = slice(lay.start, lay.start + lay.length)
+    q = query[lay.row, :, cols].double()
+    k = key[lay.row, :, cols].double().repeat_interleave(query.shape[1] // key.shape[1], 0)
+    z = q @ k.transpose(1, 2) * scaling
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    t = torch.arange(lay.length, device=z.device)
+    allowed = t[:, None] >= t[None, :]
+    if window:
+        allowed &= t[:, None] - t[None, :] < window
+    z = z.masked_fill(~allowed, float("-inf"))
+    if sinks is not None:  # one more logit per row, dropped after the softmax (gpt-oss)
+        sink = sinks.double()[:, None, None].expand(-1, lay.length, 1)
+        maps = torch.softmax(torch.cat([z, sink], -1), -1)[..., :-1]
+    else:
+        maps = torch.softmax(z, -1)
+    zmax = float(z.masked_fill(~allowed, 0).abs().max()) if lay.length else 0.0
+    heads = [(0, h) for h in range(query.shape[1])]
+    resp = lay.response_mask.to(z.device)
+    return head_stats_dense(maps, resp, heads, cfg.waad_window, cfg.fai_horizon_lo, cfg.fai_horizon_hi), zmax
+
+
+KERNEL_CASES = [("bfloat16", "plain"), ("bfloat16", "window"), ("bfloat16", "softcap"), ("bfloat16", "sinks"),
+                ("float16", "plain"), ("float32", "plain")]  # fmt: skip
+"""(dtype, variant) pairs of the kernels stage: every variant in bf16 (verl's actor dtype), plain fp16 and fp32;
+each pair is one Triton compile per kernel."""
+
+
+def kernels_exactness(device, report, head_dim=128):
+    """The fused Triton kernels (``Kernels.triton``, the CUDA default where Triton is installed) against float64
+    dense maps of the same q/k: a packed row of sequences crossing the 64-row tile, GQA 4:1 (8 heads, 2 kv), head dim
+    ``head_dim``; bf16 in every variant (sliding window, soft-capping, sinks), fp16 and fp32 plain. On CPU tensors
+    the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by the wrapper script for a dry run)."""
+    from verl_rhythm.measure.kernels import kernels_for
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        report["kernels"].append({"skipped": "triton is not installed"})
+        print("kernels: skipped (triton is not installed)", flush=True)
+        return True
+    cfg = RhythmConfig(layers=(0,), waad_window=4, fai_horizon_lo=3, fai_horizon_hi=40)
+    plan = dataclasses.replace(kernels_for(device.type), triton=True)
+    lengths, prompts = [130, 45, 1, 70, 8, 200], [5, 44, 0, 29, 8, 50]
+    starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
+    layouts = [SequenceLayout(0, a, n, torch.arange(n) >= p) for a, n, p in zip(starts, lengths, prompts, strict=True)]
+    variants = {"plain": {}, "window": {"window": 33}, "softcap": {"softcap": 5.0},
+                "sinks": {"sinks": torch.tensor([0.5, 3.0, -1.0, 8.0, 0.0, 2.0, -3.0, 1.0])}}  # fmt: skip
+    g = torch.Generator().manual_seed(11)
+    ok = True
+    for dtype_name, variant in KERNEL_CASES:
+        dtype = getattr(torch, dtype_name)
+        t0 = time.perf_counter()
+        s = sum(lengths)
+        q = (torch.randn(1, 8, s, head_dim, generator=g) * 2.0).to(dtype).to(device)
+        k = (torch.randn(1, 2, s, head_dim, generator=g) * 2.0).to(dtype).to(device)
+        opts = {name: (v.to(device) if isinstance(v, torch.Tensor) else v) for name, v in variants[variant].items()}
+        cap = RhythmCapture(cfg, 1, layouts, kernels=plan)
+        cap.to(device)
+        scaling = head_dim**-0.5 * 4
+        cap.record(0, q, k, scaling, sliding_window=opts.get("window"), softcap=opts.get("softcap"),
+                   s_aux=opts.get("sinks"))  # fmt: skip
+        worst, bound_ok = 0.0, True
+        for lay, got in zip(layouts, cap.head_stats(), strict=True):
+            ref, zmax = dense_variant64(q, k, scaling, lay, cfg, **opts)
+            tol = 1e-5 + 10 * EPS32 * zmax
+            for name in ("waad", "fai_num"):
+                a, b = getattr(got, name).double().cpu(), getattr(ref, name).double().cpu()
+                err = float((a - b).abs().max()) if a.numel() else 0.0
+                worst = max(worst, err)
+                bound_ok &= err <= tol
+        row = {"dtype": dtype_name, "variant": variant, "head_dim": head_dim, "paths": sorted(set(cap.paths.values())),
+               "kernels_vs_fp64": worst, "s": time.perf_counter() - t0}  # fmt: skip
+        row["ok"] = bound_ok and row["paths"] == ["triton"]
+        ok &= row["ok"]
+        report["kernels"].append(row)
+        print(json.dumps(row), flush=True)
+    return ok
+
+
 QWEN3_8B = dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, inter=12288, vocab=151936, full_layers=36)
 
 
@@ -339,31 +422,35 @@ def regime(device, specs, report, layers, scale, repeats):
             for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 times[k].append(timed(runs[k], device)[0])
         t0, t1 = min(times["stock"]), min(times["capture"])
-        if device.type == "cuda":  # each CUDA default against its alternatives, to settle them
-            default = plain.kernels
-            batched_path = dataclasses.replace(default, triton=False)
-            alternatives = {  # the fused kernels vs the batched path, and each batched-path choice flipped
-                "batched": batched_path,
-                "batched_fp32_grid" if default.low_precision_grid else "batched_bf16_grid": dataclasses.replace(
-                    batched_path, low_precision_grid=not default.low_precision_grid
-                ),
-                "batched_block_loop" if default.tiled_bands else "batched_tiles": dataclasses.replace(
-                    batched_path, tiled_bands=not default.tiled_bands
-                ),
-            }
-            if not default.triton:
+        paths = sorted(set(plain.paths.values()))  # the default's (the alternatives below overwrite plain.paths)
+        # each default against its alternatives: settles the CUDA defaults (on CPU it only proves the path)
+        default = plain.kernels
+        batched_path = dataclasses.replace(default, triton=False)
+        alternatives = {  # the fused kernels vs the batched path, and each batched-path choice flipped
+            "batched": batched_path,
+            "batched_fp32_grid" if default.low_precision_grid else "batched_bf16_grid": dataclasses.replace(
+                batched_path, low_precision_grid=not default.low_precision_grid
+            ),
+            "batched_block_loop" if default.tiled_bands else "batched_tiles": dataclasses.replace(
+                batched_path, tiled_bands=not default.tiled_bands
+            ),
+        }
+        if not default.triton and importlib.util.find_spec("triton") is not None:
+            from verl_rhythm.measure.triton_stats import interpreting
+
+            if device.type != "cpu" or interpreting():  # CPU tensors only in Triton's interpreter (dry run)
                 alternatives["triton"] = dataclasses.replace(default, triton=True)
-            for label, kernels in alternatives.items():
-                plain.kernels = kernels
-                try:
-                    runs["capture"]()
-                    row[f"ratio_{label}"] = min(timed(runs["capture"], device)[0] for _ in range(repeats)) / t0
-                finally:
-                    plain.kernels = default
-            row["default"] = "triton" if default.triton else "batched"
+        for label, kernels in alternatives.items():
+            plain.kernels = kernels
+            try:
+                runs["capture"]()
+                row[f"ratio_{label}"] = min(timed(runs["capture"], device)[0] for _ in range(repeats)) / t0
+            finally:
+                plain.kernels = default
+        row["default"] = "triton" if default.triton else "batched"
         full = QWEN3_8B["full_layers"]
         extra_full = (t1 - t0) * 5 / len(plain.layers)  # 5 captured layers on the full model
-        row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=sorted(set(plain.paths.values())))
+        row.update(t_stock=t0, t_capture=t1, ratio=t1 / t0, paths=paths)
         row["ratio_full_depth_estimate"] = 1 + extra_full / (t0 * full / nl)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -443,6 +530,56 @@ def overhead_one(model, n, cfg, device, repeats):
     }
 
 
+def verdict(report) -> list[str]:
+    """One line per CUDA default the figures bear on: confirmed, overturned, or not settled by this run."""
+    lines = []
+    cuda = report["device"] != "cpu"
+    rows = [r for r in report["regime"] if "ratio" in r]
+
+    def say(default, outcome, why):
+        lines.append(f"{default}: {outcome} ({why})")
+
+    if not cuda:
+        return ["CUDA defaults: not settled (dry run on CPU: the timings and the fused parity are CUDA figures)"]
+    if rows and all("ratio_batched" in r for r in rows):
+        default = rows[0].get("default")
+        faster = [r["ratio"] <= r["ratio_batched"] for r in rows]
+        figures = ", ".join(f"{r['micro_batch']}: default {r['ratio']:.3f} vs batched {r['ratio_batched']:.3f}"
+                            for r in rows)  # fmt: skip
+        if default == "triton":
+            say("Kernels.triton=True (the fused Triton kernels on CUDA)", "confirmed" if all(faster) else
+                "overturned: the batched path was faster" if not any(faster) else "mixed", figures)  # fmt: skip
+        else:
+            say("Kernels.triton (CUDA)", "not installed here: batched path measured", figures)
+    for key, flag in (("ratio_batched_fp32_grid", "Kernels.low_precision_grid=True"),
+                      ("ratio_batched_bf16_grid", "Kernels.low_precision_grid=False"),
+                      ("ratio_batched_block_loop", "Kernels.tiled_bands=True"),
+                      ("ratio_batched_tiles", "Kernels.tiled_bands=False")):  # fmt: skip
+        got = [r for r in rows if key in r and "ratio_batched" in r]
+        if got:
+            kept = [r["ratio_batched"] <= r[key] for r in got]
+            figures = ", ".join(f"{r['micro_batch']}: {r['ratio_batched']:.3f} vs {r[key]:.3f}" for r in got)
+            say(flag, "confirmed" if all(kept) else "overturned" if not any(kept) else "mixed", figures)
+    fused = [r for r in report["exactness"] if r.get("dtype") == "float32" and r.get("sdpa_paths") == ["fused"]]
+    if fused:
+        parity = max(r["logits_vs_stock"] for r in fused)
+        say("fused=None means CPU only (opt-in on CUDA)",
+            "could become a CUDA default: parity holds" if parity <= 1e-4 else "confirmed: parity fails",
+            f"fp32 logits vs stock SDPA: {parity:.2e} (bound 1e-4)")  # fmt: skip
+    else:
+        say("fused=None means CPU only (opt-in on CUDA)", "confirmed",
+            "the fused path did not run on CUDA (no kernel with the log-sum-exp for these rows)")  # fmt: skip
+    if rows:
+        worst = max(r["ratio_full_depth_estimate"] for r in rows)
+        say("capture overhead target (<= 2 % at full depth, 5 layers)", "met" if worst <= 1.02 else "missed",
+            f"worst estimate {100 * (worst - 1):.2f} %")  # fmt: skip
+    return lines
+
+
+STAGES = ("kernels", "exactness", "regime", "overhead")
+"""The stages, in order; each writes ``OUT/<stage>.json`` as it finishes (``OUT/summary.json`` at the end)."""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -451,9 +588,11 @@ def main(argv=None):
     parser.add_argument("--regime", nargs="*", default=["16x1024", "2x8192"], help="training-regime micro-batches")
     parser.add_argument("--regime-layers", type=int, default=4, help="layers of the Qwen3-8B-shaped model")
     parser.add_argument("--regime-scale", type=int, default=1, help="divide the Qwen3-8B widths (CPU dry run)")
+    parser.add_argument("--kernel-head-dim", type=int, default=128, help="head dim of the kernels stage")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--smollm2", help="a converted SmolLM2 HF folder (else a SmolLM2-shaped random model)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
-    parser.add_argument("--out", help="write the JSON report here")
+    parser.add_argument("--out", help="a folder: OUT/<stage>.json as each stage finishes, OUT/summary.json")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -466,29 +605,54 @@ def main(argv=None):
 
     install_attention_hook()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = {"torch": torch.__version__, "transformers": transformers.__version__, "device": name,
-              "exactness": [], "overhead": [], "regime": []}  # fmt: skip
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {name}", flush=True)
+    try:
+        import triton
 
-    def save(stage: str) -> None:  # each stage's rows reach --out as soon as it finishes
-        report["finished"] = [*report.get("finished", []), stage]
-        if args.out:
-            Path(args.out).write_text(json.dumps(report, indent=1))
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    report = {"torch": torch.__version__, "transformers": transformers.__version__, "triton": triton_version,
+              "device": name, "kernels": [], "exactness": [], "overhead": [], "regime": [], "finished": [],
+              "seconds": {}}  # fmt: skip
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, triton {triton_version}, "
+          f"device {name}", flush=True)  # fmt: skip
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def save(stage: str, ok: bool, t0: float) -> None:  # each stage's rows reach OUT as soon as it finishes
+        report["finished"].append(stage)
+        report["seconds"][stage] = round(time.perf_counter() - t0, 1)
+        print(f"{stage} {'OK' if ok else 'FAILED'} ({report['seconds'][stage]:.0f}s)", flush=True)
+        if out:
+            rows = {"device": name, "ok": ok, "seconds": report["seconds"][stage], "rows": report[stage]}
+            (out / f"{stage}.json").write_text(json.dumps(rows, indent=1))
 
     t = time.perf_counter()
-    ok = exactness(device, report)
-    save("exactness")
-    print(f"exactness {'OK' if ok else 'FAILED'} ({time.perf_counter() - t:.0f}s)", flush=True)
-    if args.regime:
-        t1 = time.perf_counter()
-        regime_ok = regime(device, args.regime, report, args.regime_layers, args.regime_scale, args.repeats)
-        print(f"regime exactness {'OK' if regime_ok else 'FAILED'} ({time.perf_counter() - t1:.0f}s)", flush=True)
-        ok &= regime_ok
-        save("regime")
+    ok = True
+    for stage in args.stages:
+        t0 = time.perf_counter()
+        if stage == "kernels":
+            stage_ok = kernels_exactness(device, report, args.kernel_head_dim)
+        elif stage == "exactness":
+            stage_ok = exactness(device, report)
+        elif stage == "regime":
+            stage_ok = regime(device, args.regime, report, args.regime_layers, args.regime_scale, args.repeats)
+        else:
+            overhead(device, args.sizes, report, args.smollm2, args.repeats)
+            stage_ok = True
+        ok &= stage_ok
+        save(stage, stage_ok, t0)
     report["ok"] = ok
-    overhead(device, args.sizes, report, args.smollm2, args.repeats)
-    save("overhead")
-    print(f"done in {time.perf_counter() - t:.0f}s", flush=True)
+    report["verdict"] = verdict(report)
+    print("CUDA defaults, as these figures settle them:", flush=True)
+    for line in report["verdict"]:
+        print("  " + line, flush=True)
+    if out:
+        summary = {k: report[k] for k in ("torch", "transformers", "triton", "device", "finished", "seconds", "ok",
+                                          "verdict")}  # fmt: skip
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"done in {time.perf_counter() - t:.0f}s: {'OK' if ok else 'FAILED'}", flush=True)
     sys.exit(0 if ok else 1)
 
 

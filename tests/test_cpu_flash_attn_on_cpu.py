@@ -431,6 +431,7 @@ def test_install_refuses_when_another_flash_attn_is_findable(monkeypatch):
 
 
 def test_verl_attention_utils_resolve_to_bert_padding(installed):
+    pytest.importorskip("verl", reason="verl is not installed (the matrix's transformers > 5.10 environments)")
     from verl.utils import attention_utils
 
     for name in ("_index_first_axis", "_pad_input", "_rearrange", "_unpad_input"):
@@ -546,6 +547,39 @@ def test_bf16_model_in_strict_mode(installed, spies):
         with pytest.raises(RuntimeError, match="FlashAttention only support fp16 and bf16 data type"):
             flash32(ids, attention_mask=mask)  # fp32 without autocast: what the CUDA kernel rejects
     assert spies["flash_attn_varlen_func"] and set(spies["flash_attn_varlen_func"][:-1]) == {torch.bfloat16}
+
+
+def test_cpu_autocast_reaches_the_kernel_in_its_dtype_whatever_transformers_reads():
+    """transformers 5.5 to 5.9 cast fp32 q/k for FlashAttention only under CUDA's autocast (``get_target_dtype``
+    reads ``torch.is_autocast_enabled("cuda")``): installed, the CPU flash-attn makes it read the query's device, as
+    5.10 does. Shown on a function written as 5.9's (the matrix runs the real one through
+    ``test_bf16_model_in_strict_mode``), and on this transformers' own."""
+    import transformers.integrations.flash_attention as fa_integration
+
+    def cuda_only(query, module):  # transformers 5.9.0's logic
+        if query.dtype == torch.float32:
+            if torch.is_autocast_enabled("cuda"):
+                return torch.get_autocast_dtype("cuda")
+            return next(m for m in module.modules() if isinstance(m, torch.nn.Linear)).weight.dtype
+        return None
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    q32 = torch.zeros(1, 2, 3, 4)
+    assert fa_install._reads_only_cuda_autocast(cuda_only)
+    fixed = fa_install._device_autocast_target_dtype(cuda_only)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cuda_only(q32, module) == torch.float32 and fixed(q32, module) == torch.bfloat16
+    assert fixed(q32, module) == torch.float32 and fixed(q32.bfloat16(), module) is None
+    _skip_if_real_flash_attn()
+    stock = fa_integration.get_target_dtype
+    fa_install.uninstall()
+    fa_install.install()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fa_integration.get_target_dtype(q32, module) == torch.bfloat16
+    finally:
+        fa_install.uninstall()
+    assert fa_integration.get_target_dtype is stock
 
 
 def test_gpt_oss_is_refused_flash_attention_2(installed, spies):

@@ -19,6 +19,14 @@ Logits are ``tl.dot`` with fp32 accumulation: tensor cores for bf16/fp16 inputs 
 inputs (no TF32). ``UPCAST`` converts bf16 tiles to fp32 before the dot (the same products), for Triton's CPU
 interpreter, whose bf16 ``tl.dot`` is wrong in 3.9. Sliding windows, soft-capping and sinks are computed exactly.
 
+Loops over a runtime range (``for c0 in range(lo, hi, BLOCK_N)``) are what the compiled kernels need (Triton
+pipelines ``scf.for`` loops only), but Triton 3.6's interpreter cannot run them with NumPy 2.4: it turns the bounds,
+scalars stored as one-element arrays, into Python ints with ``int(array)``, which NumPy 2.4 refuses ("only
+0-dimensional arrays can be converted to Python scalars"; Triton 3.9 squeezes first). So each loop body is one
+``@triton.jit`` step function (:func:`_rows_step`, :func:`_columns_step`), driven by that ``for`` loop when compiled
+and by an equivalent ``while`` loop (``WHILE_LOOP``, a constexpr set in the interpreter; its condition reads the
+scalar with ``bool``, which works there) when interpreted: the interpreter tests run the same steps.
+
 Extra memory: four ``(H, T)`` fp32 vectors and ``(tiles, H)`` partial spans: O(tokens × heads). On CPU tensors the
 kernels run in Triton's interpreter (tests), which ``TRITON_INTERPRET=1`` selects for the whole process.
 """
@@ -73,6 +81,31 @@ def _logits(q, k, scale, softcap, SOFTCAP: tl.constexpr, IEEE: tl.constexpr):
     return z
 
 
+@triton.jit
+def _rows_step(c0, q, rows, m, l_sum, e_sum, w_sum, k_ptr, b, kh, start, n, sk_b, sk_h, sk_s, sk_d,
+               scale, softcap, window, W: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+               IEEE: tl.constexpr):  # fmt: skip
+    """One key block (columns ``c0 ...``) of :func:`_rows`' online softmax: the running max and the three running
+    sums, rescaled."""
+    cols = c0 + tl.arange(0, BLOCK_N)
+    k = _block(k_ptr, b, kh, start, cols, n, sk_b, sk_h, sk_s, sk_d, D, BLOCK_D, UPCAST)
+    z = _logits(q, k, scale, softcap, SOFTCAP, IEEE)
+    delta = rows[:, None] - cols[None, :]
+    ok = (delta >= 0) & (cols[None, :] < n)
+    if WINDOW:
+        ok = ok & (delta < window)
+    z = tl.where(ok, z, float("-inf"))
+    m_new = tl.maximum(m, tl.max(z, 1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(z - m_new[:, None])
+    near = tl.where(delta < W, delta - W, 0).to(tl.float32)
+    l_sum = l_sum * alpha + tl.sum(p, 1)
+    e_sum = e_sum * alpha + tl.sum(p * cols[None, :].to(tl.float32), 1)
+    w_sum = w_sum * alpha + tl.sum(p * near, 1)
+    return m_new, l_sum, e_sum, w_sum
+
+
 def _rows(
     q_ptr, k_ptr, tiles_ptr, resp_ptr, sinks_ptr,
     lse_ptr, dist_ptr, waad_ptr, span_ptr,
@@ -81,6 +114,7 @@ def _rows(
     W: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    WHILE_LOOP: tl.constexpr = False,
 ):  # fmt: skip
     tile = tl.program_id(0)
     h = tl.program_id(1)
@@ -97,23 +131,20 @@ def _rows(
     if WINDOW:
         lo = tl.maximum(row0 - window + 1, 0) // BLOCK_N * BLOCK_N
     hi = tl.minimum(row0 + BLOCK_M, n)
-    for c0 in range(lo, hi, BLOCK_N):
-        cols = c0 + tl.arange(0, BLOCK_N)
-        k = _block(k_ptr, b, kh, start, cols, n, sk_b, sk_h, sk_s, sk_d, D, BLOCK_D, UPCAST)
-        z = _logits(q, k, scale, softcap, SOFTCAP, IEEE)
-        delta = rows[:, None] - cols[None, :]
-        ok = (delta >= 0) & (cols[None, :] < n)
-        if WINDOW:
-            ok = ok & (delta < window)
-        z = tl.where(ok, z, float("-inf"))
-        m_new = tl.maximum(m, tl.max(z, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(z - m_new[:, None])
-        near = tl.where(delta < W, delta - W, 0).to(tl.float32)
-        l_sum = l_sum * alpha + tl.sum(p, 1)
-        e_sum = e_sum * alpha + tl.sum(p * cols[None, :].to(tl.float32), 1)
-        w_sum = w_sum * alpha + tl.sum(p * near, 1)
-        m = m_new
+    if WHILE_LOOP:  # Triton's interpreter (see the module docstring): the same step, a while loop
+        c0 = lo
+        while c0 < hi:
+            m, l_sum, e_sum, w_sum = _rows_step(
+                c0, q, rows, m, l_sum, e_sum, w_sum, k_ptr, b, kh, start, n, sk_b, sk_h, sk_s, sk_d,
+                scale, softcap, window, W, D, BLOCK_D, BLOCK_N, SOFTCAP, WINDOW, UPCAST, IEEE,
+            )  # fmt: skip
+            c0 += BLOCK_N
+    else:
+        for c0 in range(lo, hi, BLOCK_N):
+            m, l_sum, e_sum, w_sum = _rows_step(
+                c0, q, rows, m, l_sum, e_sum, w_sum, k_ptr, b, kh, start, n, sk_b, sk_h, sk_s, sk_d,
+                scale, softcap, window, W, D, BLOCK_D, BLOCK_N, SOFTCAP, WINDOW, UPCAST, IEEE,
+            )  # fmt: skip
     row_sum = 1.0
     if SINKS:
         sink = tl.load(sinks_ptr + h)
@@ -137,12 +168,33 @@ def _rows(
     tl.store(span_ptr + tile * num_heads + h, tl.sum(tl.where(resp != 0, dist, 0.0), 0))
 
 
+@triton.jit
+def _columns_step(r0, k, cols, col_ok, q_ptr, lse_ptr, resp_ptr, b, h, start, n, tok, tokens, sq_b, sq_h, sq_s, sq_d,
+                  scale, softcap, window, horizon_lo, horizon_hi, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+                  IEEE: tl.constexpr):  # fmt: skip
+    """One query block (rows ``r0 ...``) of :func:`_columns`: its contribution to the FAI column numerators."""
+    rows = r0 + tl.arange(0, BLOCK_N)
+    row_ok = rows < n
+    q = _block(q_ptr, b, h, start, rows, n, sq_b, sq_h, sq_s, sq_d, D, BLOCK_D, UPCAST)
+    z = _logits(q, k, scale, softcap, SOFTCAP, IEEE)  # (rows, cols)
+    lse = tl.load(lse_ptr + h * tokens + tok + rows, mask=row_ok, other=0.0)
+    resp = tl.load(resp_ptr + tok + rows, mask=row_ok, other=0)
+    delta = rows[:, None] - cols[None, :]
+    ok = (delta >= horizon_lo) & (delta <= horizon_hi) & row_ok[:, None] & col_ok[None, :] & (resp != 0)[:, None]
+    if WINDOW:
+        ok = ok & (delta < window)
+    p = tl.exp(tl.minimum(z - lse[:, None], 0.0))
+    return tl.sum(tl.where(ok, p, 0.0), 0)
+
+
 def _columns(
     q_ptr, k_ptr, tiles_ptr, resp_ptr, lse_ptr, fai_ptr,
     sq_b, sq_h, sq_s, sq_d, sk_b, sk_h, sk_s, sk_d,
     tokens, scale, softcap, window, horizon_lo, horizon_hi,
     G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    WHILE_LOOP: tl.constexpr = False,
 ):  # fmt: skip
     tile = tl.program_id(0)
     h = tl.program_id(1)
@@ -153,19 +205,20 @@ def _columns(
     fai = tl.zeros([BLOCK_M], tl.float32)
     r_lo = (col0 + horizon_lo) // BLOCK_N * BLOCK_N
     r_hi = tl.minimum(col0 + BLOCK_M + horizon_hi, n)
-    for r0 in range(r_lo, r_hi, BLOCK_N):
-        rows = r0 + tl.arange(0, BLOCK_N)
-        row_ok = rows < n
-        q = _block(q_ptr, b, h, start, rows, n, sq_b, sq_h, sq_s, sq_d, D, BLOCK_D, UPCAST)
-        z = _logits(q, k, scale, softcap, SOFTCAP, IEEE)  # (rows, cols)
-        lse = tl.load(lse_ptr + h * tokens + tok + rows, mask=row_ok, other=0.0)
-        resp = tl.load(resp_ptr + tok + rows, mask=row_ok, other=0)
-        delta = rows[:, None] - cols[None, :]
-        ok = (delta >= horizon_lo) & (delta <= horizon_hi) & row_ok[:, None] & col_ok[None, :] & (resp != 0)[:, None]
-        if WINDOW:
-            ok = ok & (delta < window)
-        p = tl.exp(tl.minimum(z - lse[:, None], 0.0))
-        fai += tl.sum(tl.where(ok, p, 0.0), 0)
+    if WHILE_LOOP:  # Triton's interpreter (see the module docstring): the same step, a while loop
+        r0 = r_lo
+        while r0 < r_hi:
+            fai += _columns_step(
+                r0, k, cols, col_ok, q_ptr, lse_ptr, resp_ptr, b, h, start, n, tok, tokens, sq_b, sq_h, sq_s, sq_d,
+                scale, softcap, window, horizon_lo, horizon_hi, D, BLOCK_D, BLOCK_N, SOFTCAP, WINDOW, UPCAST, IEEE,
+            )  # fmt: skip
+            r0 += BLOCK_N
+    else:
+        for r0 in range(r_lo, r_hi, BLOCK_N):
+            fai += _columns_step(
+                r0, k, cols, col_ok, q_ptr, lse_ptr, resp_ptr, b, h, start, n, tok, tokens, sq_b, sq_h, sq_s, sq_d,
+                scale, softcap, window, horizon_lo, horizon_hi, D, BLOCK_D, BLOCK_N, SOFTCAP, WINDOW, UPCAST, IEEE,
+            )  # fmt: skip
     tl.store(fai_ptr + h * tokens + tok + cols, fai, mask=col_ok)
 
 
@@ -230,7 +283,8 @@ def layer_stats(
     partial = torch.zeros(tiles.shape[0] + 1, h, **f32)  # + a zero row for the padded tile index
     sink_values = sinks.float().contiguous() if sinks is not None else lse  # never read without SINKS
     common = dict(G=h // key.shape[1], D=d, BLOCK_D=block_d(d), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                  SOFTCAP=bool(softcap), WINDOW=bool(window), UPCAST=upcast, IEEE=ieee)  # fmt: skip
+                  SOFTCAP=bool(softcap), WINDOW=bool(window), UPCAST=upcast, IEEE=ieee,
+                  WHILE_LOOP=interpreting())  # fmt: skip
     strides = (*query.stride(), *key.stride())
     grid = (tiles.shape[0], h)
     if tiles.shape[0]:

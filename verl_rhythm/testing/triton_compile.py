@@ -49,7 +49,8 @@ def _source(name: str, head_dim: int, dtype: str, group: int):
     from verl_rhythm.measure import triton_stats as ts
 
     constexprs = dict(G=group, D=head_dim, BLOCK_D=ts.block_d(head_dim), BLOCK_M=ts.BLOCK_M, BLOCK_N=ts.BLOCK_N,
-                      SOFTCAP=False, WINDOW=False, UPCAST=False, IEEE=dtype == "fp32", sq_d=1, sk_d=1)  # fmt: skip
+                      SOFTCAP=False, WINDOW=False, UPCAST=False, IEEE=dtype == "fp32", WHILE_LOOP=False, sq_d=1,
+                      sk_d=1)  # fmt: skip
     if name == "rows":
         constexprs.update(W=10, SINKS=False)
     return ASTSource(JITFunction(ts.KERNELS[name]), _signature(name, dtype), constexprs=constexprs)

@@ -18,7 +18,13 @@ d. wraps ``PreTrainedModel._flash_attn_can_dispatch`` so that for version 2 it r
    ``is_init_check=True``, which skips only its "model not initialized on GPU" device check (the
    ``_supports_flash_attn`` and import checks still run; other versions pass through unchanged);
 e. resets ``modeling_flash_attention_utils._loaded_implementation`` to ``None`` so that the lazily cached function
-   table is rebuilt from ``flash_attn``.
+   table is rebuilt from ``flash_attn``;
+f. where transformers' ``integrations.flash_attention.get_target_dtype`` reads only CUDA's autocast (transformers
+   5.5 to 5.9: ``torch.is_autocast_enabled("cuda")``; 5.10 asks the query's own device), wraps it so that fp32 q/k
+   under the query device's autocast are cast to the autocast dtype, as transformers 5.10 and later do, and as
+   5.9 does on CUDA. Without it, under 5.9 an fp32 model in ``torch.autocast("cpu", dtype=torch.bfloat16)`` hands
+   fp32 q/k to the kernel (which strict mode rejects, as the CUDA kernels would), while the same forward on CUDA
+   runs in bf16. Decided by probing the stock function (an fp32 CPU query under CPU autocast), not by version.
 
 :func:`uninstall` (idempotent) puts every replaced object back (the very same objects), removes the
 ``sys.modules`` entries it added, resets ``_loaded_implementation`` again and switches strict mode off. The saved
@@ -39,6 +45,8 @@ import sys
 from collections.abc import Iterator
 from types import ModuleType
 
+import torch
+
 from verl_rhythm.backends.cpu import flash_attn as _cpu_flash_attn
 from verl_rhythm.backends.cpu.flash_attn import bert_padding as _cpu_bert_padding
 from verl_rhythm.backends.cpu.flash_attn import is_strict, set_strict
@@ -56,6 +64,29 @@ _saved: dict[str, object] = {}
 def _flash_attn_2_available() -> bool:
     """Stands in for transformers' ``is_flash_attn_2_available`` while installed: the CPU flash-attn is there."""
     return True
+
+
+def _reads_only_cuda_autocast(get_target_dtype) -> bool:
+    """Whether transformers' ``get_target_dtype`` misses the autocast of a CPU query (it reads only CUDA's)."""
+    probe = torch.nn.Linear(1, 1)  # an fp32 module: without autocast the answer is its weight's dtype
+    probe.config = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return get_target_dtype(torch.zeros(1, dtype=torch.float32), probe) != torch.bfloat16
+
+
+def _device_autocast_target_dtype(stock):
+    """``get_target_dtype`` that also honours the autocast of the query's own (non-CUDA) device, as transformers
+    5.10 does; everything else (CUDA, quantized models, no autocast) goes to the stock function."""
+
+    @functools.wraps(stock)
+    def get_target_dtype(query: torch.Tensor, module: torch.nn.Module) -> torch.dtype | None:
+        device_type = query.device.type
+        if query.dtype == torch.float32 and device_type != "cuda" and torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return stock(query, module)
+
+    mark(get_target_dtype, stock)
+    return get_target_dtype
 
 
 def _foreign_flash_attn() -> str | None:
@@ -92,6 +123,7 @@ def install(strict: bool = False) -> None:
             f"refusing to install the CPU flash-attn: {foreign}. The CPU implementation never shadows a real "
             "flash-attn; use that one (on a GPU) or uninstall it."
         )
+    import transformers.integrations.flash_attention as fa_integration
     import transformers.modeling_flash_attention_utils as mfa
     from transformers.modeling_utils import PreTrainedModel
 
@@ -115,6 +147,10 @@ def install(strict: bool = False) -> None:
     mfa.is_flash_attn_2_available = _flash_attn_2_available
     matrix_entry["general_availability_check"] = _flash_attn_2_available
     PreTrainedModel._flash_attn_can_dispatch = _flash_attn_can_dispatch
+    target_dtype = getattr(fa_integration, "get_target_dtype", None)  # absent: the cast is elsewhere
+    if target_dtype is not None and _reads_only_cuda_autocast(target_dtype):
+        _saved["get_target_dtype"] = target_dtype
+        fa_integration.get_target_dtype = _device_autocast_target_dtype(target_dtype)
     mfa._loaded_implementation = None
 
 
@@ -124,9 +160,12 @@ def uninstall() -> None:
     set_strict(False)
     if not _saved:
         return
+    import transformers.integrations.flash_attention as fa_integration
     import transformers.modeling_flash_attention_utils as mfa
     from transformers.modeling_utils import PreTrainedModel
 
+    if "get_target_dtype" in _saved:
+        fa_integration.get_target_dtype = _saved["get_target_dtype"]
     mfa.is_flash_attn_2_available = _saved["is_flash_attn_2_available"]
     mfa.FLASH_ATTENTION_COMPATIBILITY_MATRIX[2]["general_availability_check"] = _saved["general_availability_check"]
     PreTrainedModel._flash_attn_can_dispatch = _saved["_flash_attn_can_dispatch"]
