@@ -25,8 +25,22 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 .venv/bin/ruff check --exclude '.venv*' .
 rc=0
-.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" || rc=$?
+log=$(mktemp)
+.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" 2>&1 | tee "$log" || rc=1
 if [ $# -eq 0 ] && [ "${MATRIX:-1}" != 0 ]; then
-  bash tests/matrix.sh || rc=1
+  bash tests/matrix.sh 2>&1 | tee -a "$log" || rc=1
 fi
+# one closing line over the main suite and every matrix environment (pytest's own lines are above)
+.venv/bin/python - "$log" <<'PY'
+import re
+import sys
+
+text = open(sys.argv[1], errors="replace").read()
+closing = re.compile(r"^(=+ )?\d+ (passed|failed|skipped|errors?|deselected|warnings?)\b.* in [\d.]+s\b.*$")
+finals = [line for line in text.splitlines() if closing.match(line.strip())]  # pytest's last line of each run
+total = {k: sum(int(n) for line in finals for n in re.findall(rf"(\d+) {k}", line)) for k in ("passed", "failed")}
+total["failed"] += sum(int(n) for line in finals for n in re.findall(r"(\d+) errors?", line))
+print(f"all: {total['passed']} passed, {total['failed']} failed")
+PY
+rm -f "$log"
 exit $rc
