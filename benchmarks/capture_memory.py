@@ -81,7 +81,8 @@ def row(spec: str, args) -> dict:
     }
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``tests/test_docs_commands_on_cpu.py`` parses the documented commands)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", nargs="+", default=["2x8192", "1x8192+30x540", "1x16384+27x600"])
     ap.add_argument("--heads", type=int, default=32)
@@ -89,7 +90,11 @@ def main(argv=None) -> None:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--chunk-size", type=int, default=256)
     ap.add_argument("--out", type=Path, help="write the rows as JSON")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     rows = []
     print("| micro-batch | tokens | largest allocation | allocations >= half of it | all allocations | largest / q |")
     print("|---|---|---|---|---|---|")
