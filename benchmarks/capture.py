@@ -433,7 +433,8 @@ def bench_regime(model, spec: str, dtype: str, args, device, cfg) -> list[dict]:
     return rows
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``tests/test_docs_commands_on_cpu.py`` parses the documented commands)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="one-sequence table (default 1024 2048 4096 8192)")
     parser.add_argument("--regime", nargs="+", default=[], help="training-regime micro-batches, e.g. 16x1024 2x8192")
@@ -447,7 +448,11 @@ def main(argv=None):
     parser.add_argument("--dense-max-gib", type=float, default=2.0, help="run dense eager while all maps fit in this")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="write the rows as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":

@@ -98,13 +98,18 @@ def extra(a: list, b: list) -> list:
     return out
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``tests/test_docs_commands_on_cpu.py`` parses the documented commands)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", help="tiny | smollm2 (random weights, no download)")
     ap.add_argument("--sp", type=int, nargs="+", default=[1, 2], help="sequence-parallel sizes")
     ap.add_argument("--lengths", type=int, nargs="+", default=[200, 200, 200], help="sequences of the micro-batch")
     ap.add_argument("--out", type=Path, help="write the rows as JSON")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         vocab = save_model(args.model, Path(tmp))

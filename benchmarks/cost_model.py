@@ -23,6 +23,8 @@ Usage: ``python benchmarks/cost_model.py`` (prints a markdown table).
 
 from __future__ import annotations
 
+import argparse
+
 PEAK_FLOPS = 989e12
 PEAK_BYTES = 3.35e12
 H, HKV, D, LAYERS, PARAMS, SELECTED = 32, 8, 128, 36, 6.95e9, 5
@@ -54,7 +56,13 @@ def per_layer(lengths: list[int]) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script: no argument (``tests/test_docs_commands_on_cpu.py`` parses the docs)."""
+    return argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     print("| micro-batch | causal logits / layer | batched: GB, TFLOP, ms | kernels: GB, TFLOP, ms | forward (ms) "
           "| 5 layers, batched | 5 layers, kernels (FLOP floor – no L2 reuse) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -24,13 +24,18 @@ from verl_rhythm.config import STRATEGIES
 from verl_rhythm.credit import compute_gamma
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``tests/test_docs_commands_on_cpu.py`` parses the documented commands)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     b, t = args.batch, args.length

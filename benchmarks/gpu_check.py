@@ -580,7 +580,8 @@ STAGES = ("kernels", "exactness", "regime", "overhead")
 """The stages, in order; each writes ``OUT/<stage>.json`` as it finishes (``OUT/summary.json`` at the end)."""
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``tests/test_docs_commands_on_cpu.py`` parses the documented commands)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
@@ -593,7 +594,11 @@ def main(argv=None):
     parser.add_argument("--smollm2", help="a converted SmolLM2 HF folder (else a SmolLM2-shaped random model)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     parser.add_argument("--out", help="a folder: OUT/<stage>.json as each stage finishes, OUT/summary.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -245,7 +245,9 @@ def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
     }
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``tests/test_docs_commands_on_cpu.py`` parses the documented commands)."""
+
     def pair(text: str) -> tuple[int, int]:
         p, r = text.split(":")
         return int(p), int(r)
@@ -275,11 +277,11 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--atol", type=float, default=1e-4, help="FAI tolerance; WAAD (range [0, W]) gets 10x")
     ap.add_argument("--out", type=Path, default=None, help="write the full JSON report to this file")
-    return ap.parse_args(argv)
+    return ap
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if len(args.lengths) % args.micro_batch_size:
         raise SystemExit(f"{len(args.lengths)} sequences: a multiple of --micro-batch-size={args.micro_batch_size}")
     if args.device == "cuda" and not torch.cuda.is_available():

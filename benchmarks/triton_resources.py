@@ -13,6 +13,7 @@ Usage: ``python benchmarks/triton_resources.py``
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from verl_rhythm.testing.triton_compile import compile_kernel  # noqa: E402
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script: no argument (``tests/test_docs_commands_on_cpu.py`` parses the docs)."""
+    return argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     print("| kernel | arch | head dim | registers | stack / local | shared (static + dynamic) "
           "| tensor-core instructions |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -72,3 +72,23 @@ def test_capture_sp_benchmark_counts_what_sequence_parallelism_adds(tmp_path):
         assert row["collectives_added"] == [["allgather_", (2 * heads_per_rank + 1) * 4], ["allreduce_", 2 * 151 * 4]]
         assert row["syncs_added"] == rows[1, 0]["syncs_added"]
         assert row["ops_added_per_layer"] > 0
+
+
+def test_capture_memory_benchmark_prints_the_ops_of_both_band_schedules(tmp_path):
+    """``benchmarks/capture_memory.py`` (meta tensors: no memory, no data) prints the aten ops of one recorded layer.
+    Both schedules loop over the full rows' query chunks; on top of that the CPU block loop (``--band-loop``) adds ops
+    for every 64-row block, which the CUDA tiles do not: the gap between the two grows with the length by at least
+    one op per block. No host read in either."""
+    ops = {}
+    for schedule in ("tiles", "loop"):
+        for length in (1024, 4096):
+            out = tmp_path / f"{schedule}{length}.json"
+            args = ["benchmarks/capture_memory.py", "--batches", f"2x{length}", "--heads", "9", "--kv-heads", "3"]
+            args += ["--head-dim", "64", "--out", str(out)] + (["--band-loop"] if schedule == "loop" else [])
+            proc = _run(args, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            (row,) = json.loads(out.read_text())
+            assert row["syncs"] == [] and f"| {row['aten_ops']:,} |" in proc.stdout, proc.stdout
+            ops[schedule, length] = row["aten_ops"]
+    gap = {length: ops["loop", length] - ops["tiles", length] for length in (1024, 4096)}
+    assert gap[1024] > 0 and gap[4096] - gap[1024] >= (4096 - 1024) // 64, ops
