@@ -41,6 +41,7 @@ def test_the_references_import_nothing_of_the_product(module):
     allowed = {"__future__", "math", "dataclasses", "fractions", "typing", "torch"}
     assert {name.split(".")[0] for name in imported} <= allowed, imported
 
+
 # One head, N = 4: position 0 is the prompt, R = {1, 2, 3}.
 A = torch.tensor(
     [

@@ -100,12 +100,31 @@ def _benchmark_parser(script: str) -> argparse.ArgumentParser:
     return module.build_parser()
 
 
-def _wrapped(script_sh: str) -> tuple[str, list[str]]:
-    """The Python script a ``benchmarks/*.sh`` wrapper runs and the arguments it passes before its own ``"$@"``."""
+WRAPPER_OPTIONS = {"benchmarks/gpu_check.sh": {"--out": 1, "--dry-run": 0}}
+"""Options a ``benchmarks/*.sh`` wrapper takes itself (name → number of values), before the rest reach its script."""
+
+
+def _wrapped(script_sh: str, args: list[str]) -> tuple[str, list[str]]:
+    """The Python script a ``benchmarks/*.sh`` wrapper runs and the arguments that reach it: the ones the wrapper
+    passes before its own ``"$@"``, or, for a wrapper that takes options itself (:data:`WRAPPER_OPTIONS`), what is
+    left of ``args`` in its ``"${args[@]}"``."""
     text = (ROOT / script_sh).read_text()
-    match = re.search(r"(benchmarks/\w+\.py)((?: [^\s\"]+)*) \"\$@\"", text)
-    assert match, f"{script_sh}: no 'benchmarks/<script>.py ... \"$@\"' line"
-    return match.group(1), match.group(2).split()
+    own = WRAPPER_OPTIONS.get(script_sh)
+    if own is None:
+        match = re.search(r"(benchmarks/\w+\.py)((?: [^\s\"]+)*) \"\$@\"", text)
+        assert match, f"{script_sh}: no 'benchmarks/<script>.py ... \"$@\"' line"
+        return match.group(1), match.group(2).split() + args
+    match = re.search(r"(benchmarks/\w+\.py)[^\n]*\"\$\{args\[@\]\}\"", text)
+    assert match, f"{script_sh}: no 'benchmarks/<script>.py ... \"${{args[@]}}\"' line"
+    rest, i = [], 0
+    while i < len(args):
+        name = args[i].split("=", 1)[0]
+        if name in own:
+            i += 1 + (own[name] if "=" not in args[i] else 0)
+        else:
+            rest.append(args[i])
+            i += 1
+    return match.group(1), rest
 
 
 def check_command(monkeypatch, target: str, args: list[str]) -> None:
@@ -123,8 +142,7 @@ def check_command(monkeypatch, target: str, args: list[str]) -> None:
         assert all("=" in a and not a.startswith("-") for a in unknown), f"python {where}: not parsed: {unknown}"
         return
     if target.endswith(".sh"):
-        script, fixed = _wrapped(target)
-        args = fixed + args
+        script, args = _wrapped(target, args)
     else:
         script = target
     parser = _benchmark_parser(script)

@@ -63,7 +63,11 @@ def test_the_gpu_command_runs_every_stage_on_cpu(tmp_path):
     exactness = json.loads((out / "exactness.json").read_text())["rows"]
     lines = verdict({"device": "a GPU", "regime": [{**regime, "default": "triton"}], "exactness": exactness})
     assert [line.split("=")[0] for line in lines] == [
-        "Kernels.triton", "Kernels.low_precision_grid", "Kernels.tiled_bands", "fused", "capture overhead target (<",
+        "Kernels.triton",
+        "Kernels.low_precision_grid",
+        "Kernels.tiled_bands",
+        "fused",
+        "capture overhead target (<",
     ], lines
     engine = json.loads((out / "engine.json").read_text())
     if importlib.util.find_spec("verl") is None:
