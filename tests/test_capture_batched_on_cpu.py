@@ -161,7 +161,7 @@ def test_bf16_inputs_against_float64():
     layouts = packed_layouts([300, 120, 64], [100, 30, 10])
     q, k = random_qk(1, 8, 2, 484, 64, seed=7, scale=1.5, dtype=torch.bfloat16)
     lay = BatchLayout(layouts, 10, 100, 64)
-    worst = 0.0
+    worst = dict.fromkeys(("waad", "fai_num", "dist"), 0.0)
     # CPU's fp32 grid, and CUDA's bf16 grid with tiled bands (each bf16 logit from an upcast product on CPU)
     for kernels in (CPU, dataclasses.replace(TILED, low_precision_grid=True)):
         stats = batched.layer_stats(q, k, 64**-0.5, lay, kernels, **SPEC, chunk_size=128)
@@ -169,12 +169,13 @@ def test_bf16_inputs_against_float64():
             got = per_sequence(stats, lay, j)
             ref, zmax = dense_reference(q, k, 64**-0.5, layouts[i], 10, 10, 100)
             tol = 1e-5 + 10 * EPS32 * zmax
-            for name in ("waad", "fai_num"):
+            for name in worst:
                 err = float((got[name] - getattr(ref, name)).abs().max())
-                worst = max(worst, err)
-                assert err <= tol, (name, err, tol)
-            assert float((got["dist"] - ref.dist).abs().max()) <= tol * 10 + 1e-5 * float(ref.dist.abs().max())
-    assert worst > 0  # a real comparison, not two copies of one computation
+                worst[name] = max(worst[name], err)
+                bound = tol if name != "dist" else tol * 10 + 1e-5 * float(ref.dist.abs().max())
+                assert err <= bound, (name, err, bound)
+    print("bf16 q/k vs float64, max abs error:", {k: f"{v:.1e}" for k, v in worst.items()})  # docs/capture.md
+    assert min(worst.values()) > 0  # a real comparison, not two copies of one computation
 
 
 def _count(model, ids, pos, capture):

@@ -185,6 +185,10 @@ def test_the_old_log_prob_pass_keeps_the_workers_output_through_verls_collect_fu
     glue.keep_collected_outputs()  # idempotent
     mode = getattr(ActorRolloutRefWorker.compute_log_prob, MAGIC_ATTR)["dispatch_mode"]
     assert is_wrapped(mode["collect_fn"]) and not is_wrapped(stock(mode["collect_fn"]))
+    # Ray pickles the dispatch dict with every colocated worker class (create_colocated_worker_cls): it must pickle
+    from ray import cloudpickle
+
+    assert is_wrapped(cloudpickle.loads(cloudpickle.dumps(mode))["collect_fn"])
 
     batch = _batch()
     bs = len(batch)

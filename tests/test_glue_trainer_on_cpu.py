@@ -121,6 +121,7 @@ def make_trainer(engine, adv_estimator="rhythm", **rhythm):
     trainer.config = config
     trainer.actor_rollout_wg = WorkerGroup(engine, engine.model_config)
     trainer.parameter_sync_step, trainer.local_trigger_step = 1, 0  # PPOTrainer.__init__ and PPOTrainer.step
+    trainer.global_steps = 1  # PPOTrainer._load_checkpoint sets 0, fit counts from 1
     trainer.ref_policy_wg, trainer.ref_in_actor = trainer.actor_rollout_wg, False
     # TrainingWorker.infer_batch reads these engine defaults (ActorRolloutRefWorker.init_model sets them from config)
     engine.engine_config.infer_micro_batch_size_per_gpu = 2

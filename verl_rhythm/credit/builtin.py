@@ -53,7 +53,7 @@ def none(tokens: Tokens) -> torch.Tensor:
     return tokens.none()
 
 
-@register_strategy("random", summary="as many tokens, drawn at random (seeded from seed + training step)")
+@register_strategy("random", summary="as many tokens, drawn at random (seeded from seed + step · S + sub-step)")
 def random(tokens: Tokens) -> torch.Tensor:
     return tokens.top(tokens.rand())
 

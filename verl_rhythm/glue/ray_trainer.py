@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 from collections.abc import Iterator
 
@@ -145,17 +146,28 @@ def keep_collected_outputs() -> None:
         )
         seams.refuse()
     stock = mode["collect_fn"]
-    if is_wrapped(stock):
-        return
+    if not is_wrapped(stock):
+        mode["collect_fn"] = mark(_KeepingCollect(stock), stock)
 
-    def collect_fn(*args, **kwargs):
-        out = stock(*args, **kwargs)
+
+class _KeepingCollect:
+    """verl's collect function, unchanged, that also keeps its result inside :func:`_kept_outputs`.
+
+    A module-level class, not a closure: Ray pickles the dispatch dict holding it with every colocated worker class
+    (``verl/single_controller/ray/base.py:create_colocated_worker_cls``), and an instance of an importable class
+    pickles by reference, where a closure over the context variable would not pickle at all.
+    """
+
+    def __init__(self, stock_fn):
+        self.stock_fn = stock_fn
+        functools.update_wrapper(self, stock_fn)
+
+    def __call__(self, *args, **kwargs):
+        out = self.stock_fn(*args, **kwargs)
         kept = _KEPT.get()
         if kept is not None:
             kept.append(out)
         return out
-
-    mode["collect_fn"] = mark(collect_fn, stock)
 
 
 @contextlib.contextmanager

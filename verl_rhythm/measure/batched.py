@@ -256,9 +256,9 @@ def band_stats(
     Two schedules of the same sums over blocks of ``grid.rows_per_block`` rows: on CPU a loop over the blocks
     (each block's logits stay in cache, ``ceil(L / 64)`` iterations); on CUDA, where every op is a kernel launch,
     tiles of many blocks in one batched matmul each (:func:`_band_stats_tiled`: ops grow with tokens · heads over
-    :data:`BAND_TILE_ELEMENTS`, not with the sequence length). At 2 × 8,192 tokens (SmolLM2 shapes) that is 6,178
-    aten ops per layer for the block loop and 111 for the tiles; on this project's CPU (2 cores) the tiles take
-    about twice the block loop's time (0.17 s vs 0.08 s), so CPU keeps the loop.
+    :data:`BAND_TILE_ELEMENTS`, not with the sequence length). docs/capture.md gives the op counts per layer of
+    each schedule and the command that counts them; on CPU the tiles took about twice the block loop's time, so CPU
+    keeps the loop.
 
     Args:
         q, k, grid, scaling, window, softcap, sinks: as in :func:`row_stats`.

@@ -21,6 +21,8 @@ from verl_rhythm.post_import import when_imported
 from verl_rhythm.wrapping import is_wrapped, mark
 
 DUMP_DIR_ENV = "VERL_RHYTHM_DUMP_DIR"
+ROW_KEYS = ("prompts", "responses", "input_ids")
+CAPTURED = ("rhythm_waad", "rhythm_fai")
 _calls = itertools.count()
 
 
@@ -30,26 +32,36 @@ def _rows(value: torch.Tensor) -> list[torch.Tensor]:
     return [row.detach().cpu().clone() for row in value]
 
 
-def _dump(data) -> None:
+def _dump(data, kind: str = "update") -> None:
     out = Path(os.environ[DUMP_DIR_ENV])
     out.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
     fields = {k: _rows(v) for k, v in data.items() if isinstance(v, torch.Tensor)}
-    torch.save(fields, out / f"update_{next(_calls):03d}_rank{rank}.pt")
+    torch.save(fields, out / f"{kind}_{next(_calls):03d}_rank{rank}.pt")
 
 
 def _install(module) -> None:
-    stock = module.TrainingWorker.train_mini_batch
-    if is_wrapped(stock):
+    stock_train = module.TrainingWorker.train_mini_batch
+    stock_infer = module.TrainingWorker.infer_batch
+    if is_wrapped(stock_train):
         return
 
-    @functools.wraps(stock)
+    @functools.wraps(stock_train)
     def train_mini_batch(self, data, *args, **kwargs):
         if os.environ.get(DUMP_DIR_ENV):
             _dump(data)
-        return stock(self, data, *args, **kwargs)
+        return stock_train(self, data, *args, **kwargs)
 
-    module.TrainingWorker.train_mini_batch = mark(train_mini_batch, stock)
+    @functools.wraps(stock_infer)
+    def infer_batch(self, data, *args, **kwargs):
+        rows = {k: data[k] for k in ROW_KEYS if k in data.keys()}  # read before the engine consumes the batch
+        out = stock_infer(self, data, *args, **kwargs)
+        if os.environ.get(DUMP_DIR_ENV) and out is not None and any(k in out.keys() for k in CAPTURED):
+            _dump({**rows, **{k: out[k] for k in out.keys()}}, kind="capture")
+        return out
+
+    module.TrainingWorker.train_mini_batch = mark(train_mini_batch, stock_train)
+    module.TrainingWorker.infer_batch = mark(infer_batch, stock_infer)
 
 
 when_imported("verl.workers.engine_workers", _install)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verl_rhythm.quickstart import MAIN_PPO, main_ppo_command
-from verl_rhythm.testing.dump_update import DUMP_DIR_ENV
+from verl_rhythm.testing.dump_update import CAPTURED, DUMP_DIR_ENV
 
 
 @dataclass
@@ -27,7 +27,8 @@ class RunResult:
     metrics: list[tuple[int, dict]] = field(default_factory=list)
     """``(step, metrics)`` per logged step."""
     dumps: list[dict] = field(default_factory=list)
-    """The batches the actor updates received, in call order (rank 0 first within a call)."""
+    """The batches the actor updates received, in call order (rank 0 first within a call), with the WAAD/FAI each
+    row was captured with (:func:`load_dumps`)."""
 
     @property
     def steps(self) -> list[int]:
@@ -83,7 +84,40 @@ def run_main_ppo(
             if line.strip():
                 row = json.loads(line)
                 metrics.append((int(row["step"]), row["data"]))
+    return RunResult(proc.returncode, log, metrics, load_dumps(dump_dir))
+
+
+def load_dumps(dump_dir: Path) -> list[dict]:
+    """The update batches in call order, each row given the WAAD/FAI its old-log-prob pass captured.
+
+    The rhythm fields stop at the advantage step, so an update batch does not carry them (checked here); each update
+    row takes them from the capture dumps of the same step (the latest old-log-prob call before the update, every
+    rank's shard), joined on the row's ``input_ids``: the update's rows may be shuffled and split across ranks
+    differently from the capture's.
+    """
     import torch
 
-    dumps = [torch.load(p) for p in sorted(dump_dir.glob("update_*.pt"))] if dump_dir.exists() else []
-    return RunResult(proc.returncode, log, metrics, dumps)
+    def order(path: Path) -> tuple[int, int]:
+        _, call, rank = path.stem.split("_")
+        return int(call), int(rank.removeprefix("rank"))
+
+    files = sorted(dump_dir.glob("*.pt"), key=order) if dump_dir.exists() else []
+    captured: dict[tuple, dict] = {}
+    capture_call = None
+    dumps = []
+    for path in files:
+        data = torch.load(path)
+        if path.stem.startswith("capture_"):
+            if order(path)[0] != capture_call:
+                captured, capture_call = {}, order(path)[0]
+            for i, ids in enumerate(data["input_ids"]):
+                captured.setdefault(tuple(ids.tolist()), {k: data[k][i] for k in CAPTURED})
+            continue
+        leaked = [k for k in CAPTURED if k in data]
+        if leaked:
+            raise AssertionError(f"{path.name}: the update batch carries {leaked} (they stop at the advantage step)")
+        if captured:
+            rows = [captured[tuple(ids.tolist())] for ids in data["input_ids"]]
+            data.update({k: [row[k] for row in rows] for k in CAPTURED})
+        dumps.append(data)
+    return dumps
