@@ -90,10 +90,10 @@ def run_main_ppo(
 def load_dumps(dump_dir: Path) -> list[dict]:
     """The update batches in call order, each row given the WAAD/FAI its old-log-prob pass captured.
 
-    The rhythm fields stop at the advantage step, so an update batch does not carry them (checked here); each update
-    row takes them from the capture dumps of the same step (the latest old-log-prob call before the update, every
-    rank's shard), joined on the row's ``input_ids``: the update's rows may be shuffled and split across ranks
-    differently from the capture's.
+    The rhythm fields stop at the advantage step, so an update batch carries no ``rhythm_*`` field (checked here);
+    each update row takes WAAD/FAI from the capture dumps of the same step (the latest old-log-prob call before the
+    update, every rank's shard), joined on the row's ``input_ids``: the update's rows may be shuffled and split
+    across ranks differently from the capture's.
     """
     import torch
 
@@ -113,7 +113,7 @@ def load_dumps(dump_dir: Path) -> list[dict]:
             for i, ids in enumerate(data["input_ids"]):
                 captured.setdefault(tuple(ids.tolist()), {k: data[k][i] for k in CAPTURED})
             continue
-        leaked = [k for k in CAPTURED if k in data]
+        leaked = [k for k in data if k.startswith("rhythm_")]
         if leaked:
             raise AssertionError(f"{path.name}: the update batch carries {leaked} (they stop at the advantage step)")
         if captured:
