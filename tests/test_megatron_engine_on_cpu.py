@@ -149,9 +149,10 @@ def test_the_layouts_follow_the_padded_rows():
     ``cu_seqlens_q_padded[i]``), each sequence starts at its padded row and keeps its real length."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    padded = torch.tensor([0, 6, 10, 24], dtype=torch.int32)  # lengths 5, 3, 13 aligned to 2
+    real = torch.tensor([0, 5, 8, 21], dtype=torch.int32)  # lengths 5, 3, 13
+    padded = torch.tensor([0, 6, 10, 24], dtype=torch.int32)  # each aligned to 2
     params = PackedSeqParams(
-        qkv_format="thd", cu_seqlens_q=padded, cu_seqlens_kv=padded, cu_seqlens_q_padded=padded,
+        qkv_format="thd", cu_seqlens_q=real, cu_seqlens_kv=real, cu_seqlens_q_padded=padded,
         cu_seqlens_kv_padded=padded, max_seqlen_q=14, max_seqlen_kv=14,
     )  # fmt: skip
     masks = [torch.arange(n) >= 2 for n in (5, 3, 13)]
