@@ -144,6 +144,17 @@ def test_the_capture_equals_the_dense_reference(engine, stock, hf_model, cfg, dy
         assert torch.equal(out["entropy"][i], stock["entropy"][i])
 
 
+def test_the_megatron_internals_the_glue_relies_on_are_unchanged():
+    """verl 0.9.1's Megatron functions the glue and the CPU shims rely on (glue/contract.py: PINNED_MEGATRON)."""
+    import verl
+
+    from verl_rhythm.glue import contract
+
+    if verl.__version__ not in contract.VERL_VERSIONS:
+        pytest.skip(f"verl {verl.__version__}: pins from {', '.join(contract.VERL_VERSIONS)}")
+    assert contract.changed(table=contract.PINNED_MEGATRON) == {}
+
+
 def test_the_layouts_follow_the_padded_rows():
     """With per-sequence padding (what TP x CP alignment gives: verl's ``preprocess_thd_engine`` puts sequence i at
     ``cu_seqlens_q_padded[i]``), each sequence starts at its padded row and keeps its real length."""
