@@ -202,3 +202,30 @@ def test_the_cpu_core_attention_reads_the_padded_rows():
         ref = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=0.3)
         torch.testing.assert_close(out[start : start + n], ref.transpose(0, 1))
     assert out[5].abs().max() == 0 and out[9].abs().max() == 0
+
+
+def test_the_megatron_shims_are_not_installed_off_the_cpu_platform():
+    """A process without ``VERL_PLATFORM=cpu`` that imports verl's Megatron engine gets torch, megatron-core and
+    mbridge as they are (a fresh interpreter: this one registered the CPU backend); the glue's seam is wrapped."""
+    import subprocess
+    import sys
+
+    probe = """
+import torch
+import verl.workers.engine.megatron.transformer_impl as engine
+import megatron.core.pipeline_parallel.schedules as schedules
+from megatron.core import tensor_parallel
+from mbridge.core import auto_bridge, bridge, llm_bridge
+from verl_rhythm.glue import megatron_impl
+from verl_rhythm.wrapping import is_wrapped
+shims = [torch.cuda.current_device, torch.nn.Module.cuda, tensor_parallel.model_parallel_cuda_manual_seed,
+         llm_bridge.LLMBridge._get_transformer_layer_spec, bridge.Bridge._weight_name_mapping_mcore_to_hf,
+         auto_bridge.AutoBridge.from_config]
+assert not any(is_wrapped(f) for f in shims), [f for f in shims if is_wrapped(f)]
+assert schedules.torch is torch
+assert megatron_impl.is_installed(engine)
+print("stock")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("stock"), result.stderr[-2000:]
