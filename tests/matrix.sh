@@ -15,6 +15,9 @@
 #                      the hook, TRITON, and the dry run of `bash benchmarks/gpu_check.sh --out OUT` (every stage on
 #                      CPU: the capture through models of this transformers, the kernels in this Triton).
 #   tf-newest          the newest transformers on the index when this was written (5.25.0), no verl: TF.
+#   megatron           the main stack plus megatron-core and mbridge (tests/constraints-megatron.txt), with verl:
+#                      verl's Megatron engine on CPU with the capture (tests/test_megatron_engine_on_cpu.py, which
+#                      the main suite skips: .venv has no megatron-core).
 # TF is what transformers can break (the attention hook and its uninstall, the capture through real model forwards,
 # the attention variants' model classes, transformers' FlashAttention-2 seams under the CPU flash-attn); TRITON the
 # kernels in the interpreter and compiled for sm_80/sm_90/gfx90a/gfx942; ENGINE verl's FSDP engine with the capture.
@@ -25,7 +28,8 @@
 #
 # Time each environment adds, measured on 2 cores (setup + tests): tf5.9.0-triton3.6 92 s as a fresh venv (66 s as a
 # copy of .venv) + 49 s; tf5.5.3 about as long + 18 s; image 313 s + 89 s; tf-newest 187 s + 11 s (the fresh bare
-# venvs' setup measured with other jobs on the machine). About 15 minutes in all, next to the main suite's 20.
+# venvs' setup measured with other jobs on the machine); megatron 18 s as a copy of .venv (pip's cache warm) + 22 s.
+# About 15 minutes in all, next to the main suite's 20.
 #
 # Usage: bash tests/matrix.sh [ENV ...]   (default: all). Exit status 1 if any environment failed.
 set -uo pipefail
@@ -44,6 +48,7 @@ ENVS=(
   "tf5.5.3|verl|transformers==5.5.3|$TF $ENGINE"
   "image|bare|transformers==5.17.0 triton==3.6.0|tests/test_hook_on_cpu.py $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
   "tf-newest|bare|transformers==5.25.0|$TF"
+  "megatron|verl|-r tests/constraints-megatron.txt|tests/test_megatron_engine_on_cpu.py"
 )
 
 pipq() {  # pip, quiet, without the lines about absent local index folders

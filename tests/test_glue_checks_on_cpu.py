@@ -371,3 +371,33 @@ def test_the_estimator_without_a_config_refuses_instead_of_training_a_default():
         rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, None, index, **stats)
     with pytest.raises(ValueError, match="config"):
         rhythm_algos.compute_rhythm_outcome_advantage(torch.eye(4, 6), mask, index=index, **stats)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ([], None),
+        (["actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], "tensor_model_parallel_size=2"),
+        (["actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"], "pipeline_model_parallel_size=2"),
+        (["actor_rollout_ref.actor.megatron.context_parallel_size=2"], "context_parallel_size=2"),
+        (["actor_rollout_ref.actor.megatron.virtual_pipeline_model_parallel_size=2"], "virtual_pipeline"),
+        (["actor_rollout_ref.model.use_remove_padding=false"], "use_remove_padding=false"),
+    ],
+)
+def test_megatron_runs_on_the_cpu_platform_with_tp_pp_cp_1_only(compose, monkeypatch, overrides, key):
+    """The capture on verl's Megatron engine (glue/megatron_impl.py) is verified at TP = PP = CP = 1, packed rows, on
+    the CPU platform: that passes, each other setting is refused by its key."""
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    config = compose("actor_rollout_ref.actor.strategy=megatron", *overrides)
+    if key is None:
+        assert check_rhythm_run(config) == RhythmConfig()
+        return
+    with pytest.raises(RhythmSetupError, match=key) as err:
+        check_rhythm_run(config)
+    assert "actor_rollout_ref." in str(err.value) and "TransformerEngine" not in str(err.value)
+
+
+def test_megatron_off_the_cpu_platform_is_refused_as_unverified(compose, monkeypatch):
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)
+    with pytest.raises(RhythmSetupError, match="TransformerEngine attention of GPU runs is unverified"):
+        check_rhythm_run(compose("actor_rollout_ref.actor.strategy=megatron"))

@@ -95,8 +95,9 @@ def test_the_plugin_registers_the_estimator_and_its_patches():
     import verl.workers.engine  # noqa: F401
 
     assert plugin.is_loaded()
-    assert plugin.is_patched() == dict.fromkeys(plugin.PATCHES, True)
-    assert post_import.pending() == {}
+    imported = [name for name in plugin.OPTIONAL_PATCHES if name in sys.modules]  # where megatron-core is installed
+    assert plugin.is_patched() == dict.fromkeys([*plugin.PATCHES, *imported], True)
+    assert set(post_import.pending()) <= set(plugin.OPTIONAL_PATCHES) - set(imported)
 
 
 def test_the_verl_internals_the_glue_relies_on_are_unchanged():

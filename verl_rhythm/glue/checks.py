@@ -144,6 +144,8 @@ def warn_if_ignored(config: Any) -> bool:
 def _engine_problems(config: Any) -> list[str]:
     problems = []
     strategy = _select(config, "actor_rollout_ref.actor.strategy", "fsdp")
+    if strategy == MEGATRON_STRATEGY:
+        return megatron_problems(config)
     if strategy not in FSDP_STRATEGIES:
         problems.append(
             f"actor_rollout_ref.actor.strategy={strategy!r}: the attention capture lives in verl's FSDP engine "
@@ -175,6 +177,52 @@ def _engine_problems(config: Any) -> list[str]:
                 "FlashAttention-2 (verl/models/transformers/monkey_patch.py), where the capture reads whole rows "
                 f"below its all-to-all; set {ATTN_IMPLEMENTATION_KEY}=flash_attention_2 or {key}=1"
             )
+    return problems
+
+
+MEGATRON_STRATEGY = "megatron"
+MEGATRON_KEY = "actor_rollout_ref.actor.megatron"
+MEGATRON_PARALLEL_SIZES = {
+    "tensor_model_parallel_size": "each rank would see only its share of the heads",
+    "pipeline_model_parallel_size": "each stage would see only its layers",
+    "context_parallel_size": "each rank would see only its share of each sequence's rows",
+}
+"""The Megatron parallel sizes the capture refuses above 1, with why."""
+
+
+def megatron_problems(config: Any) -> list[str]:
+    """What the capture on verl's Megatron engine (:mod:`verl_rhythm.glue.megatron_impl`) cannot run: anything but
+    the CPU platform (megatron-core's local core attention; the TransformerEngine attention of GPU runs is
+    unverified), TP, PP or CP above 1, virtual pipelining, and padded (non-THD) micro-batches."""
+    from verl_rhythm.backends.cpu import requested
+
+    problems = []
+    if not requested():
+        problems.append(
+            f"actor_rollout_ref.actor.strategy={MEGATRON_STRATEGY!r}: the capture on verl's Megatron engine is "
+            "verified only on the CPU platform (VERL_PLATFORM=cpu, megatron-core's local core attention); the "
+            "TransformerEngine attention of GPU runs is unverified. Use actor_rollout_ref.actor.strategy=fsdp2 "
+            f"({', '.join(FSDP_STRATEGIES)} are supported), or algorithm.rhythm.strategy=none, random, uniform or "
+            "entropy with Megatron"
+        )
+    for key, why in MEGATRON_PARALLEL_SIZES.items():
+        size = _select(config, f"{MEGATRON_KEY}.{key}", 1)
+        if size is not None and int(size) > 1:
+            problems.append(
+                f"{MEGATRON_KEY}.{key}={size}: not supported by the rhythm capture on Megatron ({why}, and the "
+                f"capture reads whole sequences of all heads); set {MEGATRON_KEY}.{key}=1"
+            )
+    vpp = _select(config, f"{MEGATRON_KEY}.virtual_pipeline_model_parallel_size", None)
+    if vpp is not None and int(vpp) > 1:
+        problems.append(
+            f"{MEGATRON_KEY}.virtual_pipeline_model_parallel_size={vpp}: virtual pipeline stages are not supported "
+            "by the rhythm capture on Megatron; set it to null"
+        )
+    if not bool(_select(config, "actor_rollout_ref.model.use_remove_padding", True)):
+        problems.append(
+            "actor_rollout_ref.model.use_remove_padding=false with actor_rollout_ref.actor.strategy=megatron: the "
+            "capture reads verl's packed THD rows only; set actor_rollout_ref.model.use_remove_padding=true"
+        )
     return problems
 
 

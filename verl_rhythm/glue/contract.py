@@ -163,6 +163,30 @@ PINNED: dict[str, tuple[str, str]] = {
 }
 
 
+PINNED_MEGATRON: dict[str, tuple[str, str]] = {
+    # verl's Megatron engine (verl_rhythm/glue/megatron_impl.py, verl_rhythm/backends/cpu/megatron.py); importable
+    # only where megatron-core is installed, so checked by tests/test_megatron_engine_on_cpu.py, not with PINNED
+    "verl.workers.engine.megatron.transformer_impl:MegatronEngineWithLMHead.forward_step": (
+        "06c4b5945bcbc00d",
+        "wrapped: takes one micro-batch from batch_iter, runs the model forward inside the call and returns "
+        "(output, partial(postprocess_micro_batch_func, data=batch))",
+    ),
+    "verl.workers.engine.megatron.transformer_impl:MegatronEngineWithLMHead.postprocess_micro_batch_func": (
+        "2cec778ba14ea1c3",
+        "returns a tuple whose last element holds model_output; the capture's outputs join it",
+    ),
+    "verl.models.mcore.util:preprocess_thd_engine": (
+        "5e817ba602b52417",
+        "THD packing: sequence i at row cu_seqlens_q_padded[i], its real tokens first (the capture's layouts)",
+    ),
+    "verl.workers.engine.megatron.utils:set_random_seed": (
+        "06f396e65ee537dd",
+        "calls tensor_parallel.model_parallel_cuda_manual_seed when a device is counted (the CPU backend's shim 4)",
+    ),
+}
+"""Like :data:`PINNED`, for verl's Megatron engine."""
+
+
 MISSING = "missing"
 """What :func:`source_hash` returns for a function that is no longer there (a seam that moved)."""
 
@@ -181,10 +205,11 @@ def source_hash(qualified: str) -> str:
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
 
 
-def changed(prefix: str = "") -> dict[str, str]:
-    """Pinned entries under ``prefix`` whose source differs from the pin: ``{name: 'pinned -> now'}``."""
+def changed(prefix: str = "", table: dict[str, tuple[str, str]] | None = None) -> dict[str, str]:
+    """Pinned entries under ``prefix`` (of ``table``, default :data:`PINNED`) whose source differs from the pin:
+    ``{name: 'pinned -> now'}``."""
     out = {}
-    for name, (pinned, _why) in PINNED.items():
+    for name, (pinned, _why) in (PINNED if table is None else table).items():
         if not name.startswith(prefix):
             continue
         now = source_hash(name)

@@ -17,6 +17,8 @@ verl module                                           patch
 ``verl.trainer.ppo.ray_trainer``                      :mod:`verl_rhythm.glue.ray_trainer` (the legacy trainer)
 ``verl.trainer.ppo.metric_utils``                     :mod:`verl_rhythm.glue.metric_utils` (legacy step metrics)
 ``verl.workers.engine.fsdp.transformer_impl``         :mod:`verl_rhythm.glue.transformer_impl` (the capture)
+``verl.workers.engine.megatron.transformer_impl``     :mod:`verl_rhythm.glue.megatron_impl` (the capture on Megatron;
+                                                      where megatron-core is installed)
 ====================================================  ============================================================
 
 Under Ulysses sequence parallelism the engine's first capturing micro-batch also wraps one verl function
@@ -49,6 +51,12 @@ PATCHES = {
 }
 """verl module → glue module imported right after it; its ``install(verl_module)``, if any, patches it."""
 
+OPTIONAL_PATCHES = {
+    "verl.workers.engine.megatron.transformer_impl": "verl_rhythm.glue.megatron_impl",
+}
+"""Like :data:`PATCHES`, for verl modules that import only where an optional stack is installed (megatron-core):
+installed when verl imports them, never imported by the start-up check."""
+
 _registered = False
 
 
@@ -75,7 +83,7 @@ def register() -> None:
     if _registered:
         return
     _registered = True
-    for verl_module, glue_module in PATCHES.items():
+    for verl_module, glue_module in {**PATCHES, **OPTIONAL_PATCHES}.items():
         when_imported(verl_module, _installer(glue_module), on_error=_failed(glue_module))
 
 
@@ -125,6 +133,11 @@ def is_patched() -> dict[str, bool]:
         from verl_rhythm.glue import transformer_impl
 
         out["verl.workers.engine.fsdp.transformer_impl"] = transformer_impl.is_installed(engine)
+    megatron = sys.modules.get("verl.workers.engine.megatron.transformer_impl")
+    if megatron is not None:
+        from verl_rhythm.glue import megatron_impl
+
+        out["verl.workers.engine.megatron.transformer_impl"] = megatron_impl.is_installed(megatron)
     for name in out:
         if any(seam == name or seam.startswith(name + ".") for seam in disabled):
             out[name] = False

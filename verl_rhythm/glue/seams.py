@@ -191,6 +191,18 @@ class Call:
         """The stock function called with the arguments exactly as passed (unknown ones included)."""
         return self.stock_fn(*self.args, **self.kwargs)
 
+    def stock_with(self, **replace: Any) -> Any:
+        """The stock function called with the arguments as passed, except the named ones (which must be named
+        parameters of the stock function) replaced by the given values."""
+        args, kwargs = list(self.args), dict(self.kwargs)
+        for name, value in replace.items():
+            i = self.shape._positions.get(name)
+            if name not in kwargs and i is not None and i < len(args):
+                args[i] = value
+            else:
+                kwargs[name] = value
+        return self.stock_fn(*args, **kwargs)
+
 
 def wrap(original: Callable, wrapper: Callable[[Call], Any]) -> Callable:
     """``original`` wrapped so that ``wrapper`` gets each call as a :class:`Call` (marked, signature kept)."""

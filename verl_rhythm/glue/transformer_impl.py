@@ -196,13 +196,7 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool, response_mask=
             raise ValueError(f"the rhythm capture needs the nested '{name}' of verl's v1 (TransferQueue) batches")
     input_ids = micro_batch["input_ids"]
     seq_lens = input_ids.offsets().diff().cpu()
-    resp_lens = response_mask.offsets().diff().cpu()
-    masks = []
-    responses = response_mask.values().detach().cpu().bool().split(resp_lens.tolist())  # one copy to the host
-    for i, (n, r) in enumerate(zip(seq_lens.tolist(), resp_lens.tolist(), strict=True)):
-        if r > n:
-            raise ValueError(f"sequence {i}: response_mask has {r} positions but input_ids only {n}")
-        masks.append(torch.cat([torch.zeros(n - r, dtype=torch.bool), responses[i]]))
+    masks = sequence_response_masks(input_ids, response_mask)
     if use_remove_padding:
         position_ids = micro_batch["position_ids"]
         if position_ids.dim() != 2:
@@ -220,6 +214,30 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool, response_mask=
         return layouts
     attention_mask = build_attention_mask_from_nested(input_ids, max_seq_len=int(seq_lens.max()))
     return layouts_from_attention_mask(attention_mask.cpu(), masks)
+
+
+def sequence_response_masks(input_ids: torch.Tensor, response_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Each sequence's response positions over the whole sequence: its last ``r_i`` positions are its response.
+
+    Args:
+        input_ids: nested ``(bsz, L_i)``.
+        response_mask: nested ``(bsz, r_i)``.
+
+    Returns:
+        one ``(L_i,)`` bool host tensor per sequence.
+
+    Raises:
+        ValueError: a response longer than its sequence.
+    """
+    seq_lens = input_ids.offsets().diff().cpu()
+    resp_lens = response_mask.offsets().diff().cpu()
+    masks = []
+    responses = response_mask.values().detach().cpu().bool().split(resp_lens.tolist())  # one copy to the host
+    for i, (n, r) in enumerate(zip(seq_lens.tolist(), resp_lens.tolist(), strict=True)):
+        if r > n:
+            raise ValueError(f"sequence {i}: response_mask has {r} positions but input_ids only {n}")
+        masks.append(torch.cat([torch.zeros(n - r, dtype=torch.bool), responses[i]]))
+    return masks
 
 
 def engine_device() -> torch.device:

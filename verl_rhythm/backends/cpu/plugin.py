@@ -21,6 +21,7 @@ verl module                                        registration
 ``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
 ``transformers.modeling_utils``                    on the CPU platform, transformers' ``flash_attention_2`` runs the
                                                    CPU implementation of flash-attn's API (:mod:`.flash_attn`)
+``megatron.core``, ``mbridge.core`` (six modules)  the shims that run verl's Megatron engine on CPU (:mod:`.megatron`)
 =================================================  ==================================================================
 
 The wrappers of :mod:`.patches` act on the CPU platform only, and pass everything else through to verl unchanged.
@@ -76,6 +77,26 @@ def _serve_flash_attention(module) -> None:
         logging.getLogger(__name__).info("flash_attention_2 runs verl-rhythm's CPU implementation of flash-attn's API")
 
 
+def _megatron(module_name: str):
+    def install(module) -> None:
+        from verl_rhythm.backends.cpu import megatron
+
+        megatron.INSTALLERS[module_name](module)
+
+    return install
+
+
+MEGATRON_MODULES = (
+    "megatron.core",
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.tensor_parallel",
+    "mbridge.core.llm_bridge",
+    "mbridge.core.bridge",
+    "mbridge.core.auto_bridge",
+)
+"""The modules :mod:`.megatron` shims (its ``INSTALLERS``), each when it is imported."""
+
+
 def _patch(name: str):
     def install(module) -> None:
         from verl_rhythm.backends.cpu import patches
@@ -104,6 +125,8 @@ def register() -> None:
     when_imported("verl.utils.distributed", _patch("patch_process_group"))
     when_imported("verl.utils.config", _patch("patch_validate_config"))
     when_imported("transformers.modeling_utils", _serve_flash_attention)
+    for name in MEGATRON_MODULES:
+        when_imported(name, _megatron(name))
 
 
 register()

@@ -1,0 +1,265 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Seam: ``verl/workers/engine/megatron/transformer_impl.py:MegatronEngineWithLMHead.forward_step`` (verl 0.9.1).
+
+The Megatron counterpart of :mod:`verl_rhythm.glue.transformer_impl`: the capture itself is the same
+(:class:`~verl_rhythm.measure.capture.RhythmCapture`, :func:`~verl_rhythm.glue.transformer_impl.rhythm_model_outputs`);
+only the seam and the layout differ.
+
+- Seam. :func:`install` wraps ``MegatronEngineWithLMHead.forward_step`` on the class. verl's Megatron schedule calls
+  it with an iterator of micro-batches and takes one; the wrapper takes it, and a micro-batch without
+  :data:`~verl_rhythm.glue.tq_fields.CAPTURE_KEY` goes to the stock method unchanged (an iterator that yields that
+  micro-batch first, then the rest). With it, the stock forward runs inside
+  :func:`verl_rhythm.measure.hook.capture_active`, and a forward pre-hook (with keyword arguments) on each decoder
+  layer's ``self_attention.core_attention`` (megatron-core ``transformer/attention.py:Attention.forward`` calls it with
+  the post-RoPE ``query``, ``key``, ``value``, ``attention_mask`` and ``packed_seq_params=``) hands the selected
+  layers' q/k to the capture. The layer's global index is ``layer.layer_number - 1`` (megatron-core numbers layers
+  from 1, pipeline offset included). The stock method returns ``(output, postprocess)``; the statistics, finalized
+  right after the forward, join the ``model_output`` that ``postprocess`` (``postprocess_micro_batch_func``) returns,
+  and verl's ``postprocess_batch_func`` concatenates them over micro-batches like the log-probs.
+- Layout. verl packs a micro-batch as THD rows (``verl/models/mcore/util.py:preprocess_thd_engine``,
+  ``use_remove_padding=True``): ``query (T, H, D)``, ``key (T, H_kv, D)``, sequence i starting at row
+  ``PackedSeqParams.cu_seqlens_q_padded[i]`` (each sequence padded to the TP x CP alignment) and holding its
+  ``input_ids.offsets().diff()[i]`` real tokens. The layouts are built from the first selected layer's
+  ``PackedSeqParams`` (:func:`thd_layouts`), so they are where the kernel's rows are; every selected layer's call is
+  checked against them after the forward (the kernel's sequence starts, ``cu_seqlens_q_padded[:-1]``).
+
+Supported: TP = PP = CP = 1, packed rows, megatron-core's local core attention (the CPU backend's
+:class:`~verl_rhythm.backends.cpu.megatron.CPUCoreAttention`); the start-up checks
+(:mod:`verl_rhythm.glue.checks`) refuse everything else by key. The hooks are registered by a model's first
+capturing micro-batch, so a process that never captures keeps megatron-core's modules as they are.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import itertools
+import logging
+import time
+
+import torch
+from verl.utils import tensordict_utils as tu
+
+from verl_rhythm.glue import seams
+from verl_rhythm.glue.checks import text_layer_types, text_num_layers
+from verl_rhythm.glue.tq_fields import CAPTURE_KEY
+from verl_rhythm.glue.transformer_impl import (
+    capture_settings,
+    micro_batch_response_mask,
+    rhythm_model_outputs,
+    sequence_response_masks,
+)
+from verl_rhythm.measure import hook
+from verl_rhythm.measure.capture import RhythmCapture
+from verl_rhythm.measure.layout import SequenceLayout
+from verl_rhythm.wrapping import is_wrapped
+
+logger = logging.getLogger(__name__)
+
+SEAM = "MegatronEngineWithLMHead.forward_step"
+READS = ("batch_iter", "model")
+"""The parameters of ``forward_step`` the wrapper reads (``batch_iter`` is handed on as an equivalent iterator)."""
+KNOWN = ("batch_iter", "model", "logits_processor_func", "postprocess_micro_batch_func")
+"""verl 0.9.1's parameters of ``forward_step`` (:func:`verl_rhythm.glue.seams.mismatch`)."""
+HOOKED = "_verl_rhythm_core_attention_hooks"
+"""Attribute of a megatron-core GPT model holding the hook handles of its layers (registered once)."""
+
+
+def install(module) -> None:
+    """Wrap ``module.MegatronEngineWithLMHead.forward_step``; idempotent. A ``forward_step`` that moved stays verl's
+    own and is recorded as disabled (:mod:`verl_rhythm.glue.seams`)."""
+    import inspect
+
+    cls = getattr(module, "MegatronEngineWithLMHead", None)
+    original = inspect.getattr_static(cls, "forward_step", None) if isinstance(cls, type) else None
+    if is_wrapped(original):
+        return
+    if seams.checked(f"{module.__name__}.{SEAM}", original, method=True, reads=READS, known=KNOWN):
+        cls.forward_step = seams.wrap(original, _forward_step)
+
+
+def is_installed(module) -> bool:
+    """Whether ``module.MegatronEngineWithLMHead.forward_step`` is the capturing wrapper."""
+    cls = getattr(module, "MegatronEngineWithLMHead", None)
+    return isinstance(cls, type) and is_wrapped(cls.__dict__.get("forward_step"))
+
+
+def _forward_step(call: seams.Call):
+    batches = call["batch_iter"]
+    micro_batch = next(batches)
+
+    def stock():
+        return call.stock_with(batch_iter=itertools.chain([micro_batch], batches))
+
+    if tu.get_non_tensor_data(data=micro_batch, key=CAPTURE_KEY, default=None) is None:
+        return stock()
+    return forward_step(stock, call["self"], micro_batch, call["model"])
+
+
+class _Pending:
+    """What the first selected layer of a forward needs to build the layouts: each sequence's response mask."""
+
+    def __init__(self, masks: list[torch.Tensor]):
+        self.masks = masks
+
+
+def forward_step(stock, engine, micro_batch, model):
+    """The stock forward step; with :data:`CAPTURE_KEY` on the micro-batch, also the rhythm outputs.
+
+    Adds to the ``model_output`` of the returned ``postprocess``: :data:`~verl_rhythm.glue.tq_fields.WAAD` and
+    :data:`~verl_rhythm.glue.tq_fields.FAI` nested ``(bsz, response_len_i)`` fp32, each response token at its own
+    position, and :data:`~verl_rhythm.glue.tq_fields.SEQ_STATS` nested ``(bsz, 3)``, as the FSDP glue does.
+
+    Args:
+        stock: calls the stock ``forward_step`` with this micro-batch (and verl's other arguments).
+        engine: the ``MegatronEngineWithLMHead``.
+        micro_batch: the TensorDict the schedule handed over (nested ``input_ids``, ``response_mask``).
+        model: the model chunk verl passes (DDP- or Float16-wrapped megatron-core GPT model).
+
+    Raises:
+        RuntimeError: a capture request with gradients enabled (only the no-grad old-log-prob pass captures).
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"'{CAPTURE_KEY}' reached a Megatron forward step with gradients enabled: the rhythm capture runs only "
+            "in the actor's no-grad old-log-prob pass"
+        )
+    from verl.utils.megatron_utils import unwrap_model
+
+    t0 = time.perf_counter()
+    gpt = unwrap_model(model)
+    install_hooks(gpt)
+    hf_config = engine.model_config.hf_config
+    capture = RhythmCapture(
+        capture_settings(spec_of(micro_batch)), text_num_layers(hf_config), layer_types=text_layer_types(hf_config)
+    )
+    response_mask = micro_batch_response_mask(micro_batch)
+    pending = _Pending(sequence_response_masks(micro_batch["input_ids"], response_mask))
+    own = time.perf_counter() - t0
+    token = _PENDING.set(pending)
+    try:
+        with hook.capture_active(capture):
+            output, postprocess = stock()
+    finally:
+        _PENDING.reset(token)
+    rhythms = capture.finalize()
+    extra = rhythm_model_outputs(
+        rhythms,
+        micro_batch["input_ids"].offsets().diff().tolist(),
+        response_mask.offsets().diff().tolist(),
+        seconds=capture.seconds + own,
+        data_parallel_size=engine.get_data_parallel_size(),
+    )
+    return output, _with_outputs(postprocess, extra)
+
+
+def spec_of(micro_batch) -> str:
+    """The micro-batch's :data:`CAPTURE_KEY` value."""
+    return tu.get_non_tensor_data(data=micro_batch, key=CAPTURE_KEY, default=None)
+
+
+def _with_outputs(postprocess, extra: dict):
+    """``postprocess`` (verl's ``postprocess_micro_batch_func`` partial) whose returned ``model_output`` (the last
+    element of its tuple) also holds ``extra``."""
+
+    @functools.wraps(postprocess)
+    def wrapped(*args, **kwargs):
+        result = postprocess(*args, **kwargs)
+        result[-1]["model_output"].update(extra)
+        return result
+
+    return wrapped
+
+
+_PENDING: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar("verl_rhythm_megatron", default=None)
+
+
+def install_hooks(gpt) -> None:
+    """Register :func:`_core_attention_pre_hook` on every decoder layer's ``self_attention.core_attention`` of a
+    megatron-core GPT model (``gpt.decoder.layers``); once per model."""
+    if getattr(gpt, HOOKED, None) is not None:
+        return
+    handles = []
+    for layer in gpt.decoder.layers:
+        index = layer.layer_number - 1  # megatron-core numbers layers from 1, pipeline offset included
+        handles.append(
+            layer.self_attention.core_attention.register_forward_pre_hook(
+                functools.partial(_core_attention_pre_hook, index), with_kwargs=True
+            )
+        )
+    setattr(gpt, HOOKED, handles)
+
+
+def _argument(args: tuple, kwargs: dict, position: int, name: str):
+    return args[position] if len(args) > position else kwargs.get(name)
+
+
+def _core_attention_pre_hook(layer_idx: int, module, args: tuple, kwargs: dict) -> None:
+    """Hand a selected layer's post-RoPE q/k to the active capture (nothing outside a capturing forward).
+
+    Args:
+        layer_idx: the layer's global index.
+        module: the core attention module (its ``softmax_scale`` is the logit scale).
+        args, kwargs: the call's arguments: ``query (T, H, D)``, ``key (T, H_kv, D)`` of packed THD rows,
+            ``packed_seq_params=``.
+
+    Raises:
+        RuntimeError: a call without ``packed_seq_params`` (the capture reads packed THD rows only).
+    """
+    capture = hook.active_capture()
+    if capture is None or not capture.wants(layer_idx):
+        return
+    query, key = _argument(args, kwargs, 0, "query"), _argument(args, kwargs, 1, "key")
+    params = _argument(args, kwargs, 6, "packed_seq_params")
+    if params is None or getattr(params, "qkv_format", None) != "thd":
+        raise RuntimeError(
+            f"rhythm capture, Megatron layer {layer_idx}: the core attention got no THD PackedSeqParams; the capture "
+            "reads packed rows only (actor_rollout_ref.model.use_remove_padding=true)"
+        )
+    starts = row_starts(params)
+    if capture.layouts is None:
+        pending = _PENDING.get()
+        capture.set_layouts(thd_layouts(params, pending.masks), device=query.device)
+    capture.record(
+        layer_idx,
+        query.transpose(0, 1).unsqueeze(0),
+        key.transpose(0, 1).unsqueeze(0),
+        getattr(module, "softmax_scale", None),
+        attention_mask=None,
+        cu_seq_lens_q=starts,
+    )
+
+
+def row_starts(params) -> torch.Tensor:
+    """``(bsz + 1,)``: the first row of each packed sequence (``cu_seqlens_q_padded``, else ``cu_seqlens_q``)."""
+    return params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
+
+
+def thd_layouts(params, masks: list[torch.Tensor]) -> list[SequenceLayout]:
+    """Where each sequence lies in the packed THD rows of a Megatron forward.
+
+    Args:
+        params: the forward's ``PackedSeqParams`` (``qkv_format="thd"``): sequence i starts at row
+            ``cu_seqlens_q_padded[i]`` (``cu_seqlens_q[i]`` when there is no padded variant).
+        masks: one ``(L_i,)`` bool per sequence, its response positions, L_i its real length (verl's nested
+            ``input_ids``).
+
+    Returns:
+        one :class:`SequenceLayout` per sequence (row 0 of the ``(1, H, T, D)`` view of the rows).
+
+    Raises:
+        ValueError: a different number of sequences, or a sequence longer than its padded slot.
+    """
+    bounds = row_starts(params).tolist()
+    if len(bounds) != len(masks) + 1:
+        raise ValueError(
+            f"PackedSeqParams hold {len(bounds) - 1} packed sequences but the micro-batch has {len(masks)}"
+        )
+    layouts = []
+    for i, mask in enumerate(masks):
+        slot = bounds[i + 1] - bounds[i]
+        if mask.numel() > slot:
+            raise ValueError(f"sequence {i}: {mask.numel()} tokens but a packed slot of {slot} rows")
+        layouts.append(SequenceLayout(row=0, start=bounds[i], length=mask.numel(), response_mask=mask))
+    return layouts
