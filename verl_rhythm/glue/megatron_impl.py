@@ -53,11 +53,9 @@ from verl_rhythm.glue.transformer_impl import (
 from verl_rhythm.measure import hook
 from verl_rhythm.measure.capture import RhythmCapture
 from verl_rhythm.measure.layout import SequenceLayout
-from verl_rhythm.wrapping import is_wrapped
 
 logger = logging.getLogger(__name__)
 
-SEAM = "MegatronEngineWithLMHead.forward_step"
 READS = ("batch_iter", "model")
 """The parameters of ``forward_step`` the wrapper reads (``batch_iter`` is handed on as an equivalent iterator)."""
 KNOWN = ("batch_iter", "model", "logits_processor_func", "postprocess_micro_batch_func")
@@ -69,20 +67,12 @@ HOOKED = "_verl_rhythm_core_attention_hooks"
 def install(module) -> None:
     """Wrap ``module.MegatronEngineWithLMHead.forward_step``; idempotent. A ``forward_step`` that moved stays verl's
     own and is recorded as disabled (:mod:`verl_rhythm.glue.seams`)."""
-    import inspect
-
-    cls = getattr(module, "MegatronEngineWithLMHead", None)
-    original = inspect.getattr_static(cls, "forward_step", None) if isinstance(cls, type) else None
-    if is_wrapped(original):
-        return
-    if seams.checked(f"{module.__name__}.{SEAM}", original, method=True, reads=READS, known=KNOWN):
-        cls.forward_step = seams.wrap(original, _forward_step)
+    seams.wrap_method(module, "MegatronEngineWithLMHead", "forward_step", _forward_step, reads=READS, known=KNOWN)
 
 
 def is_installed(module) -> bool:
     """Whether ``module.MegatronEngineWithLMHead.forward_step`` is the capturing wrapper."""
-    cls = getattr(module, "MegatronEngineWithLMHead", None)
-    return isinstance(cls, type) and is_wrapped(cls.__dict__.get("forward_step"))
+    return seams.is_wrapped_method(module, "MegatronEngineWithLMHead", "forward_step")
 
 
 def _forward_step(call: seams.Call):

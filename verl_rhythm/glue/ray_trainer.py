@@ -92,12 +92,7 @@ def install(module) -> None:
         seams.record_disabled(f"{module.__name__}.RayPPOTrainer", "not found")
     else:
         for name, wrapper in METHODS.items():
-            original = inspect.getattr_static(cls, name, None)
-            if is_wrapped(original):
-                continue
-            if seams.checked(f"{module.__name__}.RayPPOTrainer.{name}", original, method=True, **SHAPES[name]):
-                setattr(cls, name, seams.wrap(original, wrapper))
-            elif name == "__init__":
+            if not seams.wrap_method(module, "RayPPOTrainer", name, wrapper, **SHAPES[name]) and name == "__init__":
                 _guard_init_workers(cls)
     stock_fn = getattr(module, "compute_advantage", None)
     if not is_wrapped(stock_fn) and seams.checked(

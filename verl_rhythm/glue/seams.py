@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from verl_rhythm.wrapping import mark
+from verl_rhythm.wrapping import is_wrapped, mark
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,34 @@ def wrap(original: Callable, wrapper: Callable[[Call], Any]) -> Callable:
         return wrapper(Call(original, shape, args, kwargs))
 
     return mark(wrapped, original)
+
+
+def wrap_method(module: Any, cls_name: str, name: str, wrapper: Callable[[Call], Any], **shape) -> bool:
+    """Wrap the method ``module.<cls_name>.<name>`` with ``wrapper`` once it is checked (:func:`checked`, seam
+    ``<module>.<cls_name>.<name>``); idempotent. Whether the method is wrapped (now or before); a method that moved
+    stays verl's own and is recorded as disabled.
+
+    Args:
+        module: the verl module holding the class.
+        cls_name: the class's name in it.
+        name: the method's name (read with ``inspect.getattr_static``: the class's own attribute).
+        wrapper: gets each call as a :class:`Call`.
+        **shape: ``reads`` and ``known`` of :func:`mismatch`.
+    """
+    cls = getattr(module, cls_name, None)
+    original = inspect.getattr_static(cls, name, None) if isinstance(cls, type) else None
+    if is_wrapped(original):
+        return True
+    if not checked(f"{module.__name__}.{cls_name}.{name}", original, method=True, **shape):
+        return False
+    setattr(cls, name, wrap(original, wrapper))
+    return True
+
+
+def is_wrapped_method(module: Any, cls_name: str, name: str) -> bool:
+    """Whether ``module.<cls_name>`` holds a verl-rhythm wrapper as its own ``name``."""
+    cls = getattr(module, cls_name, None)
+    return isinstance(cls, type) and is_wrapped(cls.__dict__.get(name))
 
 
 def guard(original: Callable, is_rhythm: Callable[[Call], bool]) -> Callable:

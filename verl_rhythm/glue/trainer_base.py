@@ -69,12 +69,7 @@ def install(module) -> None:
         seams.record_disabled(f"{module.__name__}.PPOTrainer", "not found")
         return
     for name, wrapper in WRAPPED.items():
-        original = inspect.getattr_static(cls, name, None)
-        if is_wrapped(original):
-            continue
-        if seams.checked(f"{module.__name__}.PPOTrainer.{name}", original, method=True, **SHAPES[name]):
-            setattr(cls, name, seams.wrap(original, wrapper))
-        elif name == "init":
+        if not seams.wrap_method(module, "PPOTrainer", name, wrapper, **SHAPES[name]) and name == "init":
             _guard_constructor(cls)
 
 

@@ -27,7 +27,6 @@ and verl's functions as they are.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import time
 
@@ -45,12 +44,10 @@ from verl_rhythm.measure.capture import RhythmCapture
 from verl_rhythm.measure.heads import SequenceRhythm
 from verl_rhythm.measure.layout import SequenceLayout, layouts_from_attention_mask, layouts_from_position_ids
 from verl_rhythm.measure.settings import CaptureSettings
-from verl_rhythm.wrapping import is_wrapped
 
 logger = logging.getLogger(__name__)
 
 
-SEAM = "FSDPEngineWithLMHead.forward_step"
 READS = ("micro_batch", "forward_only")
 """The parameters of ``forward_step`` the wrapper reads (every argument is passed through)."""
 KNOWN = ("micro_batch", "loss_function", "forward_only")
@@ -60,18 +57,12 @@ KNOWN = ("micro_batch", "loss_function", "forward_only")
 def install(module) -> None:
     """Wrap ``module.FSDPEngineWithLMHead.forward_step`` with :func:`forward_step`; idempotent. A ``forward_step`` that
     moved stays verl's own and is recorded as disabled (:mod:`verl_rhythm.glue.seams`)."""
-    cls = getattr(module, "FSDPEngineWithLMHead", None)
-    original = inspect.getattr_static(cls, "forward_step", None) if isinstance(cls, type) else None
-    if is_wrapped(original):
-        return
-    if seams.checked(f"{module.__name__}.{SEAM}", original, method=True, reads=READS, known=KNOWN):
-        cls.forward_step = seams.wrap(original, _forward_step)
+    seams.wrap_method(module, "FSDPEngineWithLMHead", "forward_step", _forward_step, reads=READS, known=KNOWN)
 
 
 def is_installed(module) -> bool:
     """Whether ``module.FSDPEngineWithLMHead.forward_step`` is the capturing wrapper."""
-    cls = getattr(module, "FSDPEngineWithLMHead", None)
-    return isinstance(cls, type) and is_wrapped(cls.__dict__.get("forward_step"))
+    return seams.is_wrapped_method(module, "FSDPEngineWithLMHead", "forward_step")
 
 
 def _forward_step(call: seams.Call):
