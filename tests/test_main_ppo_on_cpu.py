@@ -134,7 +134,8 @@ def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled", kl_in_
     the run's estimator; GRPO is verl's, from the re-scored rewards. Checked: the update's advantage equals GRPO × γ
     on every token (including those whose GRPO advantage is 0, and none off the response mask), and at least one
     token of the run has γ > 1 and a non-zero GRPO advantage, where the update therefore differs from plain GRPO. An
-    estimator that computed γ but never applied it fails here.
+    estimator that computed γ but never applied it fails here. A run whose sampled groups all scored alike (no
+    non-zero GRPO advantage at all) cannot show the difference and is skipped, saying so.
 
     Args:
         dumps: the update batches (:mod:`verl_rhythm.testing.dump_update`), each holding whole GRPO groups (merge the
@@ -145,7 +146,7 @@ def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled", kl_in_
     from verl_rhythm.credit.gamma import compute_gamma
 
     tokenizer = tiny_tokenizer()
-    amplified = 0
+    amplified = varied = 0
     for n, dump in enumerate(dumps):
         grpo, used, mask = grpo_reference(dump, tokenizer, kl_in_reward)
         width = mask.shape[1]
@@ -161,9 +162,13 @@ def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled", kl_in_
         # |GRPO| > 1e-3 and γ ≥ 1 + 1e-4: GRPO × γ is more than 1e-7 away from GRPO, beyond fp32 noise here
         assert torch.all((used[where] - grpo[where]).abs() > 1e-7)
         amplified += int(where.sum())
-    assert amplified > 0, (
-        "no token with γ > 1 and a non-zero GRPO advantage in any update: the run cannot tell GRPO × γ from GRPO"
-    )
+        varied += int((mask & (grpo.abs() > 1e-3)).sum())
+    if varied == 0:
+        # the CPU backend's agent-loop rollouts are not reproducible run to run; now and then every
+        # sampled group scores alike, every GRPO advantage is 0 and GRPO × γ = GRPO: the exact check above held, but
+        # it cannot tell the two apart, so the run is reported as skipped rather than passed
+        pytest.skip("the run sampled no GRPO group with varied rewards (every advantage 0): nothing to tell apart")
+    assert amplified > 0, "no token with γ > 1 among the tokens with a non-zero GRPO advantage: γ was not applied"
 
 
 def test_every_step_reports_rhythm_metrics(coupled_run):
