@@ -18,7 +18,7 @@ from verl_rhythm.config import RhythmConfig
 from verl_rhythm.glue import transformer_impl
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI, SEQ_STATS, WAAD
 from verl_rhythm.measure import capture as capture_mod
-from verl_rhythm.testing.engine import build_engine, dense_rhythm, log_prob_batch, run_log_prob_pass
+from verl_rhythm.testing.engine import build_engine, dense_rhythm, log_prob_batch, random_sequences, run_log_prob_pass
 from verl_rhythm.testing.process_group import cpu_process_group
 from verl_rhythm.wrapping import is_wrapped
 
@@ -31,15 +31,8 @@ def response(values, i):
     return values[values.numel() - LENGTHS[i][1] :]
 
 
-def make_sequences(seed=0, vocab=128):
-    """Prompt, response and response mask per sequence; a hole in the mask like a multi-turn tool output."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for p, r in LENGTHS:
-        mask = torch.ones(r, dtype=torch.long)
-        mask[r // 2 : r // 2 + 3] = 0
-        out.append((torch.randint(0, vocab, (p,), generator=g), torch.randint(0, vocab, (r,), generator=g), mask))
-    return out
+def make_sequences(seed=0):
+    return random_sequences(LENGTHS, hole=3, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ pytest.importorskip("mbridge", reason="mbridge is installed only in tests/matrix
 from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.glue import megatron_impl  # noqa: E402
 from verl_rhythm.glue.tq_fields import FAI, SEQ_STATS, WAAD  # noqa: E402
-from verl_rhythm.testing.engine import dense_rhythm, log_prob_batch, run_log_prob_pass  # noqa: E402
+from verl_rhythm.testing.engine import dense_rhythm, log_prob_batch, random_sequences, run_log_prob_pass  # noqa: E402
 from verl_rhythm.testing.process_group import cpu_process_group  # noqa: E402
 from verl_rhythm.testing.tiny import save_tiny_model  # noqa: E402
 
@@ -34,15 +34,8 @@ LENGTHS = [(5, 8), (9, 4), (3, 12), (6, 5), (7, 14), (4, 9)]
 CFG = RhythmConfig(layers=(0, 1, 2), waad_window=4, fai_horizon_lo=2, fai_horizon_hi=8, chunk_size=16)
 
 
-def make_sequences(seed=0, vocab=128):
-    """Prompt, response and response mask per sequence; a hole in the mask like a multi-turn tool output."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for p, r in LENGTHS:
-        mask = torch.ones(r, dtype=torch.long)
-        mask[r // 2 : r // 2 + 2] = 0
-        out.append((torch.randint(0, vocab, (p,), generator=g), torch.randint(0, vocab, (r,), generator=g), mask))
-    return out
+def make_sequences(seed=0):
+    return random_sequences(LENGTHS, hole=2, seed=seed)
 
 
 @pytest.fixture(scope="module")

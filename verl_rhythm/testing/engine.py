@@ -82,6 +82,30 @@ def build_engine(
     return engine
 
 
+def random_sequences(
+    lengths: Sequence[tuple[int, int]], *, hole: int, seed: int = 0, vocab: int = 128
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Random ``(prompt, response, response_mask)`` per sequence, with a hole in each response mask.
+
+    Args:
+        lengths: ``(prompt length, response length)`` per sequence.
+        hole: tokens masked out from the middle of each response (``response_mask`` 0 from ``r // 2``), like a tool
+            output in a multi-turn response.
+        seed: the generator's seed.
+        vocab: token ids are drawn from ``[0, vocab)``.
+
+    Returns:
+        per sequence: prompt ``(p,)``, response ``(r,)`` and response mask ``(r,)``, all long.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for p, r in lengths:
+        mask = torch.ones(r, dtype=torch.long)
+        mask[r // 2 : r // 2 + hole] = 0
+        out.append((torch.randint(0, vocab, (p,), generator=g), torch.randint(0, vocab, (r,), generator=g), mask))
+    return out
+
+
 def log_prob_batch(
     sequences: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     *,
