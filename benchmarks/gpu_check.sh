@@ -10,6 +10,8 @@
 #              capture vs the batched path and each batched-path choice flipped
 #   overhead   SmolLM2-shaped model, N = 2048 and 8192: forward ratio and the capture step's extra peak memory
 #   engine     verl's FSDP engine (benchmarks/gpu_engine_check.py) where verl and ray are installed; else one line
+#   megatron   verl's Megatron engine, TransformerEngine attention (gpu_engine_check.py --engine megatron) where
+#              megatron-core, mbridge and TransformerEngine are installed; else one line
 # then OUT/summary.json and, printed, which CUDA defaults the figures confirm or overturn.
 #
 # Usage, from the repository root:
@@ -19,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3 || command -v python)}
-BUDGET_S=${GPU_CHECK_BUDGET_S:-480}   # the whole command; the engine stage gets what the others leave
+BUDGET_S=${GPU_CHECK_BUDGET_S:-480}   # the whole command; the engine stages get what the others leave
 start=$(date +%s)
 out="" dry=0 args=()
 while [ $# -gt 0 ]; do
@@ -84,6 +86,23 @@ elif [ "$dry" = 1 ]; then
     --repeats 1 --out "$out/engine.json" || rc=1
 else
   timeout "$left" "$PY" benchmarks/gpu_engine_check.py --out "$out/engine.json" || rc=1
+fi
+left=$((BUDGET_S - ($(date +%s) - start)))
+megatron_mods='"verl", "ray", "tensordict", "megatron", "mbridge"'
+[ "$dry" = 0 ] && megatron_mods="$megatron_mods, \"transformer_engine\""
+megatron_ok=$("$PY" -c "import importlib.util as u; print(all(u.find_spec(m) for m in ($megatron_mods)))")
+if [ "$megatron_ok" != True ]; then
+  echo "megatron: skipped (needs verl, megatron-core, mbridge$( [ "$dry" = 0 ] && echo ", TransformerEngine"); bash" \
+    "benchmarks/gpu_engine_check.sh --engine megatron runs it where they are)"
+  echo '{"skipped": "megatron-core, mbridge or TransformerEngine not installed"}' >"$out/megatron.json"
+elif [ "$left" -lt 60 ]; then
+  echo "megatron: skipped (${left}s left of the ${BUDGET_S}s budget)"
+  echo "{\"skipped\": \"${left}s left of the budget\"}" >"$out/megatron.json"
+elif [ "$dry" = 1 ]; then
+  timeout "$left" "$PY" benchmarks/gpu_engine_check.py --engine megatron --device cpu --model tiny \
+    --lengths 24:40 16:64 --repeats 1 --out "$out/megatron.json" || rc=1
+else
+  timeout "$left" "$PY" benchmarks/gpu_engine_check.py --engine megatron --out "$out/megatron.json" || rc=1
 fi
 echo "gpu_check: $( [ "$rc" = 0 ] && echo OK || echo "FAILED (exit $rc)" ) in $(($(date +%s) - start))s; results in $out/"
 exit $([ "$rc" = 0 ] && echo 0 || echo 1)

@@ -1,6 +1,7 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""verl's real FSDP engine with the rhythm capture, on a GPU (or, to prove the path, on CPU), vs the dense reference.
+"""verl's real FSDP or Megatron engine with the rhythm capture, on a GPU (or, to prove the path, on CPU), vs the dense
+reference.
 
 For each attention implementation (``sdpa``, ``flash_attention_2``, ``eager``) and each packing mode, the actor's
 old-log-prob pass runs through verl 0.9.1's ``FSDPEngineWithLMHead.infer_batch`` (FSDP2 on a one-process group: NCCL
@@ -15,8 +16,15 @@ and its per-token WAAD/FAI are compared with the dense reference of the same wei
 - Cost: the same pass with and without capture, timed in one run (median of ``--repeats``, after a warm-up); the
   ratio is the capture overhead of the old-log-prob pass.
 
-The model is a random-weight config built in-process (no download): ``tiny`` (``tests/models.py``'s Qwen2) or
-``qwen2-0.5b`` (Qwen2-0.5B's shape: 24 layers, 14 heads / 2 KV heads, hidden 896). Results go to stdout and, with
+``--engine megatron`` runs verl's ``MegatronEngineWithLMHead`` instead (vanilla mbridge, packed THD rows, TP = PP = 1):
+on a GPU with TransformerEngine its decoder layers carry megatron-core's TransformerEngine spec, so the capture's
+forward pre-hook on ``core_attention`` reads ``TEDotProductAttention``'s arguments (each run names the core attention
+class it met); on CPU the local spec with the CPU backend's core attention. ``--attn`` does not apply there (the
+attention is the layer spec's); packed rows only.
+
+The model is a random-weight config built in-process (no download): ``tiny`` (``tests/models.py``'s Qwen2; for
+Megatron :func:`verl_rhythm.testing.tiny.save_tiny_model`'s Llama with 8 heads / 2 KV heads) or ``qwen2-0.5b``
+(Qwen2-0.5B's shape: 24 layers, 14 heads / 2 KV heads, hidden 896). Results go to stdout and, with
 ``--out FILE``, to a JSON report rewritten after every run (a run cut short keeps what finished). Exit status 1 when
 a check fails. ``--device cuda`` on a Python whose torch has no CUDA stops at once with one line.
 
@@ -28,6 +36,7 @@ Usage::
 
     python benchmarks/gpu_engine_check.py --device cpu --model tiny --lengths 24:40 16:64 --repeats 1   # CPU proof
     bash benchmarks/gpu_engine_check.sh                                                                 # on a GPU
+    bash benchmarks/gpu_engine_check.sh --engine megatron     # on a GPU, with megatron-core, mbridge, TransformerEngine
 """
 
 from __future__ import annotations
@@ -53,10 +62,14 @@ from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.glue.tq_fields import FAI, WAAD  # noqa: E402
 
 
-def model_folder(name: str, out: Path) -> Path:
+def model_folder(name: str, out: Path, engine: str = "fsdp") -> Path:
     """Save a random-weight model of shape ``name`` (eager attention config) to ``out``; deterministic."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
+    if name == "tiny" and engine == "megatron":
+        from verl_rhythm.testing.tiny import save_tiny_model
+
+        return save_tiny_model(out, num_layers=3)
     if name == "tiny":
         from models import tiny_model
 
@@ -90,12 +103,18 @@ def make_sequences(lengths: list[tuple[int, int]], vocab: int, seed: int = 0):
 
 
 @contextlib.contextmanager
-def process_group(device: str):
-    """A one-process group on a free port: gloo with verl's platform set to the CPU one, or NCCL on GPU 0."""
+def process_group(device: str, engine: str = "fsdp"):
+    """A one-process group on a free port: gloo with verl's platform set to the CPU one (and, for Megatron, the CPU
+    backend's Megatron shims registered), or NCCL on GPU 0."""
     from verl_rhythm.testing.process_group import cpu_process_group, single_process_group
 
     if device == "cpu":
-        with cpu_process_group():
+        backend = contextlib.nullcontext()
+        if engine == "megatron":
+            from verl_rhythm.testing.megatron_engine import cpu_megatron_backend
+
+            backend = cpu_megatron_backend()
+        with backend, cpu_process_group():
             yield
         return
     torch.cuda.set_device(0)
@@ -150,21 +169,27 @@ def check(args) -> dict:
     from verl_rhythm.testing.engine import dense_rhythm
 
     cfg = RhythmConfig(chunk_size=args.chunk_size)
-    results = {"device": args.device, "model": args.model, "lengths": args.lengths, "runs": []}
+    megatron = args.engine == "megatron"
+    results = {"device": args.device, "engine": args.engine, "model": args.model, "lengths": args.lengths, "runs": []}
     if args.device == "cuda":
         results["gpu"] = torch.cuda.get_device_name(0)
     results["versions"] = {"torch": torch.__version__}
-    for mod in ("transformers", "verl"):
-        results["versions"][mod] = __import__(mod).__version__
-    with tempfile.TemporaryDirectory() as tmp, process_group(args.device), flash_attention(args.device) as fa:
+    for mod in ("transformers", "verl", *(["megatron.core", "mbridge", "transformer_engine"] * megatron)):
+        results["versions"][mod] = installed_version(mod)
+    attns, packing = (["core_attention"], [True]) if megatron else (args.attn, args.packing)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        process_group(args.device, args.engine),
+        flash_attention(args.device) if not megatron else contextlib.nullcontext("n/a") as fa,
+    ):
         results["versions"]["flash_attn"] = fa
-        path = model_folder(args.model, Path(tmp))
+        path = model_folder(args.model, Path(tmp), args.engine)
         ref_model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
         ref_model = ref_model.to(args.device).eval()
         sequences = make_sequences(args.lengths, ref_model.config.vocab_size)
         reference = dense_rhythm(ref_model, sequences, cfg)
         del ref_model
-        for attn in args.attn:
+        for attn in attns:
             if attn == "flash_attention_2" and fa is None:
                 skipped = {"attn": attn, "skipped": "the flash_attn package is not installed (see docs/rhythm.md)"}
                 report(args, results, skipped)
@@ -172,7 +197,7 @@ def check(args) -> dict:
             for dtype in [*args.check_dtype, *args.info_dtype]:
                 if attn == "flash_attention_2" and dtype not in ("bf16", "fp16"):
                     continue  # FlashAttention-2 rejects fp32 inputs
-                for rmpad in args.packing:
+                for rmpad in packing:
                     run = {"attn": attn, "dtype": dtype, "use_remove_padding": rmpad}
                     try:
                         run.update(one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference))
@@ -196,6 +221,16 @@ def check(args) -> dict:
     return results
 
 
+def installed_version(module: str) -> str | None:
+    """``module.__version__`` where it imports, else ``None``."""
+    import importlib
+
+    try:
+        return str(getattr(importlib.import_module(module), "__version__", "?"))
+    except ImportError:
+        return None
+
+
 def report(args, results: dict, run: dict) -> None:
     """Print one run and add it to the report on disk at once."""
     print(json.dumps(run), flush=True)
@@ -212,7 +247,15 @@ def write(args, results: dict) -> None:
 def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
     from verl_rhythm.testing.engine import build_engine, log_prob_batch
 
-    engine = build_engine(str(path), attn_implementation=attn, use_remove_padding=rmpad, param_dtype=dtype)
+    extra = {}
+    if args.engine == "megatron":
+        from verl_rhythm.testing.megatron_engine import build_megatron_engine, core_attention_classes
+
+        dtypes = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+        engine = build_megatron_engine(str(path), dtype=dtypes[dtype])
+        extra["core_attention"] = core_attention_classes(engine)
+    else:
+        engine = build_engine(str(path), attn_implementation=attn, use_remove_padding=rmpad, param_dtype=dtype)
 
     def batch(capture):
         return log_prob_batch(
@@ -236,6 +279,7 @@ def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
     if args.device == "cuda":
         torch.cuda.empty_cache()
     return {
+        **extra,
         "max_abs_err_waad": err_waad,
         "max_abs_err_fai": err_fai,
         "topq_fai_overlap": overlap,
@@ -254,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--engine",
+        choices=("fsdp", "megatron"),
+        default="fsdp",
+        help="verl's FSDP2 engine, or its Megatron engine (needs megatron-core and mbridge)",
+    )
     ap.add_argument("--model", default="qwen2-0.5b", help="tiny | qwen2-0.5b (random weights, no download)")
     ap.add_argument(
         "--lengths",

@@ -79,4 +79,10 @@ def test_the_gpu_command_runs_every_stage_on_cpu(tmp_path):
         assert set(runs) == expected | {("flash_attention_2", "bf16", p) for p in (True, False)}
         for key, run in runs.items():
             assert "error" not in run and run["ok"] and run["check"] == (key[1] == "fp32"), run
+    megatron = json.loads((out / "megatron.json").read_text())
+    if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("mbridge") is None:
+        assert "skipped" in megatron and "megatron: skipped" in proc.stdout
+    else:  # verl's Megatron engine (the matrix's megatron environment): fp32 checked, bf16 reported
+        runs = {r["dtype"]: r for r in megatron["runs"]}
+        assert megatron["ok"] and sorted(runs) == ["bf16", "fp32"] and runs["fp32"]["check"], megatron
     assert "gpu_check: OK" in proc.stdout

@@ -25,6 +25,11 @@ from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.glue import megatron_impl  # noqa: E402
 from verl_rhythm.glue.tq_fields import FAI, SEQ_STATS, WAAD  # noqa: E402
 from verl_rhythm.testing.engine import dense_rhythm, log_prob_batch, random_sequences, run_log_prob_pass  # noqa: E402
+from verl_rhythm.testing.megatron_engine import (  # noqa: E402
+    build_megatron_engine,
+    core_attention_classes,
+    cpu_megatron_backend,
+)
 from verl_rhythm.testing.process_group import cpu_process_group  # noqa: E402
 from verl_rhythm.testing.tiny import save_tiny_model  # noqa: E402
 
@@ -40,19 +45,10 @@ def make_sequences(seed=0):
 
 @pytest.fixture(scope="module")
 def cpu_backend():
-    """The CPU backend registered as in a ``VERL_PLATFORM=cpu`` process (its Megatron shims included), then the
-    variable restored; the shims act only while verl's platform is the CPU platform."""
-    from verl_rhythm.backends.cpu import plugin
-
-    saved = os.environ.get("VERL_PLATFORM")
-    os.environ["VERL_PLATFORM"] = "cpu"
-    try:
-        plugin.register()
-    finally:
-        if saved is None:
-            os.environ.pop("VERL_PLATFORM")
-        else:
-            os.environ["VERL_PLATFORM"] = saved
+    """The CPU backend registered as in a ``VERL_PLATFORM=cpu`` process (its Megatron shims included); the shims act
+    only while verl's platform is the CPU platform."""
+    with cpu_megatron_backend():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -63,25 +59,12 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(cpu_backend, model_path):
     """verl's ``MegatronEngineWithLMHead`` on a one-process gloo group, fp32 parameters."""
-    from verl.trainer.config import CheckpointConfig
-    from verl.workers.config import HFModelConfig, McoreEngineConfig, McoreOptimizerConfig
     from verl.workers.engine.megatron import transformer_impl
 
     assert megatron_impl.is_installed(transformer_impl)  # the plugin's post-import hook wrapped forward_step
     with cpu_process_group():
-        engine_config = McoreEngineConfig(
-            forward_only=True, use_mbridge=True, vanilla_mbridge=True, use_remove_padding=True, dtype="bfloat16"
-        )
-        # McoreEngineConfig.__post_init__ accepts only bfloat16/float16; the test computes in fp32 so that the
-        # comparison with the fp32 dense reference is tight
-        object.__setattr__(engine_config, "dtype", "float32")
-        engine = transformer_impl.MegatronEngineWithLMHead(
-            model_config=HFModelConfig(path=str(model_path), use_remove_padding=True),
-            engine_config=engine_config,
-            optimizer_config=McoreOptimizerConfig(lr_decay_steps=10),
-            checkpoint_config=CheckpointConfig(),
-        )
-        engine.initialize()
+        engine = build_megatron_engine(str(model_path))
+        assert core_attention_classes(engine) == ["CPUCoreAttention"]
         yield engine
 
 
@@ -222,3 +205,28 @@ print("stock")
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("stock"), result.stderr[-2000:]
+
+
+def test_the_gpu_engine_check_runs_the_megatron_path_on_cpu(tmp_path):
+    """``bash benchmarks/gpu_engine_check.sh --engine megatron`` (the GPU machine's command) on the CPU platform: verl's
+    Megatron engine with the capture against the dense reference; the fp32 run passes its check, and the report
+    names the core attention the capture's hook met (on CPU the local spec's; on a GPU, TransformerEngine's)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "megatron.json"
+    cmd = ["bash", "benchmarks/gpu_engine_check.sh", "--engine", "megatron", "--device", "cpu", "--model", "tiny"]
+    cmd += ["--lengths", "9:14", "6:11", "--repeats", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["engine"] == "megatron" and report["versions"]["megatron.core"] is not None
+    runs = {r["dtype"]: r for r in report["runs"]}
+    assert sorted(runs) == ["bf16", "fp32"]
+    assert runs["fp32"]["check"] and runs["fp32"]["ok"], runs["fp32"]
+    assert runs["fp32"]["max_abs_err_fai"] <= 1e-4 and runs["fp32"]["max_abs_err_waad"] <= 1e-3
+    assert all(r["core_attention"] == ["CPUCoreAttention"] for r in runs.values())
