@@ -126,9 +126,24 @@ MICRO_KEYS = (
 )
 
 
+STRATEGY_KEY = "actor_rollout_ref.actor.strategy"
+MEGATRON_DEFAULTS = (
+    "model_engine=megatron",
+    "actor_rollout_ref.ref.strategy=megatron",
+    "actor_rollout_ref.actor.megatron.vanilla_mbridge=true",
+    "actor_rollout_ref.ref.megatron.vanilla_mbridge=true",
+    "~actor_rollout_ref.actor.fsdp_config",
+    "~actor_rollout_ref.ref.fsdp_config",
+)
+"""With ``actor_rollout_ref.actor.strategy=megatron``: verl's Megatron configs for the actor and the reference
+(``model_engine=megatron``, the group ``ppo_megatron_trainer.yaml`` overrides) in place of the recipe's FSDP sections
+and mbridge's own bridge (the CPU backend's shims build on it)."""
+
+
 def fitted_defaults(overrides: list[str]) -> list[str]:
     """The recipe's own defaults that the worker layout of ``overrides`` needs changed; the user's keys always win.
 
+    - ``actor_rollout_ref.actor.strategy=megatron`` (verl's Megatron engine) takes :data:`MEGATRON_DEFAULTS`.
     - Ulysses sequence parallelism (sp > 1) runs through FlashAttention-2 (``verl/models/transformers/
       monkey_patch.py``), which the CPU backend serves; the recipe's SDPA would be refused at start-up.
     - verl needs ``train_batch_size · n`` divisible by the number of workers (``verl/utils/config.py:validate_config``)
@@ -145,6 +160,8 @@ def fitted_defaults(overrides: list[str]) -> list[str]:
     """
     values = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
     fitted = []
+    if values.get(STRATEGY_KEY) == "megatron":
+        fitted += [o for o in MEGATRON_DEFAULTS if o.lstrip("~").split("=", 1)[0] not in values]
     sp = max(int(values.get(key, 1)) for key in SP_KEYS)
     if sp > 1 and ATTN_KEY not in values:
         fitted.append(f"{ATTN_KEY}=flash_attention_2")
