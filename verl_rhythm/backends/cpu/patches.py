@@ -188,8 +188,8 @@ def megatron_config_problem(config, role: str) -> None:
     if world // model_parallel > 1:
         raise CPUBackendConfigError(
             f"{role}.strategy=megatron with data parallelism ({world} workers, {model_parallel} per model replica) "
-            "is not supported on the CPU platform: its optimizer steps on whole gradient buffers, which megatron-core's "
-            "distributed optimizer layout (the one verl's weight export reads) reduce-scatters; set "
+            "is not supported on the CPU platform: its optimizer steps on whole gradient buffers, which "
+            "megatron-core's distributed optimizer layout (the one verl's weight export reads) reduce-scatters; set "
             f"trainer.n_gpus_per_node to the model-parallel size ({model_parallel})"
         )
     if not megatron.get("use_distributed_optimizer", True):

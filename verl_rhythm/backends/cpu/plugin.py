@@ -22,7 +22,8 @@ verl module                                        registration
 ``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
 ``transformers.modeling_utils``                    on the CPU platform, transformers' ``flash_attention_2`` runs the
                                                    CPU implementation of flash-attn's API (:mod:`.flash_attn`)
-``megatron.core``, ``mbridge.core``, verl's Megatron engine (seven modules): the shims that run it on CPU (:mod:`.megatron`)
+``megatron.core``, ``mbridge.core``, verl's        the shims that run verl's Megatron engine on CPU (:mod:`.megatron`)
+Megatron engine (seven modules)
 =================================================  ==================================================================
 
 The wrappers of :mod:`.patches` act on the CPU platform only, and pass everything else through to verl unchanged.
