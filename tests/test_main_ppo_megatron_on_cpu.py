@@ -65,3 +65,24 @@ def test_the_actor_trains_on_verls_megatron_engine(megatron_run):
 def test_the_megatron_update_trained_on_grpo_advantages_times_gamma(megatron_run):
     assert len(megatron_run.dumps) == 2  # one update per step (ppo_mini_batch_size = the batch)
     assert_grpo_times_gamma(megatron_run.dumps)
+
+
+def test_the_quickstart_trains_the_embedded_model_on_the_megatron_engine(tmp_path, capsys):
+    """``python -m verl_rhythm.quickstart --steps 1 actor_rollout_ref.actor.strategy=megatron``: the embedded
+    SmolLM2-135M (30 layers, tied embeddings) through mbridge and the Megatron engine; one step with the rhythm metrics
+    on its line (about two minutes on 2 cores)."""
+    from verl_rhythm import quickstart
+    from verl_rhythm.embedded import EmbeddedModelMissing, gguf_path
+
+    try:
+        gguf_path()
+    except EmbeddedModelMissing as err:
+        pytest.skip(str(err))
+    rc = quickstart.main(["--steps", "1", "--out", str(tmp_path), "actor_rollout_ref.actor.strategy=megatron"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-4000:]
+    assert "Megatron engine" in out
+    (line,) = [row for row in out.splitlines() if row.startswith("step 1/1")]
+    assert "gamma mean 1." in line and "amplified" in line and "capture" in line
+    ((step, metrics),) = quickstart.read_metrics(tmp_path / quickstart.METRICS)
+    assert step == 1 and metrics["rhythm/gamma_mean"] >= 1.0 and metrics["rhythm/capture_s"] > 0

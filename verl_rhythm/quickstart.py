@@ -17,7 +17,9 @@ Any further argument is passed to ``main_ppo`` as a Hydra override, e.g.
 ``python -m verl_rhythm.quickstart --steps 3 algorithm.rhythm.strategy=global actor_rollout_ref.rollout.n=8``. The
 recipe's batch size and attention follow the worker layout the overrides ask for (:func:`fitted_defaults`), so
 ``python -m verl_rhythm.quickstart --steps 1 trainer.n_gpus_per_node=3
-actor_rollout_ref.actor.ulysses_sequence_parallel_size=3`` trains as written.
+actor_rollout_ref.actor.ulysses_sequence_parallel_size=3`` trains as written, and ``python -m verl_rhythm.quickstart
+--steps 1 actor_rollout_ref.actor.strategy=megatron`` trains with verl's Megatron engine (TP = PP = 1; needs
+``pip install 'verl-rhythm[megatron]'``).
 """
 
 from __future__ import annotations
@@ -194,6 +196,12 @@ def trainer_label(overrides: list[str]) -> str:
     return f"v1 trainer, mode {values.get('trainer.v1.trainer_mode', 'sync')}"
 
 
+def engine_label(overrides: list[str]) -> str:
+    """Which verl engine trains the actor under the Hydra ``overrides``."""
+    values = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+    return "Megatron engine" if values.get(STRATEGY_KEY) == "megatron" else "FSDP2 engine"
+
+
 def refusal_line(log_lines: list[str]) -> str | None:
     """The last line of a failed run's log that names a start-up refusal (the error and its message), if any."""
     for line in reversed(log_lines):
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command(model_dir, data, out, args, overrides)
     print(
         f"training {args.steps} steps of GRPO + rhythm ({args.strategy}) on {model_dir.name}, CPU backend, "
-        f"{trainer_label(overrides)}"
+        f"{engine_label(overrides)}, {trainer_label(overrides)}"
     )
     print(f"log: {out / LOG}")
     start = time.time()

@@ -166,14 +166,6 @@ def megatron_config_problem(config, role: str) -> None:
     Raises:
         CPUBackendConfigError: naming the key and the fix.
     """
-    import importlib.util
-
-    missing = [m for m in ("megatron.core", "mbridge") if importlib.util.find_spec(m.split(".")[0]) is None]
-    if missing:
-        raise CPUBackendConfigError(
-            f"{role}.strategy=megatron needs {' and '.join(missing)}, which are not installed: "
-            "pip install 'verl-rhythm[megatron]'"
-        )
     section = OmegaConf.select(config, role)
     if section is None or section.get("megatron") is None:
         raise CPUBackendConfigError(
@@ -202,4 +194,12 @@ def megatron_config_problem(config, role: str) -> None:
         raise CPUBackendConfigError(
             f"{role}.megatron.vanilla_mbridge=false is not supported on the CPU platform (the CPU shims run "
             f"mbridge's own LLMBridge); set {role}.megatron.vanilla_mbridge=true"
+        )
+    import importlib.util
+
+    missing = [m for m in ("megatron.core", "mbridge") if importlib.util.find_spec(m.split(".")[0]) is None]
+    if missing:
+        raise CPUBackendConfigError(
+            f"{role}.strategy=megatron needs {' and '.join(missing)}, which are not installed: "
+            "pip install 'verl-rhythm[megatron]'"
         )
