@@ -30,8 +30,9 @@
 #
 # Time each environment adds, measured on 2 cores (setup + tests): tf5.9.0-triton3.6 92 s as a fresh venv (66 s as a
 # copy of .venv) + 49 s; tf5.5.3 about as long + 18 s; image 313 s + 89 s; tf-newest 187 s + 11 s (the fresh bare
-# venvs' setup measured with other jobs on the machine); megatron 18 s as a copy of .venv (pip's cache warm) + 22 s.
-# About 15 minutes in all, next to the main suite's 20.
+# venvs' setup measured with other jobs on the machine); megatron 18 s as a copy of .venv (pip's cache warm) + 22 s
+# for the engine test, plus 65 s for main_ppo on Megatron and 105 to 135 s for the quickstart on it (each measured
+# alone). About 19 minutes in all, next to the main suite's 20.
 #
 # Usage: bash tests/matrix.sh [ENV ...]   (default: all). Exit status 1 if any environment failed.
 set -uo pipefail
