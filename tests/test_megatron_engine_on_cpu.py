@@ -69,6 +69,7 @@ def engine(cpu_backend, model_path):
     from verl.workers.engine.megatron import transformer_impl
 
     assert megatron_impl.is_installed(transformer_impl)  # the plugin's post-import hook wrapped forward_step
+    environ = dict(os.environ)
     with cpu_process_group():
         engine_config = McoreEngineConfig(
             forward_only=True, use_mbridge=True, vanilla_mbridge=True, use_remove_padding=True, dtype="bfloat16"
@@ -84,6 +85,11 @@ def engine(cpu_backend, model_path):
         )
         engine.initialize()
         yield engine
+    # megatron-core's LanguageModule sets NVTE_*_ATTN in os.environ for its attention backend; a later test that
+    # starts main_ppo would hand them to its workers, whose megatron-core then refuses them
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
 
 
 @pytest.fixture(scope="module")
