@@ -45,6 +45,9 @@ setup(
         # the fused statistics kernels (GPU; a CUDA torch brings its own Triton: torch 2.11 pins 3.6.0): tested with
         # 3.6.0 and 3.9.0 (interpreter and sm_80/sm_90/gfx90a/gfx942 compiles)
         "triton": ["triton>=3.6,<3.10"],
+        # verl's Megatron engine (actor_rollout_ref.actor.strategy=megatron); on the CPU platform the CPU backend's
+        # shims run it with exactly these versions (tests/constraints-megatron.txt; mbridge's vanilla bridge)
+        "megatron": ["megatron-core==0.16.1", "mbridge==0.15.1", "einops>=0.8"],
     },
     entry_points={
         "verl.plugins": [

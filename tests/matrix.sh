@@ -15,9 +15,11 @@
 #                      the hook, TRITON, and the dry run of `bash benchmarks/gpu_check.sh --out OUT` (every stage on
 #                      CPU: the capture through models of this transformers, the kernels in this Triton).
 #   tf-newest          the newest transformers on the index when this was written (5.25.0), no verl: TF.
-#   megatron           the main stack plus megatron-core and mbridge (tests/constraints-megatron.txt), with verl:
-#                      verl's Megatron engine on CPU with the capture (tests/test_megatron_engine_on_cpu.py, which
-#                      the main suite skips: .venv has no megatron-core).
+#   megatron           the main stack plus verl-rhythm's `megatron` extra (megatron-core, mbridge; pinned by
+#                      tests/constraints-megatron.txt), with verl:
+#                      verl's Megatron engine on CPU with the capture (tests/test_megatron_engine_on_cpu.py) and
+#                      main_ppo training on it (tests/test_main_ppo_megatron_on_cpu.py), which the main suite skips:
+#                      .venv has no megatron-core.
 # TF is what transformers can break (the attention hook and its uninstall, the capture through real model forwards,
 # the attention variants' model classes, transformers' FlashAttention-2 seams under the CPU flash-attn); TRITON the
 # kernels in the interpreter and compiled for sm_80/sm_90/gfx90a/gfx942; ENGINE verl's FSDP engine with the capture.
@@ -28,8 +30,9 @@
 #
 # Time each environment adds, measured on 2 cores (setup + tests): tf5.9.0-triton3.6 92 s as a fresh venv (66 s as a
 # copy of .venv) + 49 s; tf5.5.3 about as long + 18 s; image 313 s + 89 s; tf-newest 187 s + 11 s (the fresh bare
-# venvs' setup measured with other jobs on the machine); megatron 18 s as a copy of .venv (pip's cache warm) + 22 s.
-# About 15 minutes in all, next to the main suite's 20.
+# venvs' setup measured with other jobs on the machine); megatron 18 s as a copy of .venv (pip's cache warm) + 22 s
+# for the engine test, plus 65 s for main_ppo on Megatron and 105 to 135 s for the quickstart on it (each measured
+# alone). About 19 minutes in all, next to the main suite's 20.
 #
 # Usage: bash tests/matrix.sh [ENV ...]   (default: all). Exit status 1 if any environment failed.
 set -uo pipefail
@@ -42,13 +45,15 @@ tests/test_capture_variants_on_cpu.py tests/test_cpu_flash_attn_on_cpu.py"
 TRITON="tests/test_capture_triton_on_cpu.py"
 ENGINE="tests/test_glue_engine_on_cpu.py"
 
-# name | how to install (verl: '.[test]' with verl; bare: torch + the pins + pytest, no verl) | pins | tests
+# name | how to install (verl: '.[test,analyze]' with verl, plus the extras of the fifth field; bare: torch + the pins +
+# pytest, no verl) | pins | tests | further extras of verl-rhythm
 ENVS=(
   "tf5.9.0-triton3.6|verl|transformers==5.9.0 triton==3.6.0|$TF $TRITON $ENGINE"
   "tf5.5.3|verl|transformers==5.5.3|$TF $ENGINE"
   "image|bare|transformers==5.17.0 triton==3.6.0|tests/test_hook_on_cpu.py $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
   "tf-newest|bare|transformers==5.25.0|$TF"
-  "megatron|verl|-r tests/constraints-megatron.txt|tests/test_megatron_engine_on_cpu.py"
+  "megatron|verl|-c tests/constraints-megatron.txt|tests/test_megatron_engine_on_cpu.py \
+tests/test_main_ppo_megatron_on_cpu.py|megatron"
 )
 
 pipq() {  # pip, quiet, without the lines about absent local index folders
@@ -60,7 +65,7 @@ wanted=("$@")
 summary=()
 failed=0
 for spec in "${ENVS[@]}"; do
-  IFS='|' read -r name kind pins tests <<<"$spec"
+  IFS='|' read -r name kind pins tests extras <<<"$spec"
   if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then
     continue
   fi
@@ -80,7 +85,7 @@ for spec in "${ENVS[@]}"; do
     pipq "$venv/bin/python" -m pip install -q -c "$C" torch==2.13.0 &&
     if [ "$kind" = verl ]; then
       # the pins win over verl-rhythm's and verl's own ranges (verl 0.9.1: transformers >=5.5.3,<5.11)
-      pipq "$venv/bin/python" -m pip install -q -c "$C" -e '.[test,analyze]' $pins
+      pipq "$venv/bin/python" -m pip install -q -c "$C" -e ".[test,analyze${extras:+,$extras}]" $pins
     else
       pipq "$venv/bin/python" -m pip install -q -c "$C" $pins pytest hypothesis matplotlib
     fi

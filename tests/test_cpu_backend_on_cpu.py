@@ -5,6 +5,7 @@ random Llama (checked against a plain forward pass), the rollout server's batchi
 directly, without Ray), and the start-up checks on verl's own composed config."""
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -375,6 +376,63 @@ def test_the_recipe_passes_the_checks_in_every_trainer_that_runs_here(cpu_recipe
         OmegaConf.update(config, key, {"false": False}.get(value, value), force_add=True)
     monkeypatch.setattr(patches, "is_selected", lambda: True)
     patches.check_config(config)
+
+
+def megatron_recipe(*overrides: str):
+    """The CPU recipe composed as ``python -m verl_rhythm.quickstart actor_rollout_ref.actor.strategy=megatron``
+    composes it (:func:`verl_rhythm.quickstart.fitted_defaults`), then ``overrides``."""
+    from hydra import compose, initialize_config_module
+
+    from verl_rhythm.quickstart import fitted_defaults
+
+    asked = ["actor_rollout_ref.actor.strategy=megatron", *overrides]
+    with initialize_config_module(config_module="verl_rhythm.recipes", version_base=None):
+        return compose(
+            config_name="rhythm_cpu", overrides=["actor_rollout_ref.model.path=/m", *fitted_defaults(asked), *asked]
+        )
+
+
+MEGATRON_INSTALLED = all(importlib.util.find_spec(m) is not None for m in ("megatron", "mbridge"))
+
+
+def test_megatron_is_accepted_with_verls_megatron_configs(monkeypatch):
+    """strategy=megatron with the quickstart's overrides: verl's Megatron configs, vanilla mbridge; refused only for
+    want of megatron-core/mbridge (the main environment), naming the extra."""
+    config = megatron_recipe()
+    assert (
+        config.actor_rollout_ref.actor.megatron.vanilla_mbridge and "fsdp_config" not in config.actor_rollout_ref.actor
+    )
+    monkeypatch.setattr(patches, "is_selected", lambda: True)
+    if MEGATRON_INSTALLED:
+        patches.check_config(config)
+    else:
+        with pytest.raises(patches.CPUBackendConfigError, match=r"pip install 'verl-rhythm\[megatron\]'"):
+            patches.check_config(config)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["model_engine=dp"], "is an FSDP config .* add the override model_engine=megatron"),
+        (["trainer.n_gpus_per_node=2"], "with data parallelism .* set trainer.n_gpus_per_node to the model-parallel"),
+        (["actor_rollout_ref.actor.megatron.use_distributed_optimizer=false"], "use_distributed_optimizer=true"),
+        (["actor_rollout_ref.actor.megatron.vanilla_mbridge=false"], "megatron.vanilla_mbridge=true"),
+    ],
+)
+def test_megatron_settings_the_cpu_backend_cannot_run_are_refused_by_key(monkeypatch, overrides, match):
+    if overrides == ["model_engine=dp"]:  # the recipe's FSDP sections kept: strategy=megatron on an FSDP config
+        from hydra import compose, initialize_config_module
+
+        with initialize_config_module(config_module="verl_rhythm.recipes", version_base=None):
+            config = compose(
+                config_name="rhythm_cpu",
+                overrides=["actor_rollout_ref.model.path=/m", "actor_rollout_ref.actor.strategy=megatron"],
+            )
+    else:
+        config = megatron_recipe(*overrides)
+    monkeypatch.setattr(patches, "is_selected", lambda: True)
+    with pytest.raises(patches.CPUBackendConfigError, match=match):
+        patches.check_config(config)
 
 
 @pytest.mark.slow

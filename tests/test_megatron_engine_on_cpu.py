@@ -13,6 +13,7 @@ megatron-core and mbridge are not in the main environment: this file runs in the
 ``tests/matrix.sh`` (``tests/constraints-megatron.txt``) and is skipped elsewhere.
 """
 
+import functools
 import os
 
 import pytest
@@ -62,10 +63,16 @@ def engine(cpu_backend, model_path):
     from verl.workers.engine.megatron import transformer_impl
 
     assert megatron_impl.is_installed(transformer_impl)  # the plugin's post-import hook wrapped forward_step
+    environ = dict(os.environ)
     with cpu_process_group():
         engine = build_megatron_engine(str(model_path))
         assert core_attention_classes(engine) == ["CPUCoreAttention"]
         yield engine
+    # megatron-core's LanguageModule sets NVTE_*_ATTN in os.environ for its attention backend; a later test that
+    # starts main_ppo would hand them to its workers, whose megatron-core then refuses them
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +203,10 @@ from verl_rhythm.glue import megatron_impl
 from verl_rhythm.wrapping import is_wrapped
 shims = [torch.cuda.current_device, torch.nn.Module.cuda, tensor_parallel.model_parallel_cuda_manual_seed,
          llm_bridge.LLMBridge._get_transformer_layer_spec, bridge.Bridge._weight_name_mapping_mcore_to_hf,
-         auto_bridge.AutoBridge.from_config]
+         auto_bridge.AutoBridge.from_config, engine.MegatronEngine._build_optimizer]
 assert not any(is_wrapped(f) for f in shims), [f for f in shims if is_wrapped(f)]
+from verl.workers.engine.base import EngineRegistry
+assert "cpu" not in EngineRegistry._engines["language_model"]["megatron"]
 assert schedules.torch is torch
 assert megatron_impl.is_installed(engine)
 print("stock")
@@ -230,3 +239,109 @@ def test_the_gpu_engine_check_runs_the_megatron_path_on_cpu(tmp_path):
     assert runs["fp32"]["check"] and runs["fp32"]["ok"], runs["fp32"]
     assert runs["fp32"]["max_abs_err_fai"] <= 1e-4 and runs["fp32"]["max_abs_err_waad"] <= 1e-3
     assert all(r["core_attention"] == ["CPUCoreAttention"] for r in runs.values())
+
+
+LR = 1e-2
+CLIP = 1.0
+WEIGHT_DECAY = 0.01
+GROUP_ADVANTAGES = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.5, -1.5])
+"""One GRPO-like advantage per sequence of :data:`LENGTHS`."""
+
+
+@pytest.fixture(scope="module")
+def trainer(engine, model_path):
+    """A second ``MegatronEngineWithLMHead`` on the same gloo group, built to train (``forward_only=False``: the CPU
+    backend's optimizer and verl's LR scheduler), fp32 parameters."""
+    from verl.trainer.config import CheckpointConfig
+    from verl.workers.config import HFModelConfig, McoreEngineConfig, McoreOptimizerConfig
+    from verl.workers.engine.megatron import transformer_impl
+
+    engine_config = McoreEngineConfig(
+        forward_only=False, use_mbridge=True, vanilla_mbridge=True, use_remove_padding=True, dtype="bfloat16"
+    )
+    object.__setattr__(engine_config, "dtype", "float32")  # as in the engine fixture
+    trainer = transformer_impl.MegatronEngineWithLMHead(
+        model_config=HFModelConfig(path=str(model_path), use_remove_padding=True),
+        engine_config=engine_config,
+        optimizer_config=McoreOptimizerConfig(lr=LR, clip_grad=CLIP, weight_decay=WEIGHT_DECAY, lr_decay_steps=10),
+        checkpoint_config=CheckpointConfig(),
+    )
+    trainer.initialize()
+    return trainer
+
+
+def policy_gradient_loss(num_response_tokens: int, model_output, data, dp_group=None):
+    """The on-policy policy-gradient loss (verl's vanilla PPO loss at ratio 1, without clipping): minus the sum over
+    response tokens of advantage × log-prob, over the number of response tokens. ``data["token_advantages"]`` is
+    nested ``(bsz, L_i)`` in the layout of verl's ``log_probs`` (position t holds the advantage of token t + 1)."""
+    log_probs, advantages = model_output["log_probs"], data["token_advantages"]
+    total = sum((lp * adv).sum() for lp, adv in zip(log_probs.unbind(), advantages.unbind(), strict=True))
+    return -total / num_response_tokens, {}
+
+
+def reference_update(model_path, sequences, advantages: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+    """The same update on the HF model of the same weights: the loss of :func:`policy_gradient_loss`, the global
+    gradient norm clipped at :data:`CLIP`, one ``torch.optim.AdamW`` step with megatron-core's groups (no weight
+    decay on 1-D parameters and biases). Returns the updated parameters by HF name and the norm before clipping."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="eager").float()
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if not (p.dim() == 1 or n.endswith(".bias"))]
+    no_decay = [p for n, p in named if p.dim() == 1 or n.endswith(".bias")]
+    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=LR)
+    total = 0.0
+    for (prompt, response, _), adv in zip(sequences, advantages, strict=True):
+        ids = torch.cat([prompt, response])[None]
+        logits = model(ids, use_cache=False).logits[0, :-1].float()
+        log_probs = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+        total = total + (log_probs[-response.numel() :] * adv[: response.numel()]).sum()
+    (-total / sum(int(m.sum()) for _, _, m in sequences)).backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    optimizer.step()
+    return {n: p.detach().clone() for n, p in named}, float(norm)
+
+
+def test_one_megatron_update_trains_on_grpo_times_the_captured_gamma(trainer, model_path):
+    """verl's Megatron engine trains (``forward_only=False``): γ from its own capture (the old-log-prob pass with the
+    capture key) scales each sequence's advantage per token; the engine's forward-backward (megatron-core's schedule),
+    the CPU backend's optimizer and verl's scheduler step once; the weights it exports (mbridge, HF names) equal the
+    same update on the HF model, and differ from the update with γ ignored."""
+    from verl_rhythm.credit.gamma import compute_gamma
+
+    sequences = make_sequences()
+    captured = run_log_prob_pass(trainer, log_prob_batch(sequences, capture=CFG, micro_batch_size=2))
+    width = max(r for _, r in LENGTHS)
+
+    def padded(rows):
+        return torch.stack([torch.nn.functional.pad(x.float(), (0, width - x.numel())) for x in rows])
+
+    mask = padded([m for _, _, m in sequences]).bool()
+    gamma = compute_gamma("coupled", mask, waad=padded(captured[WAAD].unbind()), fai=padded(captured[FAI].unbind()))
+    amplified = mask & (gamma.gamma > 1)
+    assert amplified.any(), "no token with γ > 1: the check below could not tell γ from none"
+    advantages = GROUP_ADVANTAGES[:, None] * gamma.gamma * mask
+
+    batch = log_prob_batch(sequences, capture=None, micro_batch_size=len(sequences))
+    batch["token_advantages"] = torch.nested.as_nested_tensor(
+        [torch.cat([torch.zeros(p.numel() - 1), adv[: r.numel()], torch.zeros(1)]) for (p, r, _), adv in
+         zip(sequences, advantages, strict=True)],
+        layout=torch.jagged,
+    )  # fmt: skip
+    with trainer.train_mode():
+        trainer.optimizer_zero_grad()
+        loss = functools.partial(policy_gradient_loss, int(mask.sum()))
+        trainer.forward_backward_batch(batch, loss_function=loss, forward_only=False)
+        grad_norm = trainer.optimizer_step()
+        assert trainer.lr_scheduler_step() < LR  # verl's scheduler (megatron-core's, cosine) stepped
+    trained = {name: weight.detach().float().clone() for name, weight in trainer.get_per_tensor_param()[0]}
+
+    want, want_norm = reference_update(model_path, sequences, advantages)
+    plain, _ = reference_update(model_path, sequences, GROUP_ADVANTAGES[:, None] * mask)
+    assert grad_norm == pytest.approx(want_norm, rel=1e-4)
+    assert sorted(trained) == sorted(want)
+    # Adam's first step moves every weight by about LR; a wrong sign or a dropped γ moves some by about 2 LR
+    for name, weight in trained.items():
+        torch.testing.assert_close(weight, want[name], atol=0.05 * LR, rtol=0, msg=name)
+    assert max(float((trained[n] - plain[n]).abs().max()) for n in trained) > 0.5 * LR

@@ -51,6 +51,15 @@ def test_fitted_defaults(overrides, expected):
     assert quickstart.fitted_defaults(overrides) == expected
 
 
+def test_megatron_takes_verls_megatron_configs_and_the_users_keys_win():
+    strategy = f"{quickstart.STRATEGY_KEY}=megatron"
+    assert quickstart.fitted_defaults([strategy]) == list(quickstart.MEGATRON_DEFAULTS)
+    mine = "actor_rollout_ref.ref.megatron.vanilla_mbridge=false"
+    assert mine.split("=")[0] + "=true" not in quickstart.fitted_defaults([strategy, mine])
+    assert quickstart.engine_label([strategy]) == "Megatron engine"
+    assert quickstart.engine_label([]) == "FSDP2 engine"
+
+
 LAYOUTS = [(w, sp, n) for w in (1, 2, 3, 4, 6) for sp in (1, 2, 3) for n in (2, 4, 5) if w % sp == 0]
 
 

@@ -17,7 +17,9 @@ Any further argument is passed to ``main_ppo`` as a Hydra override, e.g.
 ``python -m verl_rhythm.quickstart --steps 3 algorithm.rhythm.strategy=global actor_rollout_ref.rollout.n=8``. The
 recipe's batch size and attention follow the worker layout the overrides ask for (:func:`fitted_defaults`), so
 ``python -m verl_rhythm.quickstart --steps 1 trainer.n_gpus_per_node=3
-actor_rollout_ref.actor.ulysses_sequence_parallel_size=3`` trains as written.
+actor_rollout_ref.actor.ulysses_sequence_parallel_size=3`` trains as written, and ``python -m verl_rhythm.quickstart
+--steps 1 actor_rollout_ref.actor.strategy=megatron`` trains with verl's Megatron engine (TP = PP = 1; needs
+``pip install 'verl-rhythm[megatron]'``).
 """
 
 from __future__ import annotations
@@ -126,9 +128,24 @@ MICRO_KEYS = (
 )
 
 
+STRATEGY_KEY = "actor_rollout_ref.actor.strategy"
+MEGATRON_DEFAULTS = (
+    "model_engine=megatron",
+    "actor_rollout_ref.ref.strategy=megatron",
+    "actor_rollout_ref.actor.megatron.vanilla_mbridge=true",
+    "actor_rollout_ref.ref.megatron.vanilla_mbridge=true",
+    "~actor_rollout_ref.actor.fsdp_config",
+    "~actor_rollout_ref.ref.fsdp_config",
+)
+"""With ``actor_rollout_ref.actor.strategy=megatron``: verl's Megatron configs for the actor and the reference
+(``model_engine=megatron``, the group ``ppo_megatron_trainer.yaml`` overrides) in place of the recipe's FSDP sections
+and mbridge's own bridge (the CPU backend's shims build on it)."""
+
+
 def fitted_defaults(overrides: list[str]) -> list[str]:
     """The recipe's own defaults that the worker layout of ``overrides`` needs changed; the user's keys always win.
 
+    - ``actor_rollout_ref.actor.strategy=megatron`` (verl's Megatron engine) takes :data:`MEGATRON_DEFAULTS`.
     - Ulysses sequence parallelism (sp > 1) runs through FlashAttention-2 (``verl/models/transformers/
       monkey_patch.py``), which the CPU backend serves; the recipe's SDPA would be refused at start-up.
     - verl needs ``train_batch_size · n`` divisible by the number of workers (``verl/utils/config.py:validate_config``)
@@ -145,6 +162,8 @@ def fitted_defaults(overrides: list[str]) -> list[str]:
     """
     values = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
     fitted = []
+    if values.get(STRATEGY_KEY) == "megatron":
+        fitted += [o for o in MEGATRON_DEFAULTS if o.lstrip("~").split("=", 1)[0] not in values]
     sp = max(int(values.get(key, 1)) for key in SP_KEYS)
     if sp > 1 and ATTN_KEY not in values:
         fitted.append(f"{ATTN_KEY}=flash_attention_2")
@@ -175,6 +194,12 @@ def trainer_label(overrides: list[str]) -> str:
     if values.get("trainer.use_v1", "true").lower() in ("false", "0"):
         return "legacy trainer (RayPPOTrainer)"
     return f"v1 trainer, mode {values.get('trainer.v1.trainer_mode', 'sync')}"
+
+
+def engine_label(overrides: list[str]) -> str:
+    """Which verl engine trains the actor under the Hydra ``overrides``."""
+    values = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+    return "Megatron engine" if values.get(STRATEGY_KEY) == "megatron" else "FSDP2 engine"
 
 
 def refusal_line(log_lines: list[str]) -> str | None:
@@ -286,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command(model_dir, data, out, args, overrides)
     print(
         f"training {args.steps} steps of GRPO + rhythm ({args.strategy}) on {model_dir.name}, CPU backend, "
-        f"{trainer_label(overrides)}"
+        f"{engine_label(overrides)}, {trainer_label(overrides)}"
     )
     print(f"log: {out / LOG}")
     start = time.time()

@@ -166,6 +166,27 @@ PINNED: dict[str, tuple[str, str]] = {
 PINNED_MEGATRON: dict[str, tuple[str, str]] = {
     # verl's Megatron engine (verl_rhythm/glue/megatron_impl.py, verl_rhythm/backends/cpu/megatron.py); importable
     # only where megatron-core is installed, so checked by tests/test_megatron_engine_on_cpu.py, not with PINNED
+    "verl.workers.engine.megatron.transformer_impl:MegatronEngine._build_optimizer": (
+        "d881d12f3b80629a",
+        "wrapped on the CPU platform (the CPU backend's shim 8): builds init_megatron_optim_config's config and "
+        "registers the training hooks with the optimizer it returns",
+    ),
+    "verl.workers.engine.megatron.transformer_impl:MegatronEngine.optimizer_step": (
+        "3b16cb1cd89bdad0",
+        "reads (update_successful, grad_norm, num_zeros_in_grad) from optimizer.step() (CPUMegatronOptimizer.step)",
+    ),
+    "verl.workers.engine.megatron.transformer_impl:MegatronEngine.optimizer_zero_grad": (
+        "48d439d6e49f449a",
+        "calls optimizer.zero_grad(), then each chunk's zero_grad_buffer() (the DDP main_grad the CPU optimizer reads)",
+    ),
+    "verl.utils.megatron_utils:register_megatron_training_hooks": (
+        "bc0bcc0ebd888e84",
+        "reads optimizer.scale_loss and optimizer.config (CPUMegatronOptimizer provides both)",
+    ),
+    "verl.utils.megatron.optimizer:get_megatron_last_lr": (
+        "fcd0b93be15f519a",
+        "reads optimizer.param_groups[0]['lr'] (CPUMegatronOptimizer.param_groups)",
+    ),
     "verl.workers.engine.megatron.transformer_impl:MegatronEngineWithLMHead.forward_step": (
         "06c4b5945bcbc00d",
         "wrapped: takes one micro-batch from batch_iter, runs the model forward inside the call and returns "

@@ -5,7 +5,9 @@
 Load it in every verl process with ``VERL_USE_EXTERNAL_MODULES=verl_rhythm.testing.dump_update`` and set
 ``VERL_RHYTHM_DUMP_DIR``. It wraps ``verl/workers/engine_workers.py:TrainingWorker.train_mini_batch`` (the
 ``TensorDict`` that ``ActorRolloutRefWorker.update_actor`` hands to the actor after TransferQueue resolved it) and
-writes ``update_<call>_rank<r>.pt``: every tensor field as a list of per-row tensors. Never used by a training run.
+writes ``update_<call>_rank<r>.pt``: every tensor field as a list of per-row tensors, and ``engine_rank<r>.txt``: the
+class of the engine that trained (``TrainingWorker.engine``, e.g. ``FSDPEngineWithLMHead``). Never used by a
+training run.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def _dump(data, kind: str = "update") -> None:
     torch.save(fields, out / f"{kind}_{next(_calls):03d}_rank{rank}.pt")
 
 
+def _record_engine(worker) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    path = Path(os.environ[DUMP_DIR_ENV]) / f"engine_rank{rank}.txt"
+    path.write_text(type(worker.engine).__name__)
+
+
 def _install(module) -> None:
     stock_train = module.TrainingWorker.train_mini_batch
     stock_infer = module.TrainingWorker.infer_batch
@@ -50,6 +58,7 @@ def _install(module) -> None:
     def train_mini_batch(self, data, *args, **kwargs):
         if os.environ.get(DUMP_DIR_ENV):
             _dump(data)
+            _record_engine(self)
         return stock_train(self, data, *args, **kwargs)
 
     @functools.wraps(stock_infer)

@@ -29,6 +29,8 @@ class RunResult:
     dumps: list[dict] = field(default_factory=list)
     """The batches the actor updates received, in call order (rank 0 first within a call), with the WAAD/FAI each
     row was captured with (:func:`load_dumps`)."""
+    engines: set[str] = field(default_factory=set)
+    """The classes of the engines the actor updates ran on (every rank's)."""
 
     @property
     def steps(self) -> list[int]:
@@ -63,7 +65,7 @@ def run_main_ppo(
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     dump_dir = out / "dumps"
-    for old in dump_dir.glob("*.pt") if dump_dir.exists() else []:
+    for old in [*dump_dir.glob("*.pt"), *dump_dir.glob("engine_rank*.txt")] if dump_dir.exists() else []:
         old.unlink()
     cmd = main_ppo_command(model_dir, data_dir, out, list(overrides), entry=entry)
     extra_modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
@@ -84,7 +86,8 @@ def run_main_ppo(
             if line.strip():
                 row = json.loads(line)
                 metrics.append((int(row["step"]), row["data"]))
-    return RunResult(proc.returncode, log, metrics, load_dumps(dump_dir))
+    engines = {p.read_text() for p in dump_dir.glob("engine_rank*.txt")} if dump_dir.exists() else set()
+    return RunResult(proc.returncode, log, metrics, load_dumps(dump_dir), engines)
 
 
 def load_dumps(dump_dir: Path) -> list[dict]:

@@ -29,6 +29,10 @@ machine without CUDA (``torch.cuda.is_available()`` false) or names TransformerE
                                                                       spec's fused names (``layer_norm_weight``)
 7     ``mbridge/core/auto_bridge.py:AutoBridge.from_config``             ``rope_theta`` from transformers 5's
                                                                       ``rope_parameters``; ``use_cpu_initialization``
+8     ``verl/workers/engine/megatron/transformer_impl.py:               :class:`CPUMegatronOptimizer` (AdamW on fp32
+      MegatronEngine._build_optimizer`` (megatron-core's optimizers      master weights, megatron-core's weight-decay
+      allocate ``device='cuda'`` tensors and assert                      groups and clipping); verl's training hooks
+      ``param.type() == 'torch.cuda.*Tensor'``)                          and LR scheduler as in the stock builder
 ====  ==============================================================  =============================================
 
 Not shimmed: verl's ``McoreEngineConfig`` accepts only ``dtype`` bfloat16 / float16 (``verl/workers/config/engine.py:
@@ -252,6 +256,153 @@ def install_from_config_shim(auto_bridge) -> None:
     _replace(cls, "from_config", stock, from_config, kind=classmethod)
 
 
+class CPUMegatronOptimizer:
+    """The optimizer of verl's Megatron engine on the CPU platform (shim 8), in place of megatron-core's
+    ``Float16OptimizerWithFloat16Params`` / ``DistributedOptimizer``, which cannot be built without CUDA.
+
+    What verl's engine asks of an optimizer (``MegatronEngine.optimizer_zero_grad``, ``optimizer_step``,
+    ``lr_scheduler_step``; ``verl/utils/megatron_utils.py:register_megatron_training_hooks``; megatron-core's
+    ``OptimizerParamScheduler``), done as megatron-core's mixed-precision Adam does it: fp32 master copies of the
+    model's (bf16/fp32) parameters; gradients read from the DDP buffers (``param.main_grad``: whole, as there is one
+    model replica; more is refused); the global gradient norm clipped at ``config.clip_grad``;
+    ``torch.optim.AdamW`` (decoupled weight decay, megatron-core's ``adam``) with megatron-core's two groups, no weight
+    decay on biases and 1-D parameters (``wd_mult`` 0, read by the scheduler); the master weights copied back.
+    No loss scaling (bf16 or fp32; fp16's dynamic scaler is not provided: refused).
+
+    Args:
+        model_chunks: verl's ``engine.module`` (DDP-wrapped megatron-core models).
+        config: megatron-core ``OptimizerConfig`` (``verl/utils/megatron/optimizer.py:init_megatron_optim_config``).
+
+    Raises:
+        ValueError: ``config.optimizer`` other than ``adam``, or ``fp16`` (no loss scaler on CPU).
+    """
+
+    def __init__(self, model_chunks, config):
+        if str(config.optimizer).lower() != "adam":
+            raise ValueError(
+                f"actor_rollout_ref.actor.optim.optimizer={config.optimizer}: the Megatron engine on the CPU platform "
+                "runs adam only"
+            )
+        if getattr(config, "fp16", False):
+            raise ValueError(
+                "actor_rollout_ref.actor.megatron.dtype=float16: the Megatron engine on the CPU platform has no loss "
+                "scaler; use bfloat16"
+            )
+        if _data_parallel_size() > 1:
+            raise ValueError(
+                "the Megatron engine on the CPU platform runs one model replica (no data parallelism): its optimizer "
+                "steps on whole gradient buffers, which megatron-core's distributed optimizer layout reduce-scatters; "
+                "set trainer.n_gpus_per_node to the model-parallel size"
+            )
+        self.config = config
+        self.model_params, groups = [], {True: [], False: []}
+        for chunk in model_chunks:
+            for name, param in chunk.named_parameters():
+                if not param.requires_grad:
+                    continue
+                master = param.detach().clone().float()
+                self.model_params.append((param, master))
+                groups[not (param.dim() == 1 or name.endswith(".bias"))].append(master)
+        param_groups = [
+            {"params": params, "wd_mult": 1.0 if decay else 0.0, "lr_mult": 1.0}
+            for decay, params in groups.items()
+            if params
+        ]
+        self.optimizer = torch.optim.AdamW(
+            param_groups,
+            lr=config.lr,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = config.weight_decay * group["wd_mult"]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def get_loss_scale(self) -> torch.Tensor:
+        return torch.ones(1)
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """megatron-core's ``grad_scale_func``: the loss unscaled (no loss scaling in bf16/fp32)."""
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param, master in self.model_params:
+            master.grad = None
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> tuple[bool, float, None]:
+        """One AdamW step on the master weights; returns ``(update_successful, grad_norm, num_zeros_in_grad)`` as
+        megatron-core's ``MegatronOptimizer.step`` (the norm before clipping)."""
+        for param, master in self.model_params:
+            grad = getattr(param, "main_grad", None)
+            grad = param.grad if grad is None else grad
+            master.grad = None if grad is None else grad.detach().float().clone()
+        masters = [master for _, master in self.model_params if master.grad is not None]
+        norms = torch.stack([m.grad.norm() for m in masters]) if masters else torch.zeros(1)
+        grad_norm = float(norms.norm())
+        if not torch.isfinite(torch.tensor(grad_norm)):
+            return False, grad_norm, None
+        if self.config.clip_grad > 0:
+            torch.nn.utils.clip_grads_with_norm_(masters, self.config.clip_grad, torch.tensor(grad_norm))
+        self.optimizer.step()
+        for param, master in self.model_params:
+            param.copy_(master)
+        return True, grad_norm, None
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def sharded_state_dict(self, *args, **kwargs):
+        raise NotImplementedError(
+            "checkpoints of the Megatron engine's optimizer are not supported on the CPU platform: set "
+            "trainer.save_freq=-1"
+        )
+
+
+def _data_parallel_size() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_world_size()
+
+
+def install_optimizer_shim(transformer_impl) -> None:
+    """Shim 8: ``MegatronEngine._build_optimizer`` without CUDA builds :class:`CPUMegatronOptimizer` from the
+    megatron-core config verl's stock builder would use, and registers verl's training hooks with it."""
+    cls = getattr(transformer_impl, "MegatronEngine", None)
+    stock = _target(cls, "_build_optimizer") if cls is not None else None
+    if stock is None or is_wrapped(stock):
+        return
+
+    def _build_optimizer(self):
+        if not _no_cuda():
+            return stock(self)
+        from verl.utils.megatron.optimizer import init_megatron_optim_config
+        from verl.utils.megatron_utils import register_megatron_training_hooks
+
+        config = init_megatron_optim_config(
+            self.optimizer_config,
+            use_distributed_optimizer=False,
+            fp16=self.param_dtype == torch.float16,
+            bf16=self.param_dtype == torch.bfloat16,
+        )
+        optimizer = CPUMegatronOptimizer(self.module, config)
+        register_megatron_training_hooks(self.module, optimizer)
+        return optimizer
+
+    _replace(cls, "_build_optimizer", stock, _build_optimizer)
+
+
 INSTALLERS = {
     "megatron.core": install_torch_shims,
     "megatron.core.pipeline_parallel.schedules": install_schedules_shim,
@@ -259,5 +410,6 @@ INSTALLERS = {
     "mbridge.core.llm_bridge": install_layer_spec_shim,
     "mbridge.core.bridge": install_norm_names_shim,
     "mbridge.core.auto_bridge": install_from_config_shim,
+    "verl.workers.engine.megatron.transformer_impl": install_optimizer_shim,
 }
 """Module → its installer; :mod:`.plugin` runs each when the module is imported, on the CPU platform only."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import logging
 
+from omegaconf import OmegaConf
+
 from verl_rhythm.backends.cpu.platform import PLATFORM_NAME, is_selected
 from verl_rhythm.post_import import when_imported
 from verl_rhythm.wrapping import is_wrapped, mark
@@ -132,14 +134,72 @@ def check_config(config) -> None:
             )
     for role in ("actor", "ref"):
         strategy = config.actor_rollout_ref.get(role, {}).get("strategy")
-        if strategy not in (None, "fsdp2"):
+        if strategy not in CPU_STRATEGIES:
             raise CPUBackendConfigError(
                 f"actor_rollout_ref.{role}.strategy={strategy} is not supported on the CPU platform "
-                f"(FSDP1 refuses CPU modules): set actor_rollout_ref.{role}.strategy=fsdp2"
+                f"(FSDP1 refuses CPU modules): set actor_rollout_ref.{role}.strategy=fsdp2 (or megatron)"
             )
+        if strategy == "megatron":
+            megatron_config_problem(config, f"actor_rollout_ref.{role}")
     if config.trainer.get("device", "cpu") != "cpu":
         raise CPUBackendConfigError(
             f"trainer.device={config.trainer.device} but VERL_PLATFORM={PLATFORM_NAME}: set trainer.device=cpu"
         )
-    if config.get("critic", {}).get("enable") and config.critic.get("strategy") not in (None, "fsdp2"):
+    if config.get("critic", {}).get("enable") and config.critic.get("strategy") not in CPU_STRATEGIES:
         raise CPUBackendConfigError(f"critic.strategy={config.critic.strategy}: set critic.strategy=fsdp2 on CPU")
+    if config.get("critic", {}).get("enable") and config.critic.get("strategy") == "megatron":
+        megatron_config_problem(config, "critic")
+
+
+CPU_STRATEGIES = (None, "fsdp2", "megatron")
+"""The engine strategies the CPU backend runs: verl's FSDP2 engine and its Megatron engine (vanilla mbridge, the shims
+of :mod:`verl_rhythm.backends.cpu.megatron`)."""
+
+
+def megatron_config_problem(config, role: str) -> None:
+    """A ``strategy=megatron`` role on the CPU platform: megatron-core and mbridge must be installed
+    (``pip install 'verl-rhythm[megatron]'``), the role's config must be verl's Megatron config (``model_engine=
+    megatron`` selects it; an FSDP-shaped config with ``strategy=megatron`` has no ``megatron`` section), and mbridge
+    must be the vanilla one (the CPU shims build on ``LLMBridge``), with one model replica (no data parallelism) in
+    megatron-core's distributed optimizer layout.
+
+    Raises:
+        CPUBackendConfigError: naming the key and the fix.
+    """
+    section = OmegaConf.select(config, role)
+    if section is None or section.get("megatron") is None:
+        raise CPUBackendConfigError(
+            f"{role}.strategy=megatron but {role} is an FSDP config (no {role}.megatron section): add the override "
+            "model_engine=megatron, which selects verl's Megatron configs for the actor, the reference and the critic"
+        )
+    megatron = section.megatron
+    world = int(config.trainer.get("n_gpus_per_node", 1)) * int(config.trainer.get("nnodes", 1))
+    model_parallel = 1
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
+        model_parallel *= int(megatron.get(key, 1) or 1)
+    if world // model_parallel > 1:
+        raise CPUBackendConfigError(
+            f"{role}.strategy=megatron with data parallelism ({world} workers, {model_parallel} per model replica) "
+            "is not supported on the CPU platform: its optimizer steps on whole gradient buffers, which "
+            "megatron-core's distributed optimizer layout (the one verl's weight export reads) reduce-scatters; set "
+            f"trainer.n_gpus_per_node to the model-parallel size ({model_parallel})"
+        )
+    if not megatron.get("use_distributed_optimizer", True):
+        raise CPUBackendConfigError(
+            f"{role}.megatron.use_distributed_optimizer=false is not supported on the CPU platform: verl's weight "
+            "export to the rollout (megatron_utils.load_megatron_model_to_gpu) reads the parameter buffers of the "
+            f"distributed optimizer layout; set {role}.megatron.use_distributed_optimizer=true"
+        )
+    if not megatron.get("vanilla_mbridge", False):
+        raise CPUBackendConfigError(
+            f"{role}.megatron.vanilla_mbridge=false is not supported on the CPU platform (the CPU shims run "
+            f"mbridge's own LLMBridge); set {role}.megatron.vanilla_mbridge=true"
+        )
+    import importlib.util
+
+    missing = [m for m in ("megatron.core", "mbridge") if importlib.util.find_spec(m.split(".")[0]) is None]
+    if missing:
+        raise CPUBackendConfigError(
+            f"{role}.strategy=megatron needs {' and '.join(missing)}, which are not installed: "
+            "pip install 'verl-rhythm[megatron]'"
+        )

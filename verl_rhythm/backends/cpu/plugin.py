@@ -16,12 +16,14 @@ verl module                                        registration
 ``verl.workers.rollout.base``                      ``_ROLLOUT_REGISTRY[("hf", "async")]`` (a plain dict, no public
                                                    API; pinned)
 ``verl.workers.engine.fsdp.transformer_impl``      the stock FSDP engines under ``EngineRegistry`` device ``cpu``
+``verl.workers.engine.megatron.transformer_impl``  the stock Megatron engines under ``EngineRegistry`` device ``cpu``
 ``verl.single_controller.ray.base``                the resource check counts CPUs on the CPU platform (patches.py)
 ``verl.utils.distributed``                         a ``gloo`` process group on the CPU platform (patches.py)
 ``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
 ``transformers.modeling_utils``                    on the CPU platform, transformers' ``flash_attention_2`` runs the
                                                    CPU implementation of flash-attn's API (:mod:`.flash_attn`)
-``megatron.core``, ``mbridge.core`` (six modules)  the shims that run verl's Megatron engine on CPU (:mod:`.megatron`)
+``megatron.core``, ``mbridge.core``, verl's        the shims that run verl's Megatron engine on CPU (:mod:`.megatron`)
+Megatron engine (seven modules)
 =================================================  ==================================================================
 
 The wrappers of :mod:`.patches` act on the CPU platform only, and pass everything else through to verl unchanged.
@@ -64,6 +66,22 @@ def _register_engine(module) -> None:
             logging.getLogger(__name__).info("EngineRegistry already holds a %s engine for device cpu", backend)
 
 
+def _register_megatron_engine(module) -> None:
+    """verl's own ``MegatronEngineWithLMHead`` (the actor, the reference) and ``MegatronEngineWithValueHead`` (the
+    critic) under device ``cpu``: verl registers them for its accelerators only (``EngineRegistry.register(...,
+    backend="megatron")`` with the default devices)."""
+    from verl.workers.engine.base import EngineRegistry
+
+    for model_type, engine in (
+        ("language_model", module.MegatronEngineWithLMHead),
+        ("value_model", module.MegatronEngineWithValueHead),
+    ):
+        try:
+            EngineRegistry.register(model_type=model_type, backend="megatron", device=PLATFORM_NAME)(engine)
+        except AssertionError:  # registered before (by another plugin): keep theirs
+            logging.getLogger(__name__).info("EngineRegistry already holds a megatron %s for device cpu", model_type)
+
+
 def _serve_flash_attention(module) -> None:
     """On the CPU platform, FlashAttention-2 (verl's default attention) is the CPU flash-attn, fp32 allowed (the
     CPU recipe trains in fp32). A real flash_attn package is never shadowed: its CUDA kernels then refuse CPU
@@ -93,6 +111,7 @@ MEGATRON_MODULES = (
     "mbridge.core.llm_bridge",
     "mbridge.core.bridge",
     "mbridge.core.auto_bridge",
+    "verl.workers.engine.megatron.transformer_impl",
 )
 """The modules :mod:`.megatron` shims (its ``INSTALLERS``), each when it is imported."""
 
@@ -121,6 +140,7 @@ def register() -> None:
     when_imported("verl.workers.rollout.replica", _register_replica)
     when_imported("verl.workers.rollout.base", _register_adapter)
     when_imported("verl.workers.engine.fsdp.transformer_impl", _register_engine)
+    when_imported("verl.workers.engine.megatron.transformer_impl", _register_megatron_engine)
     when_imported("verl.single_controller.ray.base", _patch("patch_resource_check"))
     when_imported("verl.utils.distributed", _patch("patch_process_group"))
     when_imported("verl.utils.config", _patch("patch_validate_config"))
