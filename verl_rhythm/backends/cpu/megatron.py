@@ -17,6 +17,9 @@ machine without CUDA (``torch.cuda.is_available()`` false) or names TransformerE
       RotaryEmbedding``, ``transformer/attention.py``, ...)
 2     ``torch.nn.Module.cuda`` (``mbridge/core/util.py:get_model``      the module itself (stays on the CPU)
       moves every model chunk with it)
+8     ``torch.cuda.synchronize`` (called by megatron-core's pipeline    nothing (gloo's point-to-point operations
+      ``pipeline_parallel/p2p_communication.py:P2PCommunicator.         have completed once waited on)
+      _communicate_shapes`` / ``_communicate``, PP > 1)
 3     ``megatron/core/pipeline_parallel/schedules.py``: the             the tensor on the CPU
       ``torch.zeros(..., device="cuda")`` of
       ``forward_backward_no_pipelining`` and the pipelined schedules
@@ -81,8 +84,8 @@ def _replace(owner, name: str, stock, wrapper, *, kind=None) -> None:
 
 
 def install_torch_shims(_module=None) -> None:
-    """Shims 1 and 2 (``torch.cuda.current_device``, ``torch.nn.Module.cuda``); run when ``megatron.core`` is
-    imported."""
+    """Shims 1, 2 and 8 (``torch.cuda.current_device``, ``torch.nn.Module.cuda``, ``torch.cuda.synchronize``); run
+    when ``megatron.core`` is imported."""
     stock_device = _target(torch.cuda, "current_device")
     if stock_device is not None and not is_wrapped(stock_device):
 
@@ -97,6 +100,13 @@ def install_torch_shims(_module=None) -> None:
             return self if _no_cuda() else stock_cuda(self, device)
 
         _replace(torch.nn.Module, "cuda", stock_cuda, cuda)
+    stock_sync = _target(torch.cuda, "synchronize", ("device",))
+    if stock_sync is not None and not is_wrapped(stock_sync):
+
+        def synchronize(device=None):
+            return None if _no_cuda() else stock_sync(device)
+
+        _replace(torch.cuda, "synchronize", stock_sync, synchronize)
 
 
 class _CPUTorch(types.ModuleType):
