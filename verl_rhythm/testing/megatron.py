@@ -73,3 +73,36 @@ def build_megatron_engine(
     )
     engine.initialize()
     return engine
+
+
+def assert_equals_dense(out: dict, stock: dict, reference: list, response_lengths: list[int]) -> None:
+    """The rhythm outputs of a capturing Megatron pass against the dense reference, and its log-probs against the
+    stock pass with the same micro-batches.
+
+    Args:
+        out: the capturing pass's model outputs (:func:`verl_rhythm.testing.engine.run_log_prob_pass`): nested
+            ``rhythm_waad`` / ``rhythm_fai`` ``(bsz, R_i)``, ``rhythm_seq_stats`` ``(bsz, 3)``, ``log_probs``,
+            ``entropy``.
+        stock: the stock pass's outputs (no capture key).
+        reference: :func:`verl_rhythm.testing.engine.dense_rhythm` of the same sequences and config.
+        response_lengths: R_i per sequence.
+
+    Raises:
+        AssertionError: WAAD/FAI beyond 2e-6 (abs) + 1e-5 (rel), a head-group span mean beyond 1e-5, or log-probs /
+            entropy not bit-identical to the stock pass's.
+    """
+    import torch
+
+    from verl_rhythm.glue.tq_fields import FAI, SEQ_STATS, WAAD
+
+    assert {WAAD, FAI, SEQ_STATS} <= set(out), sorted(out)
+    for i, ref in enumerate(reference):
+        r = response_lengths[i]
+        assert out[WAAD][i].shape == (r,) and out[FAI][i].shape == (r,)
+        torch.testing.assert_close(out[WAAD][i], ref.waad[-r:], atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(out[FAI][i], ref.fai[-r:], atol=2e-6, rtol=1e-5)
+        span_local, span_global = out[SEQ_STATS][i][:2]
+        torch.testing.assert_close(span_local, ref.span[ref.local_heads].mean(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(span_global, ref.span[ref.global_heads].mean(), atol=1e-5, rtol=1e-5)
+        assert torch.equal(out["log_probs"][i], stock["log_probs"][i])
+        assert torch.equal(out["entropy"][i], stock["entropy"][i])
