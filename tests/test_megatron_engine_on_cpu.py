@@ -23,8 +23,8 @@ pytest.importorskip("mbridge", reason="mbridge is installed only in tests/matrix
 
 from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.glue import megatron_impl  # noqa: E402
-from verl_rhythm.glue.tq_fields import FAI, SEQ_STATS, WAAD  # noqa: E402
 from verl_rhythm.testing.engine import dense_rhythm, log_prob_batch, random_sequences, run_log_prob_pass  # noqa: E402
+from verl_rhythm.testing.megatron import assert_equals_dense, build_megatron_engine, cpu_backend_registered  # noqa: E402
 from verl_rhythm.testing.process_group import cpu_process_group  # noqa: E402
 from verl_rhythm.testing.tiny import save_tiny_model  # noqa: E402
 
@@ -40,19 +40,9 @@ def make_sequences(seed=0):
 
 @pytest.fixture(scope="module")
 def cpu_backend():
-    """The CPU backend registered as in a ``VERL_PLATFORM=cpu`` process (its Megatron shims included), then the
-    variable restored; the shims act only while verl's platform is the CPU platform."""
-    from verl_rhythm.backends.cpu import plugin
-
-    saved = os.environ.get("VERL_PLATFORM")
-    os.environ["VERL_PLATFORM"] = "cpu"
-    try:
-        plugin.register()
-    finally:
-        if saved is None:
-            os.environ.pop("VERL_PLATFORM")
-        else:
-            os.environ["VERL_PLATFORM"] = saved
+    """The CPU backend registered as in a ``VERL_PLATFORM=cpu`` process (its Megatron shims included)."""
+    with cpu_backend_registered():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -63,26 +53,11 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(cpu_backend, model_path):
     """verl's ``MegatronEngineWithLMHead`` on a one-process gloo group, fp32 parameters."""
-    from verl.trainer.config import CheckpointConfig
-    from verl.workers.config import HFModelConfig, McoreEngineConfig, McoreOptimizerConfig
     from verl.workers.engine.megatron import transformer_impl
 
     assert megatron_impl.is_installed(transformer_impl)  # the plugin's post-import hook wrapped forward_step
     with cpu_process_group():
-        engine_config = McoreEngineConfig(
-            forward_only=True, use_mbridge=True, vanilla_mbridge=True, use_remove_padding=True, dtype="bfloat16"
-        )
-        # McoreEngineConfig.__post_init__ accepts only bfloat16/float16; the test computes in fp32 so that the
-        # comparison with the fp32 dense reference is tight
-        object.__setattr__(engine_config, "dtype", "float32")
-        engine = transformer_impl.MegatronEngineWithLMHead(
-            model_config=HFModelConfig(path=str(model_path), use_remove_padding=True),
-            engine_config=engine_config,
-            optimizer_config=McoreOptimizerConfig(lr_decay_steps=10),
-            checkpoint_config=CheckpointConfig(),
-        )
-        engine.initialize()
-        yield engine
+        yield build_megatron_engine(str(model_path))
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +98,7 @@ def test_the_capture_equals_the_dense_reference(engine, stock, hf_model, cfg, dy
     out = run_log_prob_pass(engine, log_prob_batch(sequences, capture=cfg, **settings))
     # a stock pass with the same micro-batches (the last position of a sequence depends on its packing neighbours)
     stock = stock if not dynamic else run_log_prob_pass(engine, log_prob_batch(sequences, capture=None, **settings))
-    assert {WAAD, FAI, SEQ_STATS} <= set(out)
-    reference = dense_rhythm(hf_model, sequences, cfg)
-    for i, ref in enumerate(reference):
-        r = LENGTHS[i][1]
-        assert out[WAAD][i].shape == (r,) and out[FAI][i].shape == (r,)
-        torch.testing.assert_close(out[WAAD][i], ref.waad[-r:], atol=2e-6, rtol=1e-5)
-        torch.testing.assert_close(out[FAI][i], ref.fai[-r:], atol=2e-6, rtol=1e-5)
-        span_local, span_global = out[SEQ_STATS][i][:2]
-        torch.testing.assert_close(span_local, ref.span[ref.local_heads].mean(), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(span_global, ref.span[ref.global_heads].mean(), atol=1e-5, rtol=1e-5)
-        assert torch.equal(out["log_probs"][i], stock["log_probs"][i])
-        assert torch.equal(out["entropy"][i], stock["entropy"][i])
+    assert_equals_dense(out, stock, dense_rhythm(hf_model, sequences, cfg), [r for _, r in LENGTHS])
 
 
 def test_the_megatron_internals_the_glue_relies_on_are_unchanged():
@@ -211,12 +175,14 @@ from megatron.core import tensor_parallel
 from mbridge.core import auto_bridge, bridge, llm_bridge
 from verl_rhythm.glue import megatron_impl
 from verl_rhythm.wrapping import is_wrapped
-shims = [torch.cuda.current_device, torch.nn.Module.cuda, tensor_parallel.model_parallel_cuda_manual_seed,
+shims = [torch.cuda.current_device, torch.nn.Module.cuda, torch.cuda.synchronize,
+         tensor_parallel.model_parallel_cuda_manual_seed,
          llm_bridge.LLMBridge._get_transformer_layer_spec, bridge.Bridge._weight_name_mapping_mcore_to_hf,
          auto_bridge.AutoBridge.from_config]
 assert not any(is_wrapped(f) for f in shims), [f for f in shims if is_wrapped(f)]
 assert schedules.torch is torch
 assert megatron_impl.is_installed(engine)
+assert is_wrapped(engine.get_forward_backward_func)  # the glue's: completes pipeline-deferred statistics
 print("stock")
 """
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}

@@ -32,9 +32,7 @@ def cpu_backend_registered() -> Iterator[None]:
     yield
 
 
-def build_megatron_engine(
-    model_path: str, *, tensor_parallel: int = 1, pipeline_parallel: int = 1, sequence_parallel: bool = False
-):
+def build_megatron_engine(model_path: str, *, tensor_parallel: int = 1, pipeline_parallel: int = 1):
     """An initialised verl ``MegatronEngineWithLMHead`` (forward only, THD packed rows, fp32 parameters).
 
     Needs the CPU backend registered (:func:`cpu_backend_registered`) and a gloo group of
@@ -42,8 +40,8 @@ def build_megatron_engine(
 
     Args:
         model_path: a local HF model folder (a tiny Llama: :func:`verl_rhythm.testing.tiny.save_tiny_model`).
-        tensor_parallel, pipeline_parallel: verl's ``tensor_model_parallel_size`` / ``pipeline_model_parallel_size``.
-        sequence_parallel: megatron-core's sequence parallelism under TP (``McoreEngineConfig.sequence_parallel``).
+        tensor_parallel, pipeline_parallel: verl's ``tensor_model_parallel_size`` / ``pipeline_model_parallel_size``
+            (megatron-core's sequence parallelism stays off on CPU: the CPU backend's shim 7).
     """
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import HFModelConfig, McoreEngineConfig, McoreOptimizerConfig
@@ -57,10 +55,6 @@ def build_megatron_engine(
         dtype="bfloat16",
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
-        sequence_parallel=sequence_parallel,
-        # vanilla mbridge turns sequence parallelism on with TP (mbridge/core/llm_bridge.py), which megatron-core's
-        # local-spec norms refuse (megatron/core/transformer/torch_norm.py:WrappedTorchNorm)
-        override_transformer_config={"sequence_parallel": sequence_parallel},
     )
     # McoreEngineConfig.__post_init__ accepts only bfloat16/float16; the tests compute in fp32 so that the
     # comparison with the fp32 dense reference is tight

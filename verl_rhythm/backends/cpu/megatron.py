@@ -31,7 +31,9 @@ machine without CUDA (``torch.cuda.is_available()`` false) or names TransformerE
 6     ``mbridge/core/bridge.py:Bridge._weight_name_mapping_mcore_to_hf``  the local spec's norm names mapped as the TE
                                                                       spec's fused names (``layer_norm_weight``)
 7     ``mbridge/core/auto_bridge.py:AutoBridge.from_config``             ``rope_theta`` from transformers 5's
-                                                                      ``rope_parameters``; ``use_cpu_initialization``
+                                                                      ``rope_parameters``; ``use_cpu_initialization``;
+                                                                      ``sequence_parallel=False`` (mbridge turns it on
+                                                                      with TP; the local spec's norms refuse it)
 ====  ==============================================================  =============================================
 
 Not shimmed: verl's ``McoreEngineConfig`` accepts only ``dtype`` bfloat16 / float16 (``verl/workers/config/engine.py:
@@ -243,7 +245,10 @@ def install_norm_names_shim(bridge) -> None:
 def install_from_config_shim(auto_bridge) -> None:
     """Shim 7: ``AutoBridge.from_config`` reads ``rope_theta`` from transformers 5's ``rope_parameters`` (mbridge
     0.15.1 reads ``hf_config.rope_theta``, gone in transformers 5) and, without CUDA, builds on the CPU
-    (``use_cpu_initialization``)."""
+    (``use_cpu_initialization``) without megatron-core's sequence parallelism: mbridge sets ``sequence_parallel`` when
+    TP > 1 (``mbridge/core/llm_bridge.py:LLMBridge._build_base_config``), which the local spec's norms refuse
+    (``megatron/core/transformer/torch_norm.py:WrappedTorchNorm``). verl's ``override_transformer_config`` is applied
+    after this (``set_extra_args``) and still wins."""
     cls = auto_bridge.AutoBridge
     stock = _target(cls, "from_config", ("hf_config",))
     if stock is None or is_wrapped(stock):
@@ -256,7 +261,7 @@ def install_from_config_shim(auto_bridge) -> None:
         if getattr(hf_config, "rope_theta", None) is None and "rope_theta" in rope:
             hf_config.rope_theta = rope["rope_theta"]
         bridge = stock(klass, hf_config, **kwargs)
-        bridge.set_extra_args(use_cpu_initialization=True)
+        bridge.set_extra_args(use_cpu_initialization=True, sequence_parallel=False)
         return bridge
 
     _replace(cls, "from_config", stock, from_config, kind=classmethod)
