@@ -1,6 +1,7 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Seam: ``verl/workers/engine/megatron/transformer_impl.py:MegatronEngineWithLMHead.forward_step`` (verl 0.9.1).
+"""Seams: ``verl/workers/engine/megatron/transformer_impl.py:MegatronEngineWithLMHead.forward_step`` and that
+module's ``get_forward_backward_func`` global (verl 0.9.1).
 
 The Megatron counterpart of :mod:`verl_rhythm.glue.transformer_impl`: the capture itself is the same
 (:class:`~verl_rhythm.measure.capture.RhythmCapture`, :func:`~verl_rhythm.glue.transformer_impl.rhythm_model_outputs`);
@@ -23,8 +24,21 @@ only the seam and the layout differ.
   ``input_ids.offsets().diff()[i]`` real tokens. The layouts are built from the first selected layer's
   ``PackedSeqParams`` (:func:`thd_layouts`), so they are where the kernel's rows are; every selected layer's call is
   checked against them after the forward (the kernel's sequence starts, ``cu_seqlens_q_padded[:-1]``).
+- Tensor parallelism. Rank r of the tensor-parallel group holds the query heads [r · H/tp, (r + 1) · H/tp) (and
+  their KV heads) of every layer, the same split as verl's Ulysses, so the capture is given that group
+  (``parallel_state.get_tensor_model_parallel_group()``) as its head group: ``finalize`` gathers the head spans, splits
+  all H heads into local/global groups as at TP = 1, and all-reduces the WAAD/FAI group sums, so every TP rank
+  returns the same statistics.
+- Pipeline parallelism. Each stage records the selected layers it holds; the capture's layer group is the pipeline
+  group (``get_pipeline_model_parallel_group()``), whose ``finalize`` all-reduces the spans (zeros where a stage lacks
+  the layer: exact) and the group sums. A collective inside the schedule would deadlock (a stage would wait on one
+  that waits for its activations), so under PP the forward step only records; the schedule that
+  ``get_forward_backward_func`` returns is wrapped, and after it every stage finalizes the micro-batches in order
+  (:func:`finish_deferred`) and the last stage adds the outputs to the ``model_output`` dicts megatron-core kept,
+  before ``forward_backward_batch`` hands them to ``postprocess_batch_func`` (as verl's router replay gathers over
+  the stages with ``pp_gather`` after the schedule).
 
-Supported: TP = PP = CP = 1, packed rows, megatron-core's local core attention (the CPU backend's
+Supported: TP and PP (not virtual PP), CP = 1, packed rows, megatron-core's local core attention (the CPU backend's
 :class:`~verl_rhythm.backends.cpu.megatron.CPUCoreAttention`); the start-up checks
 (:mod:`verl_rhythm.glue.checks`) refuse everything else by key. The hooks are registered by a model's first
 capturing micro-batch, so a process that never captures keeps megatron-core's modules as they are.
