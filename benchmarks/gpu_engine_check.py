@@ -111,9 +111,9 @@ def process_group(device: str, engine: str = "fsdp"):
     if device == "cpu":
         backend = contextlib.nullcontext()
         if engine == "megatron":
-            from verl_rhythm.testing.megatron_engine import cpu_megatron_backend
+            from verl_rhythm.testing.megatron import cpu_backend_registered
 
-            backend = cpu_megatron_backend()
+            backend = cpu_backend_registered()
         with backend, cpu_process_group():
             yield
         return
@@ -249,7 +249,7 @@ def one_run(args, cfg, path, attn, dtype, rmpad, sequences, reference) -> dict:
 
     extra = {}
     if args.engine == "megatron":
-        from verl_rhythm.testing.megatron_engine import build_megatron_engine, core_attention_classes
+        from verl_rhythm.testing.megatron import build_megatron_engine, core_attention_classes
 
         dtypes = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
         engine = build_megatron_engine(str(path), dtype=dtypes[dtype])

@@ -17,9 +17,10 @@
 #   tf-newest          the newest transformers on the index when this was written (5.25.0), no verl: TF.
 #   megatron           the main stack plus verl-rhythm's `megatron` extra (megatron-core, mbridge; pinned by
 #                      tests/constraints-megatron.txt), with verl:
-#                      verl's Megatron engine on CPU with the capture (tests/test_megatron_engine_on_cpu.py) and
-#                      main_ppo training on it (tests/test_main_ppo_megatron_on_cpu.py), which the main suite skips:
-#                      .venv has no megatron-core.
+#                      verl's Megatron engine on CPU with the capture (tests/test_megatron_engine_on_cpu.py; TP = 2
+#                      and PP = 2 on two gloo processes: tests/test_megatron_parallel_on_cpu.py) and main_ppo
+#                      training on it (tests/test_main_ppo_megatron_on_cpu.py), which the main suite skips: .venv
+#                      has no megatron-core.
 # TF is what transformers can break (the attention hook and its uninstall, the capture through real model forwards,
 # the attention variants' model classes, transformers' FlashAttention-2 seams under the CPU flash-attn); TRITON the
 # kernels in the interpreter and compiled for sm_80/sm_90/gfx90a/gfx942; ENGINE verl's FSDP engine with the capture.
@@ -53,7 +54,7 @@ ENVS=(
   "image|bare|transformers==5.17.0 triton==3.6.0|tests/test_hook_on_cpu.py $TRITON tests/test_gpu_check_dry_run_on_cpu.py"
   "tf-newest|bare|transformers==5.25.0|$TF"
   "megatron|verl|-c tests/constraints-megatron.txt|tests/test_megatron_engine_on_cpu.py \
-tests/test_main_ppo_megatron_on_cpu.py|megatron"
+tests/test_megatron_parallel_on_cpu.py tests/test_main_ppo_megatron_on_cpu.py|megatron"
 )
 
 pipq() {  # pip, quiet, without the lines about absent local index folders

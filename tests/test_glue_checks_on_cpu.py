@@ -377,16 +377,24 @@ def test_the_estimator_without_a_config_refuses_instead_of_training_a_default():
     "overrides, key",
     [
         ([], None),
-        (["actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], "tensor_model_parallel_size=2"),
-        (["actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"], "pipeline_model_parallel_size=2"),
+        (["actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], None),
+        (["actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"], None),
+        (
+            [
+                "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2",
+                "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2",
+            ],
+            None,
+        ),
         (["actor_rollout_ref.actor.megatron.context_parallel_size=2"], "context_parallel_size=2"),
         (["actor_rollout_ref.actor.megatron.virtual_pipeline_model_parallel_size=2"], "virtual_pipeline"),
         (["actor_rollout_ref.model.use_remove_padding=false"], "use_remove_padding=false"),
     ],
 )
-def test_megatron_runs_on_the_cpu_platform_with_tp_pp_cp_1_only(compose, monkeypatch, overrides, key):
-    """The capture on verl's Megatron engine (glue/megatron_impl.py) is verified at TP = PP = CP = 1, packed rows, on
-    the CPU platform: that passes, each other setting is refused by its key."""
+def test_megatron_runs_on_the_cpu_platform_with_tp_and_pp_but_cp_1_only(compose, monkeypatch, overrides, key):
+    """The capture on verl's Megatron engine (glue/megatron_impl.py) is verified at CP = 1 with TP and PP
+    (test_megatron_parallel_on_cpu.py), packed rows, on the CPU platform: those pass, each other setting (CP > 1,
+    virtual PP, padded rows) is refused by its key."""
     monkeypatch.setenv("VERL_PLATFORM", "cpu")
     config = compose("actor_rollout_ref.actor.strategy=megatron", *overrides)
     if key is None:

@@ -24,12 +24,13 @@ pytest.importorskip("mbridge", reason="mbridge is installed only in tests/matrix
 
 from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.glue import megatron_impl  # noqa: E402
-from verl_rhythm.glue.tq_fields import FAI, SEQ_STATS, WAAD  # noqa: E402
+from verl_rhythm.glue.tq_fields import FAI, WAAD  # noqa: E402
 from verl_rhythm.testing.engine import dense_rhythm, log_prob_batch, random_sequences, run_log_prob_pass  # noqa: E402
-from verl_rhythm.testing.megatron_engine import (  # noqa: E402
+from verl_rhythm.testing.megatron import (  # noqa: E402
+    assert_equals_dense,
     build_megatron_engine,
     core_attention_classes,
-    cpu_megatron_backend,
+    cpu_backend_registered,
 )
 from verl_rhythm.testing.process_group import cpu_process_group  # noqa: E402
 from verl_rhythm.testing.tiny import save_tiny_model  # noqa: E402
@@ -46,9 +47,8 @@ def make_sequences(seed=0):
 
 @pytest.fixture(scope="module")
 def cpu_backend():
-    """The CPU backend registered as in a ``VERL_PLATFORM=cpu`` process (its Megatron shims included); the shims act
-    only while verl's platform is the CPU platform."""
-    with cpu_megatron_backend():
+    """The CPU backend registered as in a ``VERL_PLATFORM=cpu`` process (its Megatron shims included)."""
+    with cpu_backend_registered():
         yield
 
 
@@ -113,18 +113,7 @@ def test_the_capture_equals_the_dense_reference(engine, stock, hf_model, cfg, dy
     out = run_log_prob_pass(engine, log_prob_batch(sequences, capture=cfg, **settings))
     # a stock pass with the same micro-batches (the last position of a sequence depends on its packing neighbours)
     stock = stock if not dynamic else run_log_prob_pass(engine, log_prob_batch(sequences, capture=None, **settings))
-    assert {WAAD, FAI, SEQ_STATS} <= set(out)
-    reference = dense_rhythm(hf_model, sequences, cfg)
-    for i, ref in enumerate(reference):
-        r = LENGTHS[i][1]
-        assert out[WAAD][i].shape == (r,) and out[FAI][i].shape == (r,)
-        torch.testing.assert_close(out[WAAD][i], ref.waad[-r:], atol=2e-6, rtol=1e-5)
-        torch.testing.assert_close(out[FAI][i], ref.fai[-r:], atol=2e-6, rtol=1e-5)
-        span_local, span_global = out[SEQ_STATS][i][:2]
-        torch.testing.assert_close(span_local, ref.span[ref.local_heads].mean(), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(span_global, ref.span[ref.global_heads].mean(), atol=1e-5, rtol=1e-5)
-        assert torch.equal(out["log_probs"][i], stock["log_probs"][i])
-        assert torch.equal(out["entropy"][i], stock["entropy"][i])
+    assert_equals_dense(out, stock, dense_rhythm(hf_model, sequences, cfg), [r for _, r in LENGTHS])
 
 
 def test_the_megatron_internals_the_glue_relies_on_are_unchanged():
@@ -201,7 +190,8 @@ from megatron.core import tensor_parallel
 from mbridge.core import auto_bridge, bridge, llm_bridge
 from verl_rhythm.glue import megatron_impl
 from verl_rhythm.wrapping import is_wrapped
-shims = [torch.cuda.current_device, torch.nn.Module.cuda, tensor_parallel.model_parallel_cuda_manual_seed,
+shims = [torch.cuda.current_device, torch.nn.Module.cuda, torch.cuda.synchronize,
+         tensor_parallel.model_parallel_cuda_manual_seed,
          llm_bridge.LLMBridge._get_transformer_layer_spec, bridge.Bridge._weight_name_mapping_mcore_to_hf,
          auto_bridge.AutoBridge.from_config, engine.MegatronEngine._build_optimizer]
 assert not any(is_wrapped(f) for f in shims), [f for f in shims if is_wrapped(f)]
@@ -209,6 +199,7 @@ from verl.workers.engine.base import EngineRegistry
 assert "cpu" not in EngineRegistry._engines["language_model"]["megatron"]
 assert schedules.torch is torch
 assert megatron_impl.is_installed(engine)
+assert is_wrapped(engine.get_forward_backward_func)  # the glue's: completes pipeline-deferred statistics
 print("stock")
 """
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
@@ -252,22 +243,8 @@ GROUP_ADVANTAGES = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.5, -1.5])
 def trainer(engine, model_path):
     """A second ``MegatronEngineWithLMHead`` on the same gloo group, built to train (``forward_only=False``: the CPU
     backend's optimizer and verl's LR scheduler), fp32 parameters."""
-    from verl.trainer.config import CheckpointConfig
-    from verl.workers.config import HFModelConfig, McoreEngineConfig, McoreOptimizerConfig
-    from verl.workers.engine.megatron import transformer_impl
-
-    engine_config = McoreEngineConfig(
-        forward_only=False, use_mbridge=True, vanilla_mbridge=True, use_remove_padding=True, dtype="bfloat16"
-    )
-    object.__setattr__(engine_config, "dtype", "float32")  # as in the engine fixture
-    trainer = transformer_impl.MegatronEngineWithLMHead(
-        model_config=HFModelConfig(path=str(model_path), use_remove_padding=True),
-        engine_config=engine_config,
-        optimizer_config=McoreOptimizerConfig(lr=LR, clip_grad=CLIP, weight_decay=WEIGHT_DECAY, lr_decay_steps=10),
-        checkpoint_config=CheckpointConfig(),
-    )
-    trainer.initialize()
-    return trainer
+    optimizer = {"lr": LR, "clip_grad": CLIP, "weight_decay": WEIGHT_DECAY, "lr_decay_steps": 10}
+    return build_megatron_engine(str(model_path), forward_only=False, optimizer=optimizer)
 
 
 def policy_gradient_loss(num_response_tokens: int, model_output, data, dp_group=None):

@@ -183,17 +183,18 @@ def _engine_problems(config: Any) -> list[str]:
 MEGATRON_STRATEGY = "megatron"
 MEGATRON_KEY = "actor_rollout_ref.actor.megatron"
 MEGATRON_PARALLEL_SIZES = {
-    "tensor_model_parallel_size": "each rank would see only its share of the heads",
-    "pipeline_model_parallel_size": "each stage would see only its layers",
     "context_parallel_size": "each rank would see only its share of each sequence's rows",
 }
-"""The Megatron parallel sizes the capture refuses above 1, with why."""
+"""The Megatron parallel sizes the capture refuses above 1, with why. Tensor parallelism (each rank's head spans
+and WAAD/FAI group sums combined over the tensor-parallel group) and pipeline parallelism (each stage's layers
+combined over the pipeline group after the schedule) are supported: :mod:`verl_rhythm.glue.megatron_impl`."""
 
 
 def megatron_problems(config: Any) -> list[str]:
     """What the capture on verl's Megatron engine (:mod:`verl_rhythm.glue.megatron_impl`) cannot run: anything but
     the CPU platform (megatron-core's local core attention; the TransformerEngine attention of GPU runs is
-    unverified), TP, PP or CP above 1, virtual pipelining, and padded (non-THD) micro-batches."""
+    unverified), CP above 1, virtual pipelining, and padded (non-THD) micro-batches. TP and PP above 1 run (the
+    statistics are combined over megatron-core's tensor- and pipeline-parallel groups)."""
     from verl_rhythm.backends.cpu import requested
 
     problems = []
@@ -210,13 +211,15 @@ def megatron_problems(config: Any) -> list[str]:
         if size is not None and int(size) > 1:
             problems.append(
                 f"{MEGATRON_KEY}.{key}={size}: not supported by the rhythm capture on Megatron ({why}, and the "
-                f"capture reads whole sequences of all heads); set {MEGATRON_KEY}.{key}=1"
+                f"capture reads whole sequences); set {MEGATRON_KEY}.{key}=1 (tensor and pipeline parallelism are "
+                "supported)"
             )
     vpp = _select(config, f"{MEGATRON_KEY}.virtual_pipeline_model_parallel_size", None)
     if vpp is not None and int(vpp) > 1:
         problems.append(
             f"{MEGATRON_KEY}.virtual_pipeline_model_parallel_size={vpp}: virtual pipeline stages are not supported "
-            "by the rhythm capture on Megatron; set it to null"
+            "by the rhythm capture on Megatron (its interleaved schedule is not verified); set it to null "
+            f"({MEGATRON_KEY}.pipeline_model_parallel_size > 1 alone is supported)"
         )
     if not bool(_select(config, "actor_rollout_ref.model.use_remove_padding", True)):
         problems.append(

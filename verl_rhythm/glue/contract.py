@@ -196,6 +196,11 @@ PINNED_MEGATRON: dict[str, tuple[str, str]] = {
         "2cec778ba14ea1c3",
         "returns a tuple whose last element holds model_output; the capture's outputs join it",
     ),
+    "verl.workers.engine.megatron.transformer_impl:MegatronEngine.forward_backward_batch": (
+        "6773ffa916738379",
+        "calls the module global get_forward_backward_func() for megatron-core's schedule (wrapped: under PP the "
+        "stages' statistics are combined after it), then postprocess_batch_func on the schedule's model_output dicts",
+    ),
     "verl.models.mcore.util:preprocess_thd_engine": (
         "5e817ba602b52417",
         "THD packing: sequence i at row cu_seqlens_q_padded[i], its real tokens first (the capture's layouts)",

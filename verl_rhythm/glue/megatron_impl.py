@@ -1,6 +1,7 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Seam: ``verl/workers/engine/megatron/transformer_impl.py:MegatronEngineWithLMHead.forward_step`` (verl 0.9.1).
+"""Seams: ``verl/workers/engine/megatron/transformer_impl.py:MegatronEngineWithLMHead.forward_step`` and that
+module's ``get_forward_backward_func`` global (verl 0.9.1).
 
 The Megatron counterpart of :mod:`verl_rhythm.glue.transformer_impl`: the capture itself is the same
 (:class:`~verl_rhythm.measure.capture.RhythmCapture`, :func:`~verl_rhythm.glue.transformer_impl.rhythm_model_outputs`);
@@ -23,8 +24,21 @@ only the seam and the layout differ.
   ``input_ids.offsets().diff()[i]`` real tokens. The layouts are built from the first selected layer's
   ``PackedSeqParams`` (:func:`thd_layouts`), so they are where the kernel's rows are; every selected layer's call is
   checked against them after the forward (the kernel's sequence starts, ``cu_seqlens_q_padded[:-1]``).
+- Tensor parallelism. Rank r of the tensor-parallel group holds the query heads [r · H/tp, (r + 1) · H/tp) (and
+  their KV heads) of every layer, the same split as verl's Ulysses, so the capture is given that group
+  (``parallel_state.get_tensor_model_parallel_group()``) as its head group: ``finalize`` gathers the head spans, splits
+  all H heads into local/global groups as at TP = 1, and all-reduces the WAAD/FAI group sums, so every TP rank
+  returns the same statistics.
+- Pipeline parallelism. Each stage records the selected layers it holds; the capture's layer group is the pipeline
+  group (``get_pipeline_model_parallel_group()``), whose ``finalize`` all-reduces the spans (zeros where a stage lacks
+  the layer: exact) and the group sums. A collective inside the schedule would deadlock (a stage would wait on one
+  that waits for its activations), so under PP the forward step only records; the schedule that
+  ``get_forward_backward_func`` returns is wrapped, and after it every stage finalizes the micro-batches in order
+  (:func:`finish_deferred`) and the last stage adds the outputs to the ``model_output`` dicts megatron-core kept,
+  before ``forward_backward_batch`` hands them to ``postprocess_batch_func`` (as verl's router replay gathers over
+  the stages with ``pp_gather`` after the schedule).
 
-Supported: TP = PP = CP = 1, packed rows, megatron-core's local core attention (the CPU backend's
+Supported: TP and PP (not virtual PP), CP = 1, packed rows, megatron-core's local core attention (the CPU backend's
 :class:`~verl_rhythm.backends.cpu.megatron.CPUCoreAttention`); the start-up checks
 (:mod:`verl_rhythm.glue.checks`) refuse everything else by key. The hooks are registered by a model's first
 capturing micro-batch, so a process that never captures keeps megatron-core's modules as they are.
@@ -53,6 +67,7 @@ from verl_rhythm.glue.transformer_impl import (
 from verl_rhythm.measure import hook
 from verl_rhythm.measure.capture import RhythmCapture
 from verl_rhythm.measure.layout import SequenceLayout
+from verl_rhythm.wrapping import is_wrapped
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +79,42 @@ HOOKED = "_verl_rhythm_core_attention_hooks"
 """Attribute of a megatron-core GPT model holding the hook handles of its layers (registered once)."""
 
 
+SCHEDULE = "get_forward_backward_func"
+"""The module global of verl's engine module that ``MegatronEngine.forward_backward_batch`` calls for megatron-core's
+schedule (``from megatron.core.pipeline_parallel import get_forward_backward_func``)."""
+
+
 def install(module) -> None:
-    """Wrap ``module.MegatronEngineWithLMHead.forward_step``; idempotent. A ``forward_step`` that moved stays verl's
-    own and is recorded as disabled (:mod:`verl_rhythm.glue.seams`)."""
+    """Wrap ``module.MegatronEngineWithLMHead.forward_step`` and the module's :data:`SCHEDULE` (the schedule it
+    returns completes the pipeline-deferred statistics, :func:`finish_deferred`); idempotent. A ``forward_step`` that
+    moved stays verl's own and is recorded as disabled (:mod:`verl_rhythm.glue.seams`); without the schedule global,
+    a capture under pipeline parallelism raises."""
     seams.wrap_method(module, "MegatronEngineWithLMHead", "forward_step", _forward_step, reads=READS, known=KNOWN)
+    stock = getattr(module, SCHEDULE, None)
+    if callable(stock) and not is_wrapped(stock):
+        setattr(module, SCHEDULE, seams.wrap(stock, _get_forward_backward_func))
 
 
 def is_installed(module) -> bool:
     """Whether ``module.MegatronEngineWithLMHead.forward_step`` is the capturing wrapper."""
     return seams.is_wrapped_method(module, "MegatronEngineWithLMHead", "forward_step")
+
+
+def _get_forward_backward_func(call: seams.Call):
+    schedule = call.stock()
+
+    @functools.wraps(schedule)
+    def deferring(*args, **kwargs):
+        deferred: list[_Deferred] = []
+        token = _DEFERRED.set(deferred)
+        try:
+            result = schedule(*args, **kwargs)
+        finally:
+            _DEFERRED.reset(token)
+        finish_deferred(deferred)
+        return result
+
+    return deferring
 
 
 def _forward_step(call: seams.Call):
@@ -121,8 +163,13 @@ def forward_step(stock, engine, micro_batch, model):
     gpt = unwrap_model(model)
     install_hooks(gpt)
     hf_config = engine.model_config.hf_config
+    head_group, layer_group = parallel_groups()
     capture = RhythmCapture(
-        capture_settings(spec_of(micro_batch)), text_num_layers(hf_config), layer_types=text_layer_types(hf_config)
+        capture_settings(spec_of(micro_batch)),
+        text_num_layers(hf_config),
+        layer_types=text_layer_types(hf_config),
+        group=head_group,
+        layer_group=layer_group,
     )
     response_mask = micro_batch_response_mask(micro_batch)
     pending = _Pending(sequence_response_masks(micro_batch["input_ids"], response_mask))
@@ -133,15 +180,76 @@ def forward_step(stock, engine, micro_batch, model):
             output, postprocess = stock()
     finally:
         _PENDING.reset(token)
-    rhythms = capture.finalize()
-    extra = rhythm_model_outputs(
-        rhythms,
+    entry = _Deferred(
+        capture,
         micro_batch["input_ids"].offsets().diff().tolist(),
         response_mask.offsets().diff().tolist(),
-        seconds=capture.seconds + own,
-        data_parallel_size=engine.get_data_parallel_size(),
+        own,
+        engine.get_data_parallel_size(),
     )
-    return output, _with_outputs(postprocess, extra)
+    if layer_group is None:
+        return output, _with_outputs(postprocess, entry.outputs())
+    # pipeline stages: the statistics are combined over the stages after the schedule (a collective here would wait
+    # on a stage that waits for this one's activations)
+    deferred = _DEFERRED.get()
+    if deferred is None:
+        raise RuntimeError(
+            f"rhythm capture on Megatron with pipeline parallelism: verl's {SCHEDULE} in "
+            "verl/workers/engine/megatron/transformer_impl.py is not the glue's (it moved or was replaced), so the "
+            "stages' statistics cannot be combined after the schedule; set "
+            "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=1"
+        )
+    deferred.append(entry)
+    return output, _with_outputs(postprocess, entry)
+
+
+def parallel_groups():
+    """``(head group, layer group)``: megatron-core's tensor-parallel group (each rank holds a share of every layer's
+    heads) and pipeline-parallel group (each stage a share of the layers), each ``None`` at size 1
+    (``megatron/core/parallel_state.py``)."""
+    from megatron.core import parallel_state as mpu
+
+    tp = mpu.get_tensor_model_parallel_group() if mpu.get_tensor_model_parallel_world_size() > 1 else None
+    pp = mpu.get_pipeline_model_parallel_group() if mpu.get_pipeline_model_parallel_world_size() > 1 else None
+    return tp, pp
+
+
+class _Deferred:
+    """One capturing micro-batch's capture and what its outputs need; under pipeline parallelism also the
+    ``model_output`` dict that the last stage's post-processing returned (``None`` on the other stages), completed by
+    :func:`finish_deferred`."""
+
+    def __init__(self, capture: RhythmCapture, lengths: list[int], response_lengths: list[int], own: float, dp: int):
+        self.capture, self.lengths, self.response_lengths = capture, lengths, response_lengths
+        self.own, self.data_parallel_size = own, dp
+        self.model_output: dict | None = None
+
+    def outputs(self) -> dict:
+        """Finalize the capture (collectives over its groups): the rhythm outputs of the micro-batch."""
+        rhythms = self.capture.finalize()
+        return rhythm_model_outputs(
+            rhythms,
+            self.lengths,
+            self.response_lengths,
+            seconds=self.capture.seconds + self.own,
+            data_parallel_size=self.data_parallel_size,
+        )
+
+
+def finish_deferred(deferred: list[_Deferred]) -> None:
+    """After megatron-core's schedule: finalize each pipeline-deferred micro-batch in schedule order (every stage of
+    the pipeline group holds the same micro-batches in the same order and joins each finalize's collectives) and add
+    its outputs to the ``model_output`` the last stage's post-processing returned, before verl's
+    ``postprocess_batch_func`` concatenates them."""
+    for entry in deferred:
+        extra = entry.outputs()
+        if entry.model_output is not None:
+            entry.model_output.update(extra)
+
+
+_DEFERRED: contextvars.ContextVar[list[_Deferred] | None] = contextvars.ContextVar(
+    "verl_rhythm_megatron_deferred", default=None
+)
 
 
 def spec_of(micro_batch) -> str:
@@ -149,14 +257,18 @@ def spec_of(micro_batch) -> str:
     return tu.get_non_tensor_data(data=micro_batch, key=CAPTURE_KEY, default=None)
 
 
-def _with_outputs(postprocess, extra: dict):
+def _with_outputs(postprocess, extra: dict | _Deferred):
     """``postprocess`` (verl's ``postprocess_micro_batch_func`` partial) whose returned ``model_output`` (the last
-    element of its tuple) also holds ``extra``."""
+    element of its tuple) also holds ``extra``; given a :class:`_Deferred`, the ``model_output`` is kept there for
+    :func:`finish_deferred` (megatron-core's schedule keeps that same dict until verl concatenates it)."""
 
     @functools.wraps(postprocess)
     def wrapped(*args, **kwargs):
         result = postprocess(*args, **kwargs)
-        result[-1]["model_output"].update(extra)
+        if isinstance(extra, _Deferred):
+            extra.model_output = result[-1]["model_output"]
+        else:
+            result[-1]["model_output"].update(extra)
         return result
 
     return wrapped
@@ -198,7 +310,7 @@ def _core_attention_pre_hook(layer_idx: int, module, args: tuple, kwargs: dict) 
         RuntimeError: a call without ``packed_seq_params`` (the capture reads packed THD rows only).
     """
     capture = hook.active_capture()
-    if capture is None or not capture.wants(layer_idx):
+    if capture is None or (capture.layouts is not None and not capture.wants(layer_idx)):
         return
     query, key = _argument(args, kwargs, 0, "query"), _argument(args, kwargs, 1, "key")
     params = _argument(args, kwargs, 6, "packed_seq_params")
@@ -208,9 +320,11 @@ def _core_attention_pre_hook(layer_idx: int, module, args: tuple, kwargs: dict) 
             "reads packed rows only (actor_rollout_ref.model.use_remove_padding=true)"
         )
     starts = row_starts(params)
-    if capture.layouts is None:
+    if capture.layouts is None:  # from the first layer (a pipeline stage may hold no selected layer)
         pending = _PENDING.get()
         capture.set_layouts(thd_layouts(params, pending.masks), device=query.device)
+    if not capture.wants(layer_idx):
+        return
     capture.record(
         layer_idx,
         query.transpose(0, 1).unsqueeze(0),

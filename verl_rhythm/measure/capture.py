@@ -135,11 +135,18 @@ class RhythmCapture:
             first :meth:`to` / :meth:`record` (``None`` until then).
         fallbacks: why a selected layer took a slower path than the kernels promised (each reason once, also logged
             once per process).
-        group: the sequence-parallel process group whose ranks each record whole sequences for their share of the
-            heads (verl's Ulysses: :func:`verl_rhythm.measure.hook.wrap_flash_attention_forward`), or ``None``.
+        group: the process group whose ranks each record whole sequences for their share of every layer's heads,
+            rank r the query heads [r · H_r, (r + 1) · H_r) (verl's Ulysses:
+            :func:`verl_rhythm.measure.hook.wrap_flash_attention_forward`; Megatron's tensor-parallel group), or
+            ``None``.
         sequence_parallel: ``group`` has more than one rank; then :meth:`finalize` gathers the head spans (a few
             floats per head) and sums the local heads' WAAD/FAI over the group, so every rank returns the statistics
             of all heads, as with one rank.
+        layer_group: the process group whose ranks each hold a share of the decoder layers (Megatron's
+            pipeline-parallel group: each stage records the selected layers it holds), or ``None``.
+        pipelined: ``layer_group`` has more than one rank; then :meth:`finalize` all-reduces the spans of every
+            (layer, head) (zero where a stage does not hold the layer, so the sum is exact) and the WAAD/FAI group
+            sums over it too, so every stage returns the statistics of all selected layers, as with one stage.
     """
 
     def __init__(
@@ -152,11 +159,14 @@ class RhythmCapture:
         layer_types: list[str] | None = None,
         kernels: Kernels | None = None,
         group=None,
+        layer_group=None,
         timer=None,
     ):
         self.cfg = getattr(cfg, "capture", cfg)  # a whole RhythmConfig also does: its capture part is read
         self.group = group
         self.sequence_parallel = group is not None and torch.distributed.get_world_size(group) > 1
+        self.layer_group = layer_group
+        self.pipelined = layer_group is not None and torch.distributed.get_world_size(layer_group) > 1
         self.fused = fused
         self.kernels = kernels
         self._fixed_kernels = kernels is not None
@@ -327,7 +337,7 @@ class RhythmCapture:
 
     def _missing(self) -> None:
         missing = [layer for layer in self.layers if layer not in self._stats]
-        if missing:
+        if missing and not self.pipelined:  # a pipeline stage holds some layers: checked over the stages
             raise RuntimeError(
                 f"RhythmCapture: selected layers {missing} were never recorded (recorded: {sorted(self._stats)}); "
                 "is the attention hook installed (install_attention_hook) and capture_active around the forward?"
@@ -338,15 +348,22 @@ class RhythmCapture:
     def _packed(self, name: str) -> torch.Tensor:
         """One recorded statistic over all selected layers, layer-major heads: ``(K, T)`` per-token vectors in the
         batch's token order (``dist``, ``waad``, ``fai_num``), or the ``(n, K)`` spans (``span``)."""
-        parts = [getattr(self._stats[layer], name) for layer in self.layers]
+        parts = [getattr(self._stats[layer], name) for layer in self._recorded()]
+        if not parts:  # a pipeline stage without a selected layer: no head rows
+            n, t = len(self.batch.offsets), self.batch.counts.shape[0]
+            return self.batch.counts.new_zeros((n, 0) if name == "span" else (0, t), dtype=torch.float32)
         return torch.cat(parts, 1 if name == "span" else 0)
+
+    def _recorded(self) -> list[int]:
+        """The selected layers recorded here, ascending (all of them but on a pipeline stage)."""
+        return [layer for layer in self.layers if layer in self._stats]
 
     def _heads(self) -> list[tuple[int, int]]:
         """The ``(layer, head)`` pairs of this rank's rows, layer-major: under sequence parallelism rank r holds a
         layer's query heads [r · H_r, (r + 1) · H_r) (verl's all-to-all scatters heads in rank order)."""
         rank = torch.distributed.get_rank(self.group) if self.sequence_parallel else 0
         out = []
-        for layer in self.layers:
+        for layer in self._recorded():
             local = self._stats[layer].span.shape[1]
             out += [(layer, rank * local + h) for h in range(local)]
         return out
@@ -384,12 +401,57 @@ class RhythmCapture:
 
     def _layer_widths(self) -> list[tuple[int, int]]:
         """``(layer, heads recorded for it on this rank)`` per selected layer."""
-        return [(layer, self._stats[layer].span.shape[1]) for layer in self.layers]
+        return [(layer, self._stats[layer].span.shape[1]) for layer in self._recorded()]
+
+    def _all_stages(self, span, flags, heads: list, rows: torch.Tensor):
+        """:meth:`_all_heads` completed over the pipeline stages: the spans of every selected layer's heads.
+
+        One all-gather of each stage's per-layer head counts (each selected layer must be held by exactly one stage),
+        then one all-reduce of the ``(n, K)`` spans, each stage's columns in place and zeros elsewhere (exact), with
+        the check flags.
+
+        Returns:
+            ``(span (n, K), flags, heads, rows)`` as :meth:`_all_heads`, over all stages.
+
+        Raises:
+            RuntimeError: a selected layer recorded on no stage or on several (on every stage alike).
+        """
+        device = span.device
+        mine = [sum(1 for layer, _ in heads if layer == want) for want in self.layers]
+        size = torch.distributed.get_world_size(self.layer_group)
+        counts = [torch.zeros(len(self.layers), dtype=torch.float32, device=device) for _ in range(size)]
+        torch.distributed.all_gather(counts, torch.tensor(mine, dtype=torch.float32, device=device), self.layer_group)
+        held = torch.stack(counts).cpu()  # (stages, layers)
+        owners = (held > 0).sum(0).tolist()
+        wrong = {layer: n for layer, n in zip(self.layers, owners, strict=True) if n != 1}
+        if wrong:
+            raise RuntimeError(
+                f"RhythmCapture: selected layers recorded on that many pipeline stages (layer: stages) {wrong}, not "
+                f"one (recorded here: {self._recorded()}); is the attention hook installed on every stage and "
+                "capture_active around the forward?"
+            )
+        widths = [int(w) for w in held.sum(0).tolist()]
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        columns = []  # the global column of each of this stage's columns
+        for i, n in enumerate(mine):
+            columns += range(starts[i], starts[i] + n)
+        columns = torch.tensor(columns, dtype=torch.long, device=device)
+        n, k = span.shape[0], sum(widths)
+        full = span.new_zeros(n * k + 1)  # the (n, K) spans, then the check flag
+        full[:-1].view(n, k)[:, columns] = span
+        full[-1] = (flags if flags is not None else span.new_zeros((), dtype=torch.bool)).float()
+        torch.distributed.all_reduce(full, group=self.layer_group)
+        every = [(layer, h) for layer, w in zip(self.layers, widths, strict=True) for h in range(w)]
+        return full[:-1].view(n, k), full[-1] > 0, every, columns[rows]
 
     def _sum_over_group(self, partial: torch.Tensor) -> torch.Tensor:
-        """Sum a ``(2, T)`` tensor of partial group sums over the sequence-parallel group (one all-reduce)."""
+        """Sum a ``(2, T)`` tensor of partial group sums over the head group, then the layer group (one
+        all-reduce each)."""
         partial = partial.contiguous()
-        torch.distributed.all_reduce(partial, group=self.group)
+        if self.sequence_parallel:
+            torch.distributed.all_reduce(partial, group=self.group)
+        if self.pipelined:
+            torch.distributed.all_reduce(partial, group=self.layer_group)
         return partial
 
     def _failed_checks(self) -> list[int]:
@@ -439,9 +501,11 @@ class RhythmCapture:
         checks = [c.to(span.device).reshape(()) for _, c in self._checks]
         flags = torch.stack(checks).any() if checks else None
         span, flags, heads, rows = self._all_heads(span, flags)
+        if self.pipelined:
+            span, flags, heads, rows = self._all_stages(span, flags, heads, rows)
         lay = self.batch
         cfg = self.cfg
-        reduce = self._sum_over_group if self.sequence_parallel else None
+        reduce = self._sum_over_group if self.sequence_parallel or self.pipelined else None
         waad_tok, fai_tok, local, glob, failed = rhythm_for_tokens(
             waad, fai_num, span, lay.counts, lay.token_seq, cfg.head_quantile, cfg.head_group_scope, flags,
             lay.has_response, rows=rows, reduce=reduce,

@@ -160,10 +160,11 @@ def log_prob_batch(
 
 
 def run_log_prob_pass(engine, batch: TensorDict) -> dict[str, torch.Tensor]:
-    """``engine.infer_batch`` under ``eval_mode``, as ``TrainingWorker.infer_batch`` runs it; the model outputs."""
+    """``engine.infer_batch`` under ``eval_mode``, as ``TrainingWorker.infer_batch`` runs it; the model outputs
+    (empty on a Megatron pipeline stage other than the last, which returns none)."""
     with engine.eval_mode():
         output = engine.infer_batch(batch, loss_function=None)
-    return {k: v.cpu() if v.device.type != "cpu" else v for k, v in output["model_output"].items()}
+    return {k: v.cpu() if v.device.type != "cpu" else v for k, v in output.get("model_output", {}).items()}
 
 
 def dense_rhythm(model, sequences, cfg: RhythmConfig) -> list:

@@ -17,6 +17,9 @@ machine without CUDA (``torch.cuda.is_available()`` false) or names TransformerE
       RotaryEmbedding``, ``transformer/attention.py``, ...)
 2     ``torch.nn.Module.cuda`` (``mbridge/core/util.py:get_model``      the module itself (stays on the CPU)
       moves every model chunk with it)
+8     ``torch.cuda.synchronize`` (called by megatron-core's pipeline    nothing (gloo's point-to-point operations
+      ``pipeline_parallel/p2p_communication.py:P2PCommunicator.         have completed once waited on)
+      _communicate_shapes`` / ``_communicate``, PP > 1)
 3     ``megatron/core/pipeline_parallel/schedules.py``: the             the tensor on the CPU
       ``torch.zeros(..., device="cuda")`` of
       ``forward_backward_no_pipelining`` and the pipelined schedules
@@ -28,8 +31,10 @@ machine without CUDA (``torch.cuda.is_available()`` false) or names TransformerE
 6     ``mbridge/core/bridge.py:Bridge._weight_name_mapping_mcore_to_hf``  the local spec's norm names mapped as the TE
                                                                       spec's fused names (``layer_norm_weight``)
 7     ``mbridge/core/auto_bridge.py:AutoBridge.from_config``             ``rope_theta`` from transformers 5's
-                                                                      ``rope_parameters``; ``use_cpu_initialization``
-8     ``verl/workers/engine/megatron/transformer_impl.py:               :class:`CPUMegatronOptimizer` (AdamW on fp32
+                                                                      ``rope_parameters``; ``use_cpu_initialization``;
+                                                                      ``sequence_parallel=False`` (mbridge turns it on
+                                                                      with TP; the local spec's norms refuse it)
+9     ``verl/workers/engine/megatron/transformer_impl.py:               :class:`CPUMegatronOptimizer` (AdamW on fp32
       MegatronEngine._build_optimizer`` (megatron-core's optimizers      master weights, megatron-core's weight-decay
       allocate ``device='cuda'`` tensors and assert                      groups and clipping); verl's training hooks
       ``param.type() == 'torch.cuda.*Tensor'``)                          and LR scheduler as in the stock builder
@@ -85,8 +90,8 @@ def _replace(owner, name: str, stock, wrapper, *, kind=None) -> None:
 
 
 def install_torch_shims(_module=None) -> None:
-    """Shims 1 and 2 (``torch.cuda.current_device``, ``torch.nn.Module.cuda``); run when ``megatron.core`` is
-    imported."""
+    """Shims 1, 2 and 8 (``torch.cuda.current_device``, ``torch.nn.Module.cuda``, ``torch.cuda.synchronize``); run
+    when ``megatron.core`` is imported."""
     stock_device = _target(torch.cuda, "current_device")
     if stock_device is not None and not is_wrapped(stock_device):
 
@@ -101,6 +106,13 @@ def install_torch_shims(_module=None) -> None:
             return self if _no_cuda() else stock_cuda(self, device)
 
         _replace(torch.nn.Module, "cuda", stock_cuda, cuda)
+    stock_sync = _target(torch.cuda, "synchronize", ("device",))
+    if stock_sync is not None and not is_wrapped(stock_sync):
+
+        def synchronize(device=None):
+            return None if _no_cuda() else stock_sync(device)
+
+        _replace(torch.cuda, "synchronize", stock_sync, synchronize)
 
 
 class _CPUTorch(types.ModuleType):
@@ -237,7 +249,10 @@ def install_norm_names_shim(bridge) -> None:
 def install_from_config_shim(auto_bridge) -> None:
     """Shim 7: ``AutoBridge.from_config`` reads ``rope_theta`` from transformers 5's ``rope_parameters`` (mbridge
     0.15.1 reads ``hf_config.rope_theta``, gone in transformers 5) and, without CUDA, builds on the CPU
-    (``use_cpu_initialization``)."""
+    (``use_cpu_initialization``) without megatron-core's sequence parallelism: mbridge sets ``sequence_parallel`` when
+    TP > 1 (``mbridge/core/llm_bridge.py:LLMBridge._build_base_config``), which the local spec's norms refuse
+    (``megatron/core/transformer/torch_norm.py:WrappedTorchNorm``). verl's ``override_transformer_config`` is applied
+    after this (``set_extra_args``) and still wins."""
     cls = auto_bridge.AutoBridge
     stock = _target(cls, "from_config", ("hf_config",))
     if stock is None or is_wrapped(stock):
@@ -250,14 +265,14 @@ def install_from_config_shim(auto_bridge) -> None:
         if getattr(hf_config, "rope_theta", None) is None and "rope_theta" in rope:
             hf_config.rope_theta = rope["rope_theta"]
         bridge = stock(klass, hf_config, **kwargs)
-        bridge.set_extra_args(use_cpu_initialization=True)
+        bridge.set_extra_args(use_cpu_initialization=True, sequence_parallel=False)
         return bridge
 
     _replace(cls, "from_config", stock, from_config, kind=classmethod)
 
 
 class CPUMegatronOptimizer:
-    """The optimizer of verl's Megatron engine on the CPU platform (shim 8), in place of megatron-core's
+    """The optimizer of verl's Megatron engine on the CPU platform (shim 9), in place of megatron-core's
     ``Float16OptimizerWithFloat16Params`` / ``DistributedOptimizer``, which cannot be built without CUDA.
 
     What verl's engine asks of an optimizer (``MegatronEngine.optimizer_zero_grad``, ``optimizer_step``,
