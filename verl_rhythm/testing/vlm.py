@@ -91,3 +91,74 @@ def image_prompt(prompt_len: int, response_len: int, *, grid=(1, 4, 4), image_at
     ids = torch.cat([text[:image_at], image, text[image_at:]])
     pixels = torch.randn(t * h * w, 3 * 2 * 4 * 4, generator=g)
     return ids, pixels, torch.tensor([list(grid)]), response_len
+
+
+def mrope_position_ids(model, input_ids: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    """verl's ``(4, L)`` position ids of one unpadded sequence: row 0 the text positions ``0..L-1``, rows 1-3 the
+    model's mRoPE (t, h, w) positions, as verl's agent loop builds them
+    (``verl/experimental/agent_loop/agent_loop.py``: the model's ``get_rope_index`` bound to the processor, then
+    ``torch.cat((text_position_ids, vision_position_ids))``).
+
+    Args:
+        model: a :func:`vlm_model` (its ``model.get_rope_index``).
+        input_ids: ``(L,)`` with the image placeholders.
+        image_grid_thw: ``(n_images, 3)``.
+    """
+    ids = input_ids[None]
+    mm_token_type_ids = (ids == IMAGE_TOKEN_ID).long()
+    vision, _ = model.model.get_rope_index(ids, mm_token_type_ids, image_grid_thw=image_grid_thw,
+                                           attention_mask=torch.ones_like(ids))  # fmt: skip
+    return torch.cat([torch.arange(ids.shape[1])[None], vision[:, 0]])
+
+
+def image_sequences(model, specs, seed: int = 0):
+    """Several :func:`image_prompt` sequences with their ``(4, L_i)`` position ids.
+
+    Args:
+        model: a :func:`vlm_model`.
+        specs: ``(prompt_len, response_len)`` per sequence, or ``(prompt_len, response_len, grid)``.
+
+    Returns:
+        a list of dicts with ``input_ids (L,)``, ``position_ids (4, L)``, ``pixel_values``, ``image_grid_thw (1, 3)``
+        and ``response_len``.
+    """
+    out = []
+    for i, spec in enumerate(specs):
+        prompt_len, response_len, *grid = spec
+        ids, pixels, thw, r = image_prompt(prompt_len, response_len, grid=tuple(grid[0]) if grid else (1, 4, 4),
+                                           seed=seed + i)  # fmt: skip
+        out.append(dict(input_ids=ids, position_ids=mrope_position_ids(model, ids, thw), pixel_values=pixels,
+                        image_grid_thw=thw, response_len=r))  # fmt: skip
+    return out
+
+
+def packed_inputs(sequences) -> dict:
+    """The model inputs of verl's packed row (``use_remove_padding``): ``input_ids (1, T)``, ``position_ids
+    (4, 1, T)`` and the micro-batch's images concatenated in sequence order."""
+    return dict(
+        input_ids=torch.cat([s["input_ids"] for s in sequences])[None],
+        position_ids=torch.cat([s["position_ids"] for s in sequences], 1)[:, None],
+        pixel_values=torch.cat([s["pixel_values"] for s in sequences]),
+        image_grid_thw=torch.cat([s["image_grid_thw"] for s in sequences]),
+    )
+
+
+def padded_inputs(sequences, pad_token_id: int = 0) -> dict:
+    """The model inputs of verl's right-padded batch (``use_remove_padding=False``): ``input_ids (B, T)``,
+    ``attention_mask (B, T)`` and ``position_ids (4, B, T)`` padded with 0 (``FSDPEngineWithLMHead.
+    prepare_model_inputs``: ``to_padded_tensor(..., output_size=(B, 4, T)).transpose(0, 1)``), and the images."""
+    width = max(len(s["input_ids"]) for s in sequences)
+    b = len(sequences)
+    ids = torch.full((b, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros(b, width, dtype=torch.long)
+    pos = torch.zeros(b, 4, width, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        n = len(s["input_ids"])
+        ids[i, :n], mask[i, :n], pos[i, :, :n] = s["input_ids"], 1, s["position_ids"]
+    return dict(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos.transpose(0, 1),
+        pixel_values=torch.cat([s["pixel_values"] for s in sequences]),
+        image_grid_thw=torch.cat([s["image_grid_thw"] for s in sequences]),
+    )
