@@ -117,7 +117,7 @@ def test_vision_tower_runs_untouched_under_a_capture(implementation):
     model = vlm_model("qwen2_5_vl", attn_implementation=implementation)
     seq = image_sequences(model, SPECS[:1])[0]
     install_attention_hook()
-    capture = RhythmCapture(CFG, text_num_layers(model.config), response_masks([seq]) and None)
+    capture = RhythmCapture(CFG, text_num_layers(model.config))
     with torch.no_grad():
         stock = model.model.visual(seq["pixel_values"], grid_thw=seq["image_grid_thw"])
         with capture_active(capture):

@@ -21,7 +21,9 @@ statistics, and the trainer stops the run with :class:`~verl_rhythm.glue.trainer
 The transformers attention hook (:func:`~verl_rhythm.measure.hook.install_attention_hook`) and, under Ulysses
 sequence parallelism, the wrapper of verl's inner FlashAttention call (:mod:`verl_rhythm.glue.monkey_patch`) are
 installed by the first capturing micro-batch of a process, so a process that never captures keeps transformers'
-and verl's functions as they are.
+and verl's functions as they are. So is, for Qwen2-VL / Qwen2.5-VL, the wrapper of verl's own attention forward's
+kernels (:mod:`verl_rhythm.glue.qwen2_vl`); multimodal rows carry ``(bsz, 4, L_i)`` position ids, whose text row
+gives the packed layouts (:func:`text_position_ids`).
 """
 
 from __future__ import annotations
