@@ -28,6 +28,7 @@ from verl_rhythm.glue.tq_fields import FAI, WAAD  # noqa: E402
 from verl_rhythm.testing.engine import dense_rhythm, log_prob_batch, random_sequences, run_log_prob_pass  # noqa: E402
 from verl_rhythm.testing.megatron import (  # noqa: E402
     assert_equals_dense,
+    assert_log_probs_match_hf,
     build_megatron_engine,
     core_attention_classes,
     cpu_backend_registered,
@@ -91,12 +92,7 @@ def stock(engine):
 def test_the_stock_pass_is_verls_and_matches_transformers(stock, hf_model):
     """Without the capture key the engine's outputs are verl's own, and its log-probs those of the HF model."""
     assert sorted(stock) == ["entropy", "log_probs"]
-    for i, (prompt, response, _) in enumerate(make_sequences()):
-        ids = torch.cat([prompt, response])[None]
-        with torch.no_grad():
-            logits = hf_model(ids, use_cache=False).logits[0, :-1].float()
-        reference = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
-        torch.testing.assert_close(stock["log_probs"][i][:-1], reference, atol=2e-6, rtol=0)
+    assert_log_probs_match_hf(stock, hf_model, make_sequences())
 
 
 @pytest.mark.parametrize(

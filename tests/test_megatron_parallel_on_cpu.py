@@ -24,7 +24,7 @@ pytest.importorskip("mbridge", reason="mbridge is installed only in tests/matrix
 from verl_rhythm.config import RhythmConfig  # noqa: E402
 from verl_rhythm.glue.tq_fields import FAI, SEQ_STATS, WAAD  # noqa: E402
 from verl_rhythm.testing.engine import dense_rhythm, log_prob_batch, random_sequences, run_log_prob_pass  # noqa: E402
-from verl_rhythm.testing.megatron import assert_equals_dense  # noqa: E402
+from verl_rhythm.testing.megatron import assert_equals_dense, assert_log_probs_match_hf  # noqa: E402
 from verl_rhythm.testing.process_group import spawn_cpu_group  # noqa: E402
 from verl_rhythm.testing.tiny import save_tiny_model  # noqa: E402
 
@@ -123,10 +123,4 @@ def test_pipeline_parallel_capture_reaches_the_last_stage_equal_to_the_dense_ref
 def test_the_parallel_stock_passes_match_transformers(tensor_parallel, pipeline_parallel, hf_model):
     """Without the capture key the TP and PP engines compute the HF model's log-probs (the weights were split right)."""
     for outputs in (tensor_parallel[0], tensor_parallel[1], pipeline_parallel[1]):
-        stock = outputs["all-layers/stock"]
-        for i, (prompt, response, _) in enumerate(make_sequences()):
-            ids = torch.cat([prompt, response])[None]
-            with torch.no_grad():
-                logits = hf_model(ids, use_cache=False).logits[0, :-1].float()
-            reference = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
-            torch.testing.assert_close(stock["log_probs"][i][:-1], reference, atol=2e-6, rtol=0)
+        assert_log_probs_match_hf(outputs["all-layers/stock"], hf_model, make_sequences())

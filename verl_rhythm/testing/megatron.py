@@ -132,3 +132,23 @@ def assert_equals_dense(out: dict, stock: dict, reference: list, response_length
         torch.testing.assert_close(span_global, ref.span[ref.global_heads].mean(), atol=1e-5, rtol=1e-5)
         assert torch.equal(out["log_probs"][i], stock["log_probs"][i])
         assert torch.equal(out["entropy"][i], stock["entropy"][i])
+
+
+def assert_log_probs_match_hf(stock: dict, hf_model, sequences) -> None:
+    """A stock Megatron pass's log-probs against the HF model of the same weights (the weights were converted and,
+    under TP/PP, split right): each sequence alone, every position but the last (whose log-prob depends on the packing
+    neighbour that follows it), within 2e-6.
+
+    Args:
+        stock: the pass's model outputs: nested ``log_probs`` ``(bsz, L_i)``.
+        hf_model: a transformers causal LM (eager attention, fp32).
+        sequences: ``(prompt (P,), response (R,), response_mask (R,))`` per sequence, as fed to the pass.
+    """
+    import torch
+
+    for i, (prompt, response, _) in enumerate(sequences):
+        ids = torch.cat([prompt, response])[None]
+        with torch.no_grad():
+            logits = hf_model(ids, use_cache=False).logits[0, :-1].float()
+        reference = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+        torch.testing.assert_close(stock["log_probs"][i][:-1], reference, atol=2e-6, rtol=0)
