@@ -143,3 +143,22 @@ def check_config(config) -> None:
         )
     if config.get("critic", {}).get("enable") and config.critic.get("strategy") not in (None, "fsdp2"):
         raise CPUBackendConfigError(f"critic.strategy={config.critic.strategy}: set critic.strategy=fsdp2 on CPU")
+
+
+def patch_qwen2_vl_flash_attention(module) -> None:
+    """``verl/models/transformers/qwen2_vl.py`` binds flash-attn's functions (and the ``_flash_*`` flags its
+    ``qwen2_vl_attn_forward`` reads) only when ``is_flash_attn_2_available()`` or an NPU is: on CPU its packed
+    (``use_remove_padding=true``) Qwen2-VL / Qwen2.5-VL attention fails with ``NameError: name
+    '_flash_use_top_left_mask' is not defined``. On the CPU platform, bind the CPU implementation of flash-attn's API
+    (:mod:`verl_rhythm.backends.cpu.flash_attn`, flash-attn >= 2.1 semantics: bottom-right causal mask); names verl
+    bound itself are kept."""
+    if not is_selected() or hasattr(module, "flash_attn_varlen_func"):
+        return
+    from verl_rhythm.backends.cpu import flash_attn
+
+    module.flash_attn_func = flash_attn.flash_attn_func
+    module.flash_attn_varlen_func = flash_attn.flash_attn_varlen_func
+    module._flash_supports_window_size = True
+    module._flash_supports_deterministic = True
+    module._flash_use_top_left_mask = False
+    logger.info("verl's Qwen2-VL attention runs verl-rhythm's CPU implementation of flash-attn's API")

@@ -19,6 +19,8 @@ verl module                                        registration
 ``verl.single_controller.ray.base``                the resource check counts CPUs on the CPU platform (patches.py)
 ``verl.utils.distributed``                         a ``gloo`` process group on the CPU platform (patches.py)
 ``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
+``verl.models.transformers.qwen2_vl``              its packed Qwen2(.5)-VL attention gets the CPU flash-attn API,
+                                                   which it binds only on CUDA/NPU (patches.py)
 ``transformers.modeling_utils``                    on the CPU platform, transformers' ``flash_attention_2`` runs the
                                                    CPU implementation of flash-attn's API (:mod:`.flash_attn`)
 ``megatron.core``, ``mbridge.core`` (six modules)  the shims that run verl's Megatron engine on CPU (:mod:`.megatron`)
@@ -124,6 +126,7 @@ def register() -> None:
     when_imported("verl.single_controller.ray.base", _patch("patch_resource_check"))
     when_imported("verl.utils.distributed", _patch("patch_process_group"))
     when_imported("verl.utils.config", _patch("patch_validate_config"))
+    when_imported("verl.models.transformers.qwen2_vl", _patch("patch_qwen2_vl_flash_attention"))
     when_imported("transformers.modeling_utils", _serve_flash_attention)
     for name in MEGATRON_MODULES:
         when_imported(name, _megatron(name))
