@@ -3,7 +3,8 @@
 """Counting dots: a synthetic image task for multimodal GRPO on a CPU (the quickstart's ``images`` task).
 
 Each image is 56x56 px, white, with 1 to :data:`MAX_DOTS` black square dots drawn with PIL at random, non-touching
-places; the question asks how many dots there are. Rows are verl's multimodal RL parquet format, as
+places; the question names the image (``Image 7.``: so no two prompts of a split are equal token for token) and asks
+how many dots there are. Rows are verl's multimodal RL parquet format, as
 ``verl/utils/dataset/rl_dataset.py:RLHFDataset`` reads it: the prompt's user message holds an ``<image>``
 placeholder and the row's ``images`` column holds the PNG bytes (``[{"bytes": ...}]``). Deterministic from a seed.
 
@@ -38,6 +39,7 @@ IMAGE_PX = 56
 DOT_PX = 6
 MAX_DOTS = 4
 QUESTION = "How many dots? Answer with the number only."
+"""The question after the image; the prompt names the image first (``Image 7.``), so every prompt is distinct."""
 CUSTOM_CLS = ("pkg://verl_rhythm.data.images", "ImageDataset")
 """``data.custom_cls.path`` and ``data.custom_cls.name`` of the image-only dataset class."""
 
@@ -75,11 +77,16 @@ def render(dots: list[tuple[int, int]]) -> bytes:
     return buf.getvalue()
 
 
+def question(index: int) -> str:
+    """The text after the image of row ``index``: its name, then :data:`QUESTION`."""
+    return f"Image {index}. {QUESTION}"
+
+
 def to_row(dots: list[tuple[int, int]], split: str, index: int) -> dict[str, Any]:
     """One row of verl's multimodal RL parquet format: ``<image>`` in the prompt, the PNG in ``images``."""
     return {
         "data_source": DATA_SOURCE,
-        "prompt": [{"role": "user", "content": f"<image>{QUESTION}"}],
+        "prompt": [{"role": "user", "content": f"<image>{question(index)}"}],
         "images": [{"bytes": render(dots)}],
         "ability": "counting",
         "reward_model": {"style": "rule", "ground_truth": str(len(dots))},

@@ -1,0 +1,91 @@
+# Copyright 2026 The verl-rhythm Authors
+# SPDX-License-Identifier: Apache-2.0
+"""The pieces of multimodal GRPO on CPU, one process each: the tiny Qwen2.5-VL loaded through verl's own
+``hf_processor``, the counting-dots parquet read by verl's ``RLHFDataset`` (through ``ImageDataset``), and the
+``hf`` rollout server generating with the images."""
+
+import asyncio
+import io
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from verl_rhythm.data import images
+from verl_rhythm.data.parquet import write_parquet
+from verl_rhythm.tiny_vlm import IMAGE_PAD, IMAGE_PX, save_tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model")
+
+
+@pytest.fixture(scope="module")
+def processor(vlm):
+    from verl.utils.tokenizer import hf_processor
+
+    return hf_processor(str(vlm), trust_remote_code=True)
+
+
+def _prompt_ids(processor, image, text):
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+    raw = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor(text=[raw], images=[image], return_tensors="pt")
+
+
+def test_verls_hf_processor_loads_the_tiny_vlm_as_a_qwen2_5_vl(vlm, processor):
+    """verl binds Qwen2.5-VL's get_rope_index to the processor by class name; a None here would mean verl treats
+    the model as text-only."""
+    assert processor is not None and type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert hasattr(processor, "get_rope_index")
+    image = Image.open(io.BytesIO(images.render(images.make_problems(1, seed=0)[0])))
+    inputs = _prompt_ids(processor, image, images.question(0))
+    pad_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    assert inputs["image_grid_thw"].tolist() == [[1, IMAGE_PX // 14, IMAGE_PX // 14]]
+    assert int((inputs["input_ids"] == pad_id).sum()) == (IMAGE_PX // 28) ** 2
+
+
+def test_rl_dataset_reads_the_images_parquet(tmp_path, processor):
+    problems = images.make_problems(6, seed=1)
+    path = write_parquet([images.to_row(p, "train", i) for i, p in enumerate(problems)], tmp_path / "train.parquet")
+    config = OmegaConf.create({"max_prompt_length": 128, "filter_overlong_prompts": True, "cache_dir": str(tmp_path)})
+    dataset = images.ImageDataset([str(path)], processor.tokenizer, config, processor=processor)
+    assert len(dataset) == 6  # none filtered: each prompt, image tokens included, fits 128 tokens
+    row = dataset[2]
+    found, _, _ = images.ImageDataset._process_multi_modal_info(row["raw_prompt"], 14, config)
+    want = Image.open(io.BytesIO(images.render(problems[2]))).convert("RGB")
+    assert len(found) == 1 and found[0].tobytes() == want.tobytes()
+    assert row["reward_model"]["ground_truth"] == str(len(problems[2]))
+    video = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}]}]
+    with pytest.raises(ValueError, match="videos are not supported"):
+        images.ImageDataset._process_multi_modal_info(video, 14, config)
+
+
+def test_the_hf_rollout_generates_with_the_images(vlm, processor):
+    """Greedy responses' log-probs depend on the image (pixel_values reached generate); a prompt whose image tokens
+    do not match its images is refused."""
+    from verl_rhythm.backends.cpu.rollout import HFRolloutServer
+
+    server = HFRolloutServer(
+        str(vlm), prompt_length=128, response_length=6, max_model_len=None, max_batch_size=8, trust_remote_code=True
+    )
+    one, four = (Image.open(io.BytesIO(images.render(d))).convert("RGB") for d in ([(3, 3)], [(3, 3), (40, 40)]))
+    ids = _prompt_ids(processor, one, images.question(0))["input_ids"][0].tolist()
+    greedy = {"temperature": 0.0, "logprobs": True}
+
+    async def run():
+        return await asyncio.gather(
+            server.generate("a", ids, greedy, image_data=[one]),
+            server.generate("b", ids, greedy, image_data=[four]),
+            server.generate("c", ids, greedy, image_data=[one]),
+        )
+
+    a, b, c = asyncio.run(run())
+    assert a.token_ids == c.token_ids and a.log_probs == pytest.approx(c.log_probs, abs=1e-5)
+    assert not torch.allclose(torch.tensor(a.log_probs[:1]), torch.tensor(b.log_probs[:1]), atol=1e-6)
+    with pytest.raises(ValueError, match="image tokens"):
+        asyncio.run(server.generate("d", ids, greedy, image_data=[one, four]))
+    with pytest.raises(ValueError, match="video"):
+        asyncio.run(server.generate("e", ids, greedy, video_data=[one]))
