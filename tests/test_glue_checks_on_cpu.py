@@ -187,8 +187,22 @@ def test_vision_language_models_are_refused(compose, tmp_path):
     from transformers import Qwen2VLConfig
 
     Qwen2VLConfig().save_pretrained(tmp_path)
-    with pytest.raises(RhythmSetupError, match="vision-language"):
+    with pytest.raises(RhythmSetupError, match="vision-language model of model_type='qwen2_vl'.*qwen2_5_vl, qwen3_vl"):
         check_rhythm_run(compose(f"actor_rollout_ref.model.path={tmp_path}"))
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_vision_language_models_pass_with_their_text_decoders_layers(compose, tmp_path, arch):
+    """Qwen2.5-VL and Qwen3-VL are read: the layers are the text decoder's (text_config.num_hidden_layers = 6 here,
+    the vision tower's two blocks do not count)."""
+    from verl_rhythm.testing.vlm import vlm_config
+
+    vlm_config(arch, num_layers=6).save_pretrained(tmp_path)
+    path = f"actor_rollout_ref.model.path={tmp_path}"
+    assert check_rhythm_run(compose(path)) == RhythmConfig()
+    assert check_rhythm_run(compose(path, rhythm={"layers": [5]})).layers == (5,)
+    with pytest.raises(RhythmSetupError, match=r"algorithm\.rhythm\.layers=\[0, 6\].*\[6\].*\[0, 5\]"):
+        check_rhythm_run(compose(path, rhythm={"layers": [0, 6]}))
 
 
 def test_attention_free_strategies_skip_the_engine_checks(compose):

@@ -285,12 +285,13 @@ def _model_problems(config: Any, cfg: RhythmConfig, num_layers: int | None) -> l
     problems = []
     if num_layers is None:
         hf_config = load_hf_config(config)
-        if getattr(hf_config, "vision_config", None) is not None:
+        model_type = str(getattr(hf_config, "model_type", ""))
+        if getattr(hf_config, "vision_config", None) is not None and model_type not in VISION_LANGUAGE_MODEL_TYPES:
             path = _select(config, "actor_rollout_ref.model.path")
             return [
-                f"actor_rollout_ref.model.path={path!r} is a vision-language "
-                "model: its vision tower calls the same attention functions with its own layer indices, and 3-D "
-                "(mRoPE) position ids are not handled by the capture; not supported"
+                f"actor_rollout_ref.model.path={path!r} is a vision-language model of model_type={model_type!r}: the "
+                f"rhythm capture reads the text decoder of {', '.join(VISION_LANGUAGE_MODEL_TYPES)} only (their "
+                "multimodal rows and verl's attention forwards are what it was checked against); not supported"
             ]
         num_layers = text_num_layers(hf_config)
         layer_types = text_layer_types(hf_config)
@@ -300,6 +301,12 @@ def _model_problems(config: Any, cfg: RhythmConfig, num_layers: int | None) -> l
     except RhythmConfigError as err:
         problems.append(str(err))
     return problems
+
+
+VISION_LANGUAGE_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")
+"""``model_type`` of the vision-language models whose text decoder the capture reads (its layers:
+``text_config.num_hidden_layers`` / ``layer_types``); the vision tower's attention calls pass through untouched
+(:func:`verl_rhythm.measure.hook.is_decoder_attention`). Any other model with a ``vision_config`` is refused."""
 
 
 UNSUPPORTED_ATTENTION = {

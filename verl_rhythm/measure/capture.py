@@ -169,6 +169,7 @@ class RhythmCapture:
         self._columns: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._checks: list[tuple[int, torch.Tensor]] = []
         self.paths: dict[int, str] = {}
+        self.passed_through: dict[str, int] = {}
         self._make_timer = timer if timer is not None else timer_for
         self.timer = None
         if layouts is not None:
@@ -177,6 +178,13 @@ class RhythmCapture:
     def wants(self, layer_idx: int | None) -> bool:
         """Whether :meth:`record` would use this layer (lets the hook skip work for other layers)."""
         return layer_idx in self._selected
+
+    def pass_through(self, module) -> None:
+        """Count one attention call of a module that is not a text-decoder attention (a vision tower's, an
+        encoder's, a cross-attention's): called untouched, never recorded. :attr:`passed_through` maps the module's
+        class name to its calls since :meth:`reset`."""
+        name = type(module).__name__
+        self.passed_through[name] = self.passed_through.get(name, 0) + 1
 
     def set_layouts(self, layouts: list[SequenceLayout], device: torch.device | str | None = None) -> None:
         """Set the sequences of the next forward (host metadata built here) and drop anything recorded before.
@@ -248,6 +256,7 @@ class RhythmCapture:
         self._stats = {}
         self._checks = []
         self.paths = {}
+        self.passed_through = {}
         self.timer = None
 
     @property

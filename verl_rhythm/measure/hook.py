@@ -15,6 +15,8 @@ default, and any entry replaced after installation, is wrapped at call time too.
 the wrappers call straight through. Inside, a selected layer's q/k, what decides the sequences its kernel attends
 over (the attention mask; for FlashAttention without a mask, the position ids; checked against the layouts after
 the forward) and its attention-variant keywords (:data:`VARIANT_KWARGS`) go to :meth:`RhythmCapture.record`.
+Only text-decoder self-attention is read (:func:`is_decoder_attention`, decided by the calling module): a
+vision-language model's vision tower calls the same functions, and those calls run untouched.
 """
 
 from __future__ import annotations
@@ -32,12 +34,36 @@ _HANDLED: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("ve
 """Innermost-wins: a wrapper tells the wrapper around it (if any) that it captured the call, so a function wrapped
 twice (our wrapper around another wrapper that calls our wrapped entry) is captured once, as close to the stock
 kernel as possible (where the fused path applies)."""
+_PASSING: contextvars.ContextVar[bool] = contextvars.ContextVar("verl_rhythm_passing", default=False)
+"""Set while the attention call of a module that is not a text-decoder attention runs (see
+:func:`is_decoder_attention`): every capturing wrapper it reaches calls straight through."""
 _WRAPPED_FLAG = "__verl_rhythm_wrapped__"
 VARIANT_KWARGS = ("sliding_window", "softcap", "s_aux")
 """Attention-variant keywords transformers' attention modules pass to the attention function (Mistral/Qwen2/Gemma
 ``sliding_window``, Gemma 2 ``softcap``, gpt-oss ``s_aux`` sinks); handed on to :meth:`RhythmCapture.record`."""
 _wrappers: dict[tuple[Callable, Callable], Callable] = {}
 _installed = False
+
+
+def is_decoder_attention(module, kwargs: dict) -> bool:
+    """Whether an attention call comes from a text decoder's causal self-attention, the only calls the capture reads.
+
+    Decided by the calling module, not by its layer index: transformers' decoder attention modules carry
+    ``layer_idx`` (their decoder layer) and set ``is_causal = True`` (Gemma 2/3: ``not use_bidirectional_attention``),
+    while vision-tower attention (``Qwen2_5_VLVisionAttention``, ``Qwen3VLVisionAttention``, SigLIP, ...) and encoder
+    attention set ``is_causal = False`` and pass ``is_causal=False`` to the attention function. A module without a
+    true ``is_causal`` (cross-attention modules often declare none), a call passing ``is_causal=False``, or a module
+    without an integer ``layer_idx`` is not a decoder attention: its call runs untouched and is counted
+    (:meth:`RhythmCapture.pass_through`).
+
+    Args:
+        module: the attention module transformers passes as the attention function's first argument.
+        kwargs: the keywords of that call.
+    """
+    if kwargs.get("is_causal") is False or not getattr(module, "is_causal", False):
+        return False
+    layer_idx = getattr(module, "layer_idx", None)
+    return isinstance(layer_idx, int) and not isinstance(layer_idx, bool)
 
 
 def active_capture() -> RhythmCapture | None:
@@ -86,8 +112,17 @@ def wrap_attention_function(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(module, query, key, value, attention_mask, *args, **kwargs):
         capture = _ACTIVE.get()
-        layer_idx = getattr(module, "layer_idx", None)
-        if capture is None or not capture.wants(layer_idx):
+        if capture is None or _PASSING.get():
+            return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        if not is_decoder_attention(module, kwargs):
+            capture.pass_through(module)
+            token = _PASSING.set(True)  # a wrapper further in (verl's Ulysses inner call) passes it through too
+            try:
+                return fn(module, query, key, value, attention_mask, *args, **kwargs)
+            finally:
+                _PASSING.reset(token)
+        layer_idx = module.layer_idx
+        if not capture.wants(layer_idx):
             return fn(module, query, key, value, attention_mask, *args, **kwargs)
         scaling = kwargs.get("scaling")
         if scaling is None:
@@ -141,7 +176,7 @@ def wrap_flash_attention_forward(fn: Callable) -> Callable:
         capture = _ACTIVE.get()
         layer_idx = kwargs.get("layer_idx")
         output = fn(query_states, key_states, value_states, attention_mask, *args, **kwargs)
-        if capture is None or not capture.wants(layer_idx):
+        if capture is None or _PASSING.get() or kwargs.get("is_causal") is False or not capture.wants(layer_idx):
             return output
         variant = {name: kwargs.get(name) for name in VARIANT_KWARGS}
         query, key = query_states.transpose(1, 2), key_states.transpose(1, 2)  # (B, heads, S, D) views
