@@ -64,28 +64,31 @@ def test_rl_dataset_reads_the_images_parquet(tmp_path, processor):
 
 
 def test_the_hf_rollout_generates_with_the_images(vlm, processor):
-    """Greedy responses' log-probs depend on the image (pixel_values reached generate); a prompt whose image tokens
-    do not match its images is refused."""
+    """Requests batched into one ``generate`` get the log-probs each gets alone (each prompt sees its own image, in
+    batch order), and those depend on the image (pixel_values reached generate); a prompt whose image tokens do not
+    match its images is refused."""
     from verl_rhythm.backends.cpu.rollout import HFRolloutServer
 
     server = HFRolloutServer(
         str(vlm), prompt_length=128, response_length=6, max_model_len=None, max_batch_size=8, trust_remote_code=True
     )
-    one, four = (Image.open(io.BytesIO(images.render(d))).convert("RGB") for d in ([(3, 3)], [(3, 3), (40, 40)]))
+    one, two = (Image.open(io.BytesIO(images.render(d))).convert("RGB") for d in ([(3, 3)], [(3, 3), (40, 40)]))
     ids = _prompt_ids(processor, one, images.question(0))["input_ids"][0].tolist()
     greedy = {"temperature": 0.0, "logprobs": True}
 
-    async def run():
+    async def together():
         return await asyncio.gather(
-            server.generate("a", ids, greedy, image_data=[one]),
-            server.generate("b", ids, greedy, image_data=[four]),
-            server.generate("c", ids, greedy, image_data=[one]),
+            server.generate("a", ids, greedy, image_data=[one]), server.generate("b", ids, greedy, image_data=[two])
         )
 
-    a, b, c = asyncio.run(run())
-    assert a.token_ids == c.token_ids and a.log_probs == pytest.approx(c.log_probs, abs=1e-5)
+    a, b = asyncio.run(together())
+    alone_a = asyncio.run(server.generate("c", ids, greedy, image_data=[one]))
+    alone_b = asyncio.run(server.generate("d", ids, greedy, image_data=[two]))
+    for batched, alone in ((a, alone_a), (b, alone_b)):
+        assert batched.token_ids == alone.token_ids
+        assert batched.log_probs == pytest.approx(alone.log_probs, abs=1e-5)
     assert not torch.allclose(torch.tensor(a.log_probs[:1]), torch.tensor(b.log_probs[:1]), atol=1e-6)
     with pytest.raises(ValueError, match="image tokens"):
-        asyncio.run(server.generate("d", ids, greedy, image_data=[one, four]))
+        asyncio.run(server.generate("e", ids, greedy, image_data=[one, two]))
     with pytest.raises(ValueError, match="video"):
-        asyncio.run(server.generate("e", ids, greedy, video_data=[one]))
+        asyncio.run(server.generate("f", ids, greedy, video_data=[one]))
