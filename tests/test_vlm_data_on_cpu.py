@@ -14,12 +14,12 @@ from PIL import Image
 
 from verl_rhythm.data import images
 from verl_rhythm.data.parquet import write_parquet
-from verl_rhythm.tiny_vlm import IMAGE_PAD, IMAGE_PX, save_tiny_vlm
+from verl_rhythm.tiny_vlm import ARCHS, IMAGE_PAD, save_tiny_vlm
 
 
-@pytest.fixture(scope="module")
-def vlm(tmp_path_factory):
-    return save_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model")
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def vlm(request, tmp_path_factory):
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model", arch=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +35,20 @@ def _prompt_ids(processor, image, text):
     return processor(text=[raw], images=[image], return_tensors="pt")
 
 
-def test_verls_hf_processor_loads_the_tiny_vlm_as_a_qwen2_5_vl(vlm, processor):
-    """verl binds Qwen2.5-VL's get_rope_index to the processor by class name; a None here would mean verl treats
-    the model as text-only."""
-    assert processor is not None and type(processor).__name__ == "Qwen2_5_VLProcessor"
+def test_verls_hf_processor_loads_the_tiny_vlm_as_a_qwen_vl(vlm, processor):
+    """verl binds Qwen2.5-VL's (Qwen3-VL's) get_rope_index to the processor by class name; a None here would mean
+    verl treats the model as text-only."""
+    from transformers import AutoConfig
+
+    arch = AutoConfig.from_pretrained(vlm).model_type
+    want = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[arch]
+    assert processor is not None and type(processor).__name__ == want
     assert hasattr(processor, "get_rope_index")
     image = Image.open(io.BytesIO(images.render(images.make_problems(1, seed=0)[0])))
     inputs = _prompt_ids(processor, image, images.question(0))
     pad_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-    assert inputs["image_grid_thw"].tolist() == [[1, IMAGE_PX // 14, IMAGE_PX // 14]]
-    assert int((inputs["input_ids"] == pad_id).sum()) == (IMAGE_PX // 28) ** 2
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 4]]  # the 56 px image resized to 4x4 patches
+    assert int((inputs["input_ids"] == pad_id).sum()) == 4  # merged 2x2
 
 
 def test_rl_dataset_reads_the_images_parquet(tmp_path, processor):

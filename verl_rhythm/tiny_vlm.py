@@ -1,18 +1,20 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""A tiny random-weight Qwen2.5-VL with its processor, built in-process and saved as an HF folder: no download.
+"""A tiny random-weight Qwen2.5-VL (or Qwen3-VL) with its processor, built in-process and saved as an HF folder.
 
 It is the vision-language model of the quickstart's ``images`` task and of the multimodal end-to-end tests: every
 piece verl's multimodal path touches is the real transformers one (``Qwen2_5_VLForConditionalGeneration`` with its
 vision tower and mRoPE, ``Qwen2VLImageProcessorPil``), only sized down (2 text layers of width 64, 2 vision blocks of
-width 32; a 56x56 image is 16 patches of 14 px, merged 2x2 into 4 ``<|image_pad|>`` tokens).
+width 32; a 56x56 image is 16 patches of 14 px, merged 2x2 into 4 ``<|image_pad|>`` tokens). ``arch="qwen3_vl"``
+gives the same sizes as a ``Qwen3VLForConditionalGeneration`` (patch 16, 64 px images, one deepstack layer).
 
 The tokenizer is character-level (printable ASCII, ChatML's ``<|im_start|>``/``<|im_end|>`` and Qwen's vision
 specials ``<|vision_start|>``, ``<|image_pad|>``, ``<|vision_end|>``, ``<|video_pad|>``), with a chat template that
 renders an image item of a message as ``<|vision_start|><|image_pad|><|vision_end|>``; the processor expands the
 pad to one token per merged patch.
 
-The processor is :class:`Qwen2_5_VLProcessor`, transformers' class of that name without a video processor:
+The processor is :class:`Qwen2_5_VLProcessor` (:class:`Qwen3VLProcessor`), transformers' class of that name without
+a video processor:
 transformers 5's stock ``Qwen2_5_VLProcessor`` cannot be built without torchvision (its ``Qwen2VLVideoProcessor``
 requires it), and no torchvision build matches a CPU-only torch from the package index. The folder's
 ``processor_config.json`` maps ``AutoProcessor`` to it through ``auto_map``, so verl's
@@ -27,6 +29,7 @@ import string
 from pathlib import Path
 
 from transformers import Qwen2_5_VLProcessor as _StockQwen2_5_VLProcessor
+from transformers import Qwen3VLProcessor as _StockQwen3VLProcessor
 
 EOS = "<|im_end|>"
 VISION_START = "<|vision_start|>"
@@ -39,6 +42,8 @@ PATCH = 14
 MERGE = 2
 IMAGE_PX = 56
 """Side of the images the processor sees (min = max pixels = 56²): 4x4 patches, 4 image tokens after the merge."""
+ARCHS = {"qwen2_5_vl": (PATCH, IMAGE_PX), "qwen3_vl": (16, 64)}
+"""Per architecture: ``(patch size, image side in px)``, both giving 4x4 patches, so 4 image tokens."""
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
@@ -66,6 +71,23 @@ class Qwen2_5_VLProcessor(_StockQwen2_5_VLProcessor):
         self.video_processor = None
 
 
+class Qwen3VLProcessor(_StockQwen3VLProcessor):
+    """transformers' Qwen3-VL processor for images and text only (no video processor, so no torchvision).
+
+    Args:
+        image_processor: a Qwen2-VL image processor (``Qwen2VLImageProcessorPil``, patch 16).
+        tokenizer: a tokenizer holding Qwen's vision specials.
+        chat_template: the Jinja chat template.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+        self.video_processor = None
+
+
+PROCESSORS = {"qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}
+
+
 def tiny_vlm_tokenizer():
     """A 128-token character-level fast tokenizer: printable ASCII, ChatML and Qwen's vision specials, fillers."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -83,45 +105,59 @@ def tiny_vlm_tokenizer():
     return tok
 
 
-def tiny_vlm_processor() -> Qwen2_5_VLProcessor:
-    """The image processor (56x56 px, patch 14, merge 2) and :func:`tiny_vlm_tokenizer` as one processor."""
+def tiny_vlm_processor(arch: str = "qwen2_5_vl"):
+    """The image processor (4x4 patches per image: 56 px at patch 14, 64 px at patch 16; merge 2) and
+    :func:`tiny_vlm_tokenizer` as one processor of ``arch`` (a key of :data:`ARCHS`)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    pixels = IMAGE_PX * IMAGE_PX
+    if arch not in ARCHS:
+        raise ValueError(f"tiny VLM: arch={arch!r} is not one of {sorted(ARCHS)}")
+    patch, side = ARCHS[arch]
+    pixels = side * side
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=pixels,
         max_pixels=pixels,
         size={"shortest_edge": pixels, "longest_edge": pixels},
-        patch_size=PATCH,
+        patch_size=patch,
         merge_size=MERGE,
         temporal_patch_size=2,
     )
     tokenizer = tiny_vlm_tokenizer()
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    return PROCESSORS[arch](image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def save_tiny_vlm(path: str | Path, *, num_layers: int = 2, seed: int = 0) -> Path:
+def save_tiny_vlm(path: str | Path, *, num_layers: int = 2, seed: int = 0, arch: str = "qwen2_5_vl") -> Path:
     """Save a random-weight Qwen2.5-VL (vocab 128, text width 64 with 4 heads / 2 KV heads and mRoPE sections
-    (2, 3, 3); vision tower of 2 blocks, width 32, patch 14, merge 2) and :func:`tiny_vlm_processor` to ``path``.
+    (2, 3, 3); vision tower of 2 blocks, width 32, patch 14, merge 2) and :func:`tiny_vlm_processor` to ``path``;
+    with ``arch="qwen3_vl"`` a Qwen3-VL of the same sizes (patch 16, deepstack from vision block 0).
 
     Args:
         path: the folder (created).
         num_layers: text decoder layers.
         seed: torch seed of the random weights.
+        arch: ``qwen2_5_vl`` or ``qwen3_vl``.
 
     Returns:
         the folder, loadable with ``AutoModelForImageTextToText.from_pretrained`` and, with
         ``trust_remote_code=True``, ``AutoProcessor.from_pretrained``.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    import transformers as tf
 
     path = Path(path)
-    processor = tiny_vlm_processor()
+    processor = tiny_vlm_processor(arch)
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
     eos = ids[EOS]
-    config = Qwen2_5_VLConfig(
+    if arch == "qwen3_vl":
+        config_cls, model_cls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration
+        text_extra = dict(head_dim=16, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})
+        vision_extra = dict(patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0])
+    else:
+        config_cls, model_cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
+        text_extra = dict(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})  # 2 + 3 + 3 = head_dim 16 / 2
+        vision_extra = dict(patch_size=PATCH, window_size=IMAGE_PX, fullatt_block_indexes=[1])
+    config = config_cls(
         text_config=dict(
             vocab_size=VOCAB_SIZE,
             hidden_size=64,
@@ -130,11 +166,11 @@ def save_tiny_vlm(path: str | Path, *, num_layers: int = 2, seed: int = 0) -> Pa
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=1024,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # 2 + 3 + 3 = head_dim 16 / 2
             tie_word_embeddings=False,
             eos_token_id=eos,
             pad_token_id=eos,
             bos_token_id=None,
+            **text_extra,
         ),
         vision_config=dict(
             depth=2,
@@ -142,11 +178,9 @@ def save_tiny_vlm(path: str | Path, *, num_layers: int = 2, seed: int = 0) -> Pa
             intermediate_size=64,
             num_heads=2,
             out_hidden_size=64,
-            patch_size=PATCH,
             spatial_merge_size=MERGE,
             temporal_patch_size=2,
-            window_size=IMAGE_PX,
-            fullatt_block_indexes=[1],
+            **vision_extra,
         ),
         image_token_id=ids[IMAGE_PAD],
         video_token_id=ids[VIDEO_PAD],
@@ -157,19 +191,19 @@ def save_tiny_vlm(path: str | Path, *, num_layers: int = 2, seed: int = 0) -> Pa
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos)
+    model = model_cls(config)
+    model.generation_config = tf.GenerationConfig(eos_token_id=eos, pad_token_id=eos)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     (path / f"{REMOTE_MODULE}.py").write_text(
         "# Copyright 2026 The verl-rhythm Authors\n# SPDX-License-Identifier: Apache-2.0\n"
         f'"""{Qwen2_5_VLProcessor.__doc__.splitlines()[0]}"""\n\n'
-        "from verl_rhythm.tiny_vlm import Qwen2_5_VLProcessor  # noqa: F401\n"
+        "from verl_rhythm.tiny_vlm import Qwen2_5_VLProcessor, Qwen3VLProcessor  # noqa: F401\n"
     )
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         file = path / name
         if file.is_file():
             data = json.loads(file.read_text())
-            data.setdefault("auto_map", {})["AutoProcessor"] = f"{REMOTE_MODULE}.Qwen2_5_VLProcessor"
+            data.setdefault("auto_map", {})["AutoProcessor"] = f"{REMOTE_MODULE}.{PROCESSORS[arch].__name__}"
             file.write_text(json.dumps(data, indent=2))
     return path
