@@ -14,7 +14,7 @@ from PIL import Image
 
 from verl_rhythm.data import images
 from verl_rhythm.data.parquet import write_parquet
-from verl_rhythm.tiny_vlm import ARCHS, IMAGE_PAD, save_tiny_vlm
+from verl_rhythm.tiny_vlm import ARCHS, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, save_tiny_vlm
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
@@ -94,5 +94,14 @@ def test_the_hf_rollout_generates_with_the_images(vlm, processor):
     assert not torch.allclose(torch.tensor(a.log_probs[:1]), torch.tensor(b.log_probs[:1]), atol=1e-6)
     with pytest.raises(ValueError, match="image tokens"):
         asyncio.run(server.generate("e", ids, greedy, image_data=[one, two]))
+    # sampled responses never hold a vision marker (verl's agent loop could not compute their mRoPE position ids)
+    vision = {processor.tokenizer.convert_tokens_to_ids(t) for t in (VISION_START, IMAGE_PAD, VISION_END, VIDEO_PAD)}
+
+    async def sampled():
+        sampling = {"temperature": 1.0, "logprobs": False}
+        return await asyncio.gather(*(server.generate(str(i), ids, sampling, image_data=[one]) for i in range(16)))
+
+    tokens = [t for out in asyncio.run(sampled()) for t in out.token_ids]
+    assert len(tokens) >= 16 and not vision & set(tokens)
     with pytest.raises(ValueError, match="video"):
         asyncio.run(server.generate("f", ids, greedy, video_data=[one]))

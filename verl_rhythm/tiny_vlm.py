@@ -192,7 +192,11 @@ def save_tiny_vlm(path: str | Path, *, num_layers: int = 2, seed: int = 0, arch:
     )
     torch.manual_seed(seed)
     model = model_cls(config)
-    model.generation_config = tf.GenerationConfig(eos_token_id=eos, pad_token_id=eos)
+    # random weights sample Qwen's vision markers as often as any token; verl's agent loop computes the mRoPE position
+    # ids over prompt + response (Qwen2_5_VLModel.get_rope_index), where a sampled <|image_pad|> or <|vision_start|>
+    # without an image stops it (StopIteration), so generation never samples them
+    vision = [ids[t] for t in (VISION_START, IMAGE_PAD, VISION_END, VIDEO_PAD)]
+    model.generation_config = tf.GenerationConfig(eos_token_id=eos, pad_token_id=eos, suppress_tokens=vision)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     (path / f"{REMOTE_MODULE}.py").write_text(

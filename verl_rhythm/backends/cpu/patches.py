@@ -145,13 +145,23 @@ def check_config(config) -> None:
         raise CPUBackendConfigError(f"critic.strategy={config.critic.strategy}: set critic.strategy=fsdp2 on CPU")
 
 
+def _keep_dtype(q, k, v, target_dtype=None):
+    """``fa_peft_integration_check`` for the CPU flash-attn: q/k/v as they are (it computes in fp32 anyway)."""
+    return q, k, v
+
+
 def patch_qwen2_vl_flash_attention(module) -> None:
     """``verl/models/transformers/qwen2_vl.py`` binds flash-attn's functions (and the ``_flash_*`` flags its
     ``qwen2_vl_attn_forward`` reads) only when ``is_flash_attn_2_available()`` or an NPU is: on CPU its packed
     (``use_remove_padding=true``) Qwen2-VL / Qwen2.5-VL attention fails with ``NameError: name
     '_flash_use_top_left_mask' is not defined``. On the CPU platform, bind the CPU implementation of flash-attn's API
     (:mod:`verl_rhythm.backends.cpu.flash_attn`, flash-attn >= 2.1 semantics: bottom-right causal mask); names verl
-    bound itself are kept."""
+    bound itself are kept.
+
+    Its ``_custom_flash_attention_forward`` also casts fp32 q/k/v to bf16 (``fa_peft_integration_check(...,
+    target_dtype=torch.bfloat16)``) and returns bf16, which the fp32 ``o_proj`` of the CPU recipe's fp32 model refuses
+    (``expected m1 and m2 to have the same dtype``); the CPU flash-attn computes in fp32, so with it q/k/v keep their
+    dtype (a bf16 model's are bf16 already)."""
     if not is_selected() or hasattr(module, "flash_attn_varlen_func"):
         return
     from verl_rhythm.backends.cpu import flash_attn
@@ -161,4 +171,5 @@ def patch_qwen2_vl_flash_attention(module) -> None:
     module._flash_supports_window_size = True
     module._flash_supports_deterministic = True
     module._flash_use_top_left_mask = False
+    module.fa_peft_integration_check = _keep_dtype
     logger.info("verl's Qwen2-VL attention runs verl-rhythm's CPU implementation of flash-attn's API")
