@@ -1,6 +1,6 @@
 # Copyright 2026 The verl-rhythm Authors
 # SPDX-License-Identifier: Apache-2.0
-"""verl's ``main_ppo`` with a vision-language model on the CPU backend: the tiny random Qwen2.5-VL
+"""verl's ``main_ppo`` with a vision-language model on the CPU backend: the tiny random Qwen2.5-VL and Qwen3-VL
 (:mod:`verl_rhythm.tiny_vlm`) counting dots in images (:mod:`verl_rhythm.data.images`).
 
 Every step is verl's multimodal path: ``RLHFDataset`` reading the ``images`` column (through
@@ -24,7 +24,7 @@ from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl_rhythm.data import images
 from verl_rhythm.data.parquet import write_parquet
 from verl_rhythm.testing.main_ppo import run_main_ppo
-from verl_rhythm.tiny_vlm import IMAGE_PAD, save_tiny_vlm, tiny_vlm_tokenizer
+from verl_rhythm.tiny_vlm import ARCHS, IMAGE_PAD, save_tiny_vlm, tiny_vlm_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -44,13 +44,14 @@ VLM = [
 ]
 NAME = re.compile(r"Image (\d+)\. ")
 IMAGE_TOKENS = 4
-"""``<|image_pad|>`` tokens of one 56 px image: 4x4 patches of 14 px, merged 2x2."""
+"""``<|image_pad|>`` tokens of one image: 4x4 patches, merged 2x2."""
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("main_ppo_vlm")
-    model = save_tiny_vlm(root / "model")
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def setup(request, tmp_path_factory):
+    """``(root, model folder, data folder, problems)``: the tiny Qwen2.5-VL or Qwen3-VL and the counting-dots data."""
+    root = tmp_path_factory.mktemp(f"main_ppo_{request.param}")
+    model = save_tiny_vlm(root / "model", arch=request.param)
     problems = images.make_problems(64, seed=0)
     data = root / "data"
     write_parquet([images.to_row(p, "train", i) for i, p in enumerate(problems)], data / "train.parquet")
