@@ -13,7 +13,6 @@ times γ recomputed from the captured WAAD/FAI.
 """
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,15 +121,3 @@ def test_rhythm_trains_the_vlm_on_grpo_times_gamma(setup, rhythm_run):
     _check_multimodal_rows(rhythm_run.dumps)
     assert_grpo_times_gamma(rhythm_run.dumps, reference=lambda dump: grpo_reference(dump, setup[3]))
 
-
-def test_the_data_set_is_deterministic_and_scored_by_the_recipes_reward(tmp_path: Path):
-    from verl_rhythm.data.reward import compute_score
-
-    a, b = images.make_problems(16, seed=3), images.make_problems(16, seed=3)
-    assert a == b and a != images.make_problems(16, seed=4)
-    assert all(1 <= len(dots) <= images.MAX_DOTS for dots in a)
-    assert images.render(a[0]) == images.render(b[0])
-    row = images.to_row(a[0], "train", 0)
-    assert compute_score("images", f"I see {len(a[0])}", row["reward_model"]["ground_truth"])["score"] == 1.0
-    assert compute_score("images", "I see 99", row["reward_model"]["ground_truth"])["score"] == 0.1
-    assert compute_score("images", "none", row["reward_model"]["ground_truth"])["score"] == 0.0

@@ -105,3 +105,16 @@ def test_the_hf_rollout_generates_with_the_images(vlm, processor):
     assert len(tokens) >= 16 and not vision & set(tokens)
     with pytest.raises(ValueError, match="video"):
         asyncio.run(server.generate("f", ids, greedy, video_data=[one]))
+
+
+def test_the_data_set_is_deterministic_and_scored_by_the_recipes_reward():
+    from verl_rhythm.data.reward import compute_score
+
+    a, b = images.make_problems(16, seed=3), images.make_problems(16, seed=3)
+    assert a == b and a != images.make_problems(16, seed=4)
+    assert all(1 <= len(dots) <= images.MAX_DOTS for dots in a)
+    assert images.render(a[0]) == images.render(b[0])
+    row = images.to_row(a[0], "train", 0)
+    assert compute_score("images", f"I see {len(a[0])}", row["reward_model"]["ground_truth"])["score"] == 1.0
+    assert compute_score("images", "I see 99", row["reward_model"]["ground_truth"])["score"] == 0.1
+    assert compute_score("images", "none", row["reward_model"]["ground_truth"])["score"] == 0.0
