@@ -162,7 +162,10 @@ def patch_qwen2_vl_flash_attention(module) -> None:
     target_dtype=torch.bfloat16)``) and returns bf16, which the fp32 ``o_proj`` of the CPU recipe's fp32 model refuses
     (``expected m1 and m2 to have the same dtype``); the CPU flash-attn computes in fp32, so with it q/k/v keep their
     dtype (a bf16 model's are bf16 already)."""
-    if not is_selected() or hasattr(module, "flash_attn_varlen_func"):
+    if not is_selected():
+        return
+    module.fa_peft_integration_check = _keep_dtype  # on CPU every flash-attn call is the CPU implementation
+    if hasattr(module, "flash_attn_varlen_func"):
         return
     from verl_rhythm.backends.cpu import flash_attn
 
@@ -171,5 +174,4 @@ def patch_qwen2_vl_flash_attention(module) -> None:
     module._flash_supports_window_size = True
     module._flash_supports_deterministic = True
     module._flash_use_top_left_mask = False
-    module.fa_peft_integration_check = _keep_dtype
     logger.info("verl's Qwen2-VL attention runs verl-rhythm's CPU implementation of flash-attn's API")
