@@ -115,6 +115,20 @@ PINNED: dict[str, tuple[str, str]] = {
         "Ulysses: all-to-all to whole rows for H/sp heads (kv repeated up to sp), then the module global "
         "_flash_attention_forward (wrapped: the capture records there), position_ids all-gathered",
     ),
+    "verl.models.transformers.qwen2_vl:qwen2_vl_attn_forward": (
+        "f7121547e48116a2",
+        "Qwen2-VL/2.5-VL text attention under remove-padding or Ulysses: post-mRoPE q/k, kv repeated, text positions "
+        "position_ids[0]; its class forward is wrapped only to tell the kernels their caller (glue/qwen2_vl.py)",
+    ),
+    "verl.models.transformers.qwen2_vl:_custom_flash_attention_forward": (
+        "05fcd1557a2698a6",
+        "all-to-all, then the module globals flash_attn_varlen_func (packed) or _flash_attention_forward (one "
+        "sequence per row), both wrapped: the capture records there",
+    ),
+    "verl.models.transformers.qwen2_vl:prepare_fa2_from_position_ids": (
+        "ead5c2b920fd06db",
+        "varlen segments start where the gathered text positions are 0 (the capture checks cu_seqlens_q)",
+    ),
     "verl.utils.ulysses:ulysses_pad": (
         "8452d68388098f3f",
         "the sp pad at the end of the packed row restarts position_ids at 0: a segment of its own, never a layout",

@@ -35,7 +35,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import build_attention_mask_from_nested
 
 from verl_rhythm.glue import monkey_patch as ulysses
-from verl_rhythm.glue import seams
+from verl_rhythm.glue import qwen2_vl, seams
 from verl_rhythm.glue.checks import text_layer_types, text_num_layers
 from verl_rhythm.glue.padding import nested_from_rows, response_own_positions
 from verl_rhythm.glue.tq_fields import CAPTURE_KEY, FAI, SEQ_STATS, WAAD
@@ -115,6 +115,7 @@ def forward_step(stock, engine, micro_batch, forward_only):
         hook.install_attention_hook()
     if engine.use_ulysses_sp:
         ulysses.install()  # idempotent
+    qwen2_vl.install(str(getattr(hf_config, "model_type", "")))  # idempotent; verl's own Qwen2-VL attention
     own = time.perf_counter() - t0
     with hook.capture_active(capture):
         loss, output = stock()
@@ -168,8 +169,8 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool, response_mask=
     positions; R is where that response mask is set.
 
     Args:
-        micro_batch: TensorDict with nested ``input_ids``, ``position_ids`` ``(bsz, L_i)`` and ``response_mask``
-            ``(bsz, r_i)``.
+        micro_batch: TensorDict with nested ``input_ids``, ``position_ids`` ``(bsz, L_i)`` (vision-language models:
+            ``(bsz, 4, L_i)``, :func:`text_position_ids`) and ``response_mask`` ``(bsz, r_i)``.
         use_remove_padding: which of the two inputs the engine builds.
         response_mask: nested ``(bsz, r_i)`` to use instead of ``micro_batch["response_mask"]``
             (:func:`micro_batch_response_mask`).
@@ -178,8 +179,8 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool, response_mask=
         one :class:`SequenceLayout` per sequence, in batch order.
 
     Raises:
-        ValueError: a missing or non-nested tensor, 3-D (mRoPE) position ids, or a layout that disagrees with
-            ``input_ids.offsets()``.
+        ValueError: a missing or non-nested tensor, position ids of another shape than
+            :func:`text_position_ids` reads, or a layout that disagrees with ``input_ids.offsets()``.
     """
     response_mask = micro_batch["response_mask"] if response_mask is None else response_mask
     for name, value in (("input_ids", micro_batch.get("input_ids", None)), ("response_mask", response_mask)):
@@ -189,13 +190,7 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool, response_mask=
     seq_lens = input_ids.offsets().diff().cpu()
     masks = sequence_response_masks(input_ids, response_mask)
     if use_remove_padding:
-        position_ids = micro_batch["position_ids"]
-        if position_ids.dim() != 2:
-            raise ValueError(
-                f"position_ids of shape {tuple(position_ids.shape)}: the rhythm capture supports 1-D position ids "
-                "per sequence (text models), not mRoPE"
-            )
-        layouts = layouts_from_position_ids(position_ids.values().detach().cpu().unsqueeze(0), masks)
+        layouts = layouts_from_position_ids(text_position_ids(micro_batch["position_ids"]).unsqueeze(0), masks)
         starts = input_ids.offsets()[:-1].cpu().tolist()
         if [lay.start for lay in layouts] != starts:
             raise ValueError(
@@ -205,6 +200,31 @@ def micro_batch_layouts(micro_batch, *, use_remove_padding: bool, response_mask=
         return layouts
     attention_mask = build_attention_mask_from_nested(input_ids, max_seq_len=int(seq_lens.max()))
     return layouts_from_attention_mask(attention_mask.cpu(), masks)
+
+
+def text_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """The packed row's text positions, host ``(total,)``, from the micro-batch's nested position ids.
+
+    Text models: nested ``(bsz, L_i)``. Vision-language models (Qwen2.5-VL, Qwen3-VL): nested ``(bsz, 4, L_i)``,
+    row 0 the text positions ``0..L_i-1`` and rows 1-3 the mRoPE (t, h, w) positions (verl's agent loop,
+    ``verl/experimental/agent_loop/agent_loop.py``, concatenates them so). verl's engine packs them into ``(4, 1,
+    total)`` (``FSDPEngineWithLMHead.prepare_model_inputs``), and what decides the sequences the decoder attends over
+    is row 0: transformers' Qwen2.5-VL / Qwen3-VL text models hand ``position_ids[0]`` to their decoder layers (and to
+    the mask builder), and verl's Qwen2-VL attention forward (``verl/models/transformers/qwen2_vl.py:
+    qwen2_vl_attn_forward``) takes ``position_ids[0]`` and cuts the FlashAttention varlen segments where it is 0.
+
+    Raises:
+        ValueError: position ids that are neither.
+    """
+    values = position_ids.values().detach().cpu()
+    if position_ids.dim() == 2:
+        return values
+    if position_ids.dim() == 3 and values.dim() == 2 and values.shape[0] == 4:
+        return values[0]
+    raise ValueError(
+        f"position_ids of shape {tuple(position_ids.shape)} (values {tuple(values.shape)}): the rhythm capture reads "
+        "nested (bsz, L_i) text position ids or verl's (bsz, 4, L_i) multimodal ones (text row first)"
+    )
 
 
 def sequence_response_masks(input_ids: torch.Tensor, response_mask: torch.Tensor) -> list[torch.Tensor]:

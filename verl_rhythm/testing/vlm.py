@@ -162,3 +162,50 @@ def padded_inputs(sequences, pad_token_id: int = 0) -> dict:
         pixel_values=torch.cat([s["pixel_values"] for s in sequences]),
         image_grid_thw=torch.cat([s["image_grid_thw"] for s in sequences]),
     )
+
+
+def vlm_log_prob_batch(sequences, *, capture, hole: int = 2, **engine_settings):
+    """:func:`verl_rhythm.testing.engine.log_prob_batch` for :func:`image_sequences`: nested ``(bsz, 4, L_i)``
+    position ids and the per-sample ``multi_modal_inputs`` (``pixel_values``, ``image_grid_thw``), as verl's agent
+    loop stores them in TransferQueue (``verl/trainer/ppo/v1/agent_loop_tq.py``); ``hole`` tokens masked out in the
+    middle of each response.
+
+    Returns:
+        ``(batch, triples)``: the TensorDict and the ``(prompt, response, response_mask)`` per sequence.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    from verl_rhythm.testing.engine import log_prob_batch
+
+    triples = []
+    for s in sequences:
+        r = s["response_len"]
+        mask = torch.ones(r, dtype=torch.long)
+        mask[r // 2 : r // 2 + hole] = 0
+        triples.append((s["input_ids"][:-r], s["input_ids"][-r:], mask))
+    batch = log_prob_batch(triples, capture=capture, **engine_settings)
+    batch["position_ids"] = torch.nested.as_nested_tensor([s["position_ids"] for s in sequences], layout=torch.jagged)
+    tu.assign_non_tensor_stack(batch, "multi_modal_inputs", [
+        {"pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]} for s in sequences
+    ])  # fmt: skip
+    return batch, triples
+
+
+def vlm_dense_rhythm(model, sequences, triples, cfg) -> list:
+    """The dense reference of :func:`vlm_log_prob_batch`'s sequences: each alone through ``model`` (eager, with its
+    image and position ids), then :mod:`verl_rhythm.testing.dense` on the text decoder's maps (its own layer choice
+    from ``text_config``). Returns one :class:`~verl_rhythm.testing.dense.DenseRhythm` per sequence."""
+    from verl_rhythm.testing import dense
+
+    layers = dense.model_layers(model.config.text_config, cfg.layers)
+    maps, masks, heads = [], [], None
+    for s, (prompt, _, mask) in zip(sequences, triples, strict=True):
+        n = len(s["input_ids"])
+        with torch.no_grad():
+            attentions = model(input_ids=s["input_ids"][None], position_ids=s["position_ids"][:, None],
+                               pixel_values=s["pixel_values"], image_grid_thw=s["image_grid_thw"],
+                               output_attentions=True, use_cache=False).attentions  # fmt: skip
+        m, heads = dense.attention_maps_for_sequence(attentions, layers, 0, torch.arange(n))
+        maps.append(m)
+        masks.append(torch.cat([torch.zeros(len(prompt), dtype=torch.bool), mask.bool()]))
+    return dense.rhythm_for_sequences(maps, masks, heads or [], cfg)

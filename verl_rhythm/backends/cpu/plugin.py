@@ -23,6 +23,7 @@ verl module                                        registration
                                                    which it binds only on CUDA/NPU (patches.py)
 ``transformers.modeling_utils``                    on the CPU platform, transformers' ``flash_attention_2`` runs the
                                                    CPU implementation of flash-attn's API (:mod:`.flash_attn`)
+``verl.models.transformers.qwen2_vl``              its flash-attn globals bound to that CPU implementation
 ``megatron.core``, ``mbridge.core`` (six modules)  the shims that run verl's Megatron engine on CPU (:mod:`.megatron`)
 =================================================  ==================================================================
 
@@ -79,6 +80,27 @@ def _serve_flash_attention(module) -> None:
         logging.getLogger(__name__).info("flash_attention_2 runs verl-rhythm's CPU implementation of flash-attn's API")
 
 
+def _serve_flash_attention_to_qwen2_vl(module) -> None:
+    """verl's Qwen2-VL attention forward (``verl/models/transformers/qwen2_vl.py``) binds flash-attn's functions and
+    flags as module globals at import, only where ``transformers.utils.is_flash_attn_2_available()`` (which asks for
+    CUDA) says so; on the CPU platform, with the CPU flash-attn in place, they are bound to it as verl would bind
+    them. A module that bound them itself is left as it is."""
+    import inspect
+    import sys
+
+    from verl_rhythm.backends.cpu.flash_attn import install
+
+    if not install.is_installed() or hasattr(module, "flash_attn_varlen_func"):
+        return
+    flash_attn = sys.modules["flash_attn"]
+    parameters = inspect.signature(flash_attn.flash_attn_func).parameters
+    module.flash_attn_func = flash_attn.flash_attn_func
+    module.flash_attn_varlen_func = flash_attn.flash_attn_varlen_func
+    module._flash_supports_window_size = "window_size" in parameters
+    module._flash_supports_deterministic = "deterministic" in parameters
+    module._flash_use_top_left_mask = False  # flash-attn >= 2.1's bottom-right causal mask, as the CPU kernel's
+
+
 def _megatron(module_name: str):
     def install(module) -> None:
         from verl_rhythm.backends.cpu import megatron
@@ -128,6 +150,7 @@ def register() -> None:
     when_imported("verl.utils.config", _patch("patch_validate_config"))
     when_imported("verl.models.transformers.qwen2_vl", _patch("patch_qwen2_vl_flash_attention"))
     when_imported("transformers.modeling_utils", _serve_flash_attention)
+    when_imported("verl.models.transformers.qwen2_vl", _serve_flash_attention_to_qwen2_vl)
     for name in MEGATRON_MODULES:
         when_imported(name, _megatron(name))
 
