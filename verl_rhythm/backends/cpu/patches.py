@@ -150,28 +150,12 @@ def _keep_dtype(q, k, v, target_dtype=None):
     return q, k, v
 
 
-def patch_qwen2_vl_flash_attention(module) -> None:
-    """``verl/models/transformers/qwen2_vl.py`` binds flash-attn's functions (and the ``_flash_*`` flags its
-    ``qwen2_vl_attn_forward`` reads) only when ``is_flash_attn_2_available()`` or an NPU is: on CPU its packed
-    (``use_remove_padding=true``) Qwen2-VL / Qwen2.5-VL attention fails with ``NameError: name
-    '_flash_use_top_left_mask' is not defined``. On the CPU platform, bind the CPU implementation of flash-attn's API
-    (:mod:`verl_rhythm.backends.cpu.flash_attn`, flash-attn >= 2.1 semantics: bottom-right causal mask); names verl
-    bound itself are kept.
-
-    Its ``_custom_flash_attention_forward`` also casts fp32 q/k/v to bf16 (``fa_peft_integration_check(...,
+def patch_qwen2_vl_dtype(module) -> None:
+    """``verl/models/transformers/qwen2_vl.py:_custom_flash_attention_forward`` (the packed, ``use_remove_padding=
+    true`` Qwen2-VL / Qwen2.5-VL text attention) casts fp32 q/k/v to bf16 (``fa_peft_integration_check(...,
     target_dtype=torch.bfloat16)``) and returns bf16, which the fp32 ``o_proj`` of the CPU recipe's fp32 model refuses
-    (``expected m1 and m2 to have the same dtype``); the CPU flash-attn computes in fp32, so with it q/k/v keep their
-    dtype (a bf16 model's are bf16 already)."""
-    if not is_selected():
-        return
-    module.fa_peft_integration_check = _keep_dtype  # on CPU every flash-attn call is the CPU implementation
-    if hasattr(module, "flash_attn_varlen_func"):
-        return
-    from verl_rhythm.backends.cpu import flash_attn
-
-    module.flash_attn_func = flash_attn.flash_attn_func
-    module.flash_attn_varlen_func = flash_attn.flash_attn_varlen_func
-    module._flash_supports_window_size = True
-    module._flash_supports_deterministic = True
-    module._flash_use_top_left_mask = False
-    logger.info("verl's Qwen2-VL attention runs verl-rhythm's CPU implementation of flash-attn's API")
+    (``expected m1 and m2 to have the same dtype``). On the CPU platform every flash-attn call is the CPU
+    implementation (bound by the plugin), which computes in fp32: q/k/v keep their dtype (a bf16 model's are bf16
+    already)."""
+    if is_selected():
+        module.fa_peft_integration_check = _keep_dtype
