@@ -127,7 +127,9 @@ def merge_dumps(dumps: list[dict]) -> dict:
     return {k: [row for d in dumps for row in d[k]] for k in dumps[0]}
 
 
-def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled", kl_in_reward: float | None = None) -> None:
+def assert_grpo_times_gamma(
+    dumps: list[dict], strategy: str = "coupled", kl_in_reward: float | None = None, reference=None
+) -> None:
     """Every dumped update trained on GRPO × γ and not on plain GRPO.
 
     γ is recomputed here by ``strategy`` (default knobs) from the WAAD and FAI each update carried, independently of
@@ -142,13 +144,20 @@ def assert_grpo_times_gamma(dumps: list[dict], strategy: str = "coupled", kl_in_
             shards of a data-parallel update with :func:`merge_dumps` first).
         strategy: the registered strategy the run trained with.
         kl_in_reward: the KL coefficient of an ``algorithm.use_kl_in_reward=True`` run (see :func:`grpo_reference`).
+        reference: ``dump -> (grpo, used, mask)`` for another task or tokenizer; default :func:`grpo_reference` on
+            the arithmetic task with :func:`tiny_tokenizer`.
     """
     from verl_rhythm.credit.gamma import compute_gamma
 
-    tokenizer = tiny_tokenizer()
+    if reference is None:
+        tokenizer = tiny_tokenizer()
+
+        def reference(dump):
+            return grpo_reference(dump, tokenizer, kl_in_reward)
+
     amplified = varied = 0
     for n, dump in enumerate(dumps):
-        grpo, used, mask = grpo_reference(dump, tokenizer, kl_in_reward)
+        grpo, used, mask = reference(dump)
         width = mask.shape[1]
         waad, fai = (response_statistic(dump, k, width) for k in ("rhythm_waad", "rhythm_fai"))
         gamma = compute_gamma(strategy, mask, waad=waad, fai=fai).gamma

@@ -78,3 +78,43 @@ def test_the_fitted_batch_satisfies_verls_divisibility_rules(workers, sp, n):
     for key in quickstart.MICRO_KEYS:  # every worker's share splits into whole micro-batches
         assert (prompts * n // (workers // sp)) % int(values.get(key, quickstart.MICRO_BATCH)) == 0
     assert (values.get(quickstart.ATTN_KEY) == "flash_attention_2") == (sp > 1)
+
+
+def test_the_images_task_trains_the_tiny_vlm_through_verls_multimodal_keys(tmp_path):
+    """``--task images`` builds the tiny Qwen2.5-VL and the counting-dots data once, and sets the keys verl's
+    multimodal path needs before the user's overrides (which win: Hydra keeps the last value)."""
+    import argparse
+
+    from transformers import AutoConfig
+
+    model, data = quickstart.prepare(tmp_path, None, "images")
+    assert AutoConfig.from_pretrained(model).model_type == "qwen2_5_vl"
+    assert (data / "train.parquet").is_file() and (data / "test.parquet").is_file()
+    args = argparse.Namespace(steps=1, save_freq=-1, strategy="coupled", task="images")
+    cmd = quickstart.command(model, data, tmp_path, args, ["data.max_response_length=8"])
+    for key in quickstart.TASK_OVERRIDES["images"]:
+        assert key in cmd
+    assert cmd.index("data.max_response_length=16") < cmd.index("data.max_response_length=8")
+    assert "data.custom_cls.name=ImageDataset" not in quickstart.command(
+        model, data, tmp_path, argparse.Namespace(**{**vars(args), "task": "arithmetic"}), []
+    )
+
+
+@pytest.mark.slow
+def test_quickstart_images_prints_the_rhythm_metrics(tmp_path):
+    """``python -m verl_rhythm.quickstart --task images --steps 1``: one step of GRPO + rhythm on the tiny VLM."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "verl_rhythm.quickstart", "--task", "images", "--steps", "1", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "task images" in out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/1"]
+    for field in ("reward", "varied groups", "gamma mean", "amplified", "anchors", "preplan", "capture"):
+        assert field in lines[0], f"{field!r} missing from {lines[0]!r}"
+    assert "gamma mean -" not in lines[0]  # the rhythm metrics were logged, not left blank
+    (row,) = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["step"] == 1 and row["data"]["rhythm/capture_s"] > 0 and row["data"]["rhythm/gamma_mean"] >= 1.0

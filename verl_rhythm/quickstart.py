@@ -2,6 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Train GRPO + rhythm on a CPU with verl's own ``main_ppo``, on the embedded SmolLM2-135M-Instruct.
 
+``--task images`` trains a vision-language model instead: the tiny random Qwen2.5-VL of :mod:`verl_rhythm.tiny_vlm`
+(built in-process, no download) counting dots in images (:mod:`verl_rhythm.data.images`), through verl's multimodal
+path (:data:`TASK_OVERRIDES`).
+
 ``python -m verl_rhythm.quickstart`` prepares everything offline (the embedded model converted once to an HF folder,
 the short-arithmetic data set), then runs ``python -m verl.trainer.main_ppo`` with the ``rhythm_cpu`` recipe on the
 CPU backend (``VERL_PLATFORM=cpu``: verl's FSDP2 engine on gloo, the ``hf`` rollout, the stock v1 trainer and
@@ -44,20 +48,63 @@ LOG = "train.log"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m verl_rhythm.quickstart",
-        description="Train GRPO + rhythm on a CPU with verl's main_ppo (embedded SmolLM2-135M, short arithmetic).",
+        description="Train GRPO + rhythm on a CPU with verl's main_ppo (embedded SmolLM2-135M, short arithmetic; "
+        "or --task images: a tiny Qwen2.5-VL counting dots).",
         epilog="Extra arguments are Hydra overrides for main_ppo (key=value).",
     )
     p.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
     p.add_argument("--out", default="rhythm_train", help="output folder (default ./rhythm_train)")
-    p.add_argument("--model", default=None, help="HF model folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="arithmetic",
+        help="arithmetic (default: short sums, text) or images (counting dots, a vision-language model)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="HF model folder (default: the embedded SmolLM2-135M-Instruct; with --task images the tiny Qwen2.5-VL)",
+    )
     p.add_argument("--strategy", default="coupled", help="algorithm.rhythm.strategy (default coupled)")
     p.add_argument("--save-freq", type=int, default=-1, help="trainer.save_freq (default -1: no checkpoints)")
     p.add_argument("--timeout", type=float, default=3600, help="stop main_ppo after this many seconds")
     return p
 
 
-def prepare(out: Path, model: str | None) -> tuple[Path, Path]:
+TASKS = ("arithmetic", "images")
+TASK_OVERRIDES = {
+    "arithmetic": [],
+    "images": [
+        # verl/utils/dataset/rl_dataset.py:get_dataset_class: the PIL-only image extraction (no qwen_vl_utils)
+        "data.custom_cls.path=pkg://verl_rhythm.data.images",
+        "data.custom_cls.name=ImageDataset",
+        # the tiny VLM's image-only processor is mapped through auto_map (verl_rhythm.tiny_vlm)
+        "actor_rollout_ref.model.trust_remote_code=true",
+        # ChatML + 6 vision tokens + the question: about 80 character-level tokens
+        "data.max_prompt_length=128",
+        "data.max_response_length=16",
+        "algorithm.rhythm.waad_window=4",
+        "algorithm.rhythm.fai_horizon_lo=2",
+        "algorithm.rhythm.fai_horizon_hi=12",
+    ],
+}
+"""Recipe keys each task sets before the user's overrides (which win)."""
+TINY_VLM = "tiny-qwen2.5-vl"
+
+
+def prepare(out: Path, model: str | None, task: str = "arithmetic") -> tuple[Path, Path]:
     """The model folder and the data folder (written once, deterministic)."""
+    if task == "images":
+        from verl_rhythm.data import images
+        from verl_rhythm.tiny_vlm import save_tiny_vlm
+
+        model_dir = Path(model).expanduser() if model is not None else out / TINY_VLM
+        if model is None and not (model_dir / "config.json").is_file():
+            save_tiny_vlm(model_dir)
+        data = out / "data-images"
+        if not (data / "train.parquet").is_file() or not (data / "test.parquet").is_file():
+            images.main(["--out", str(data)])
+        return model_dir, data
     if model is None:
         from verl_rhythm.embedded import EmbeddedModelMissing, embedded_model_dir
 
@@ -108,7 +155,8 @@ def command(model_dir: Path, data: Path, out: Path, args, overrides: list[str]) 
         f"trainer.save_freq={args.save_freq}",
         f"algorithm.rhythm.strategy={args.strategy}",
     ]
-    return main_ppo_command(model_dir, data, out, [*steps, *fitted_defaults(overrides), *overrides])
+    task = TASK_OVERRIDES[getattr(args, "task", "arithmetic")]
+    return main_ppo_command(model_dir, data, out, [*steps, *task, *fitted_defaults(overrides), *overrides])
 
 
 ATTN_KEY = "actor_rollout_ref.model.override_config.attn_implementation"
@@ -304,14 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"--steps must be >= 1, got {args.steps}")
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_dir, data = prepare(out, args.model)
+    model_dir, data = prepare(out, args.model, args.task)
     metrics_path = out / METRICS
     metrics_path.unlink(missing_ok=True)
     env = dict(os.environ, VERL_PLATFORM="cpu", VERL_FILE_LOGGER_PATH=str(metrics_path))
     cmd = command(model_dir, data, out, args, overrides)
     print(
-        f"training {args.steps} steps of GRPO + rhythm ({args.strategy}) on {model_dir.name}, CPU backend, "
-        f"{engine_label(overrides)}, {trainer_label(overrides)}"
+        f"training {args.steps} steps of GRPO + rhythm ({args.strategy}) on {model_dir.name}, task {args.task}, "
+        f"CPU backend, {engine_label(overrides)}, {trainer_label(overrides)}"
     )
     print(f"log: {out / LOG}")
     start = time.time()

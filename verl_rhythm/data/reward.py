@@ -18,6 +18,7 @@ keywords ``data_source, solution_str, ground_truth, extra_info``. A custom funct
 Sources:
     ``countdown``: :func:`verl_rhythm.data.countdown.compute_score` (TinyZero's 1.0 / 0.1 / 0).
     ``arithmetic``: :func:`verl_rhythm.data.arithmetic.compute_score` (the CPU recipe's task; 1.0 / 0.1 / 0).
+    ``images``: :func:`verl_rhythm.data.images.compute_score` (counting dots, the multimodal CPU task; 1.0 / 0.1 / 0).
     :data:`MATH_EVAL_SOURCES`: verl's own ``verl/utils/reward_score/math_dapo.py:compute_score`` (``Answer:`` line,
         ``\\boxed{}`` fallback; +1 / -1), the scorer verl already uses for DAPO-Math-17K (``math_dapo``) and AIME.
     anything else (``openai/gsm8k``, ``math_dapo``, MATH...): ``verl.utils.reward_score.default_compute_score``.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from verl_rhythm.data import arithmetic, countdown
+from verl_rhythm.data import arithmetic, countdown, images
 
 MATH_EVAL_SOURCES = ("aime24", "aime25", "amc23", "math500", "olympiadbench")
 """The ``data_source`` names :mod:`verl_rhythm.data.prepare_math` gives the paper's evaluation sets; validation
@@ -55,6 +56,9 @@ def compute_score(
         return {"score": value, "acc": value == 1.0}
     if data_source == arithmetic.DATA_SOURCE:
         value = arithmetic.compute_score(solution_str, ground_truth)
+        return {"score": value, "acc": value == 1.0}
+    if data_source == images.DATA_SOURCE:
+        value = images.compute_score(solution_str, ground_truth)
         return {"score": value, "acc": value == 1.0}
     if data_source in MATH_EVAL_SOURCES:
         from verl.utils.reward_score import math_dapo

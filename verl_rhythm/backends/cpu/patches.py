@@ -203,3 +203,19 @@ def megatron_config_problem(config, role: str) -> None:
             f"{role}.strategy=megatron needs {' and '.join(missing)}, which are not installed: "
             "pip install 'verl-rhythm[megatron]'"
         )
+
+
+def _keep_dtype(q, k, v, target_dtype=None):
+    """``fa_peft_integration_check`` for the CPU flash-attn: q/k/v as they are (it computes in fp32 anyway)."""
+    return q, k, v
+
+
+def patch_qwen2_vl_dtype(module) -> None:
+    """``verl/models/transformers/qwen2_vl.py:_custom_flash_attention_forward`` (the packed, ``use_remove_padding=
+    true`` Qwen2-VL / Qwen2.5-VL text attention) casts fp32 q/k/v to bf16 (``fa_peft_integration_check(...,
+    target_dtype=torch.bfloat16)``) and returns bf16, which the fp32 ``o_proj`` of the CPU recipe's fp32 model refuses
+    (``expected m1 and m2 to have the same dtype``). On the CPU platform every flash-attn call is the CPU
+    implementation (bound by the plugin), which computes in fp32: q/k/v keep their dtype (a bf16 model's are bf16
+    already)."""
+    if is_selected():
+        module.fa_peft_integration_check = _keep_dtype

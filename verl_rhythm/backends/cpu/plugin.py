@@ -22,7 +22,8 @@ verl module                                        registration
 ``verl.utils.config``                              start-up checks of the CPU backend's settings (patches.py)
 ``transformers.modeling_utils``                    on the CPU platform, transformers' ``flash_attention_2`` runs the
                                                    CPU implementation of flash-attn's API (:mod:`.flash_attn`)
-``verl.models.transformers.qwen2_vl``              its flash-attn globals bound to that CPU implementation
+``verl.models.transformers.qwen2_vl``              its flash-attn globals bound to that CPU implementation; its
+                                                   packed attention keeps fp32 q/k/v fp32 (patches.py)
 ``megatron.core``, ``mbridge.core``, verl's        the shims that run verl's Megatron engine on CPU (:mod:`.megatron`)
 Megatron engine (seven modules)
 =================================================  ==================================================================
@@ -168,6 +169,7 @@ def register() -> None:
     when_imported("verl.utils.config", _patch("patch_validate_config"))
     when_imported("transformers.modeling_utils", _serve_flash_attention)
     when_imported("verl.models.transformers.qwen2_vl", _serve_flash_attention_to_qwen2_vl)
+    when_imported("verl.models.transformers.qwen2_vl", _patch("patch_qwen2_vl_dtype"))
     for name in MEGATRON_MODULES:
         when_imported(name, _megatron(name))
 

@@ -16,6 +16,13 @@ Three pieces, one per verl seam:
   every rollout; it ships them to its server through the Ray object store.
 
 ``sleep``/``wake_up`` and the KV-cache calls are no-ops: the server keeps its own copy of the weights on the CPU.
+
+Vision-language models (an HF config with a ``vision_config``, e.g. Qwen2.5-VL) generate with images: the server
+loads the model with ``AutoModelForImageTextToText`` and the folder's processor; a request's ``image_data`` (the PIL
+images verl's agent loop extracted, ``verl/experimental/agent_loop/single_turn_agent_loop.py``) goes through the
+processor's image processor, and ``pixel_values``/``image_grid_thw`` join ``generate`` next to the prompt ids, which
+already hold one ``<|image_pad|>`` per merged patch (the agent loop tokenised the prompt with the same processor).
+Videos and audio are refused.
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ class HFRolloutServer:
         seed: int = 0,
         replica_rank: int = 0,
     ):
-        from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig
 
         torch.set_num_threads(_torch_threads())
         self.replica_rank = replica_rank
@@ -88,7 +95,14 @@ class HFRolloutServer:
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         context = getattr(config, "max_position_embeddings", None)
         self.max_model_len = min(x for x in (max_model_len, context) if x) if (max_model_len or context) else None
-        self.model = AutoModelForCausalLM.from_pretrained(
+        self.processor = None
+        model_cls = AutoModelForCausalLM
+        if getattr(config, "vision_config", None) is not None:
+            from transformers import AutoProcessor
+
+            model_cls = AutoModelForImageTextToText
+            self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.model = model_cls.from_pretrained(
             model_path, torch_dtype=torch.float32, trust_remote_code=trust_remote_code
         ).eval()
         try:
@@ -105,7 +119,7 @@ class HFRolloutServer:
         self.seed = int(seed)
         self.global_steps = None
         self._calls = 0
-        self._pending: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
+        self._pending: list[tuple[list[int], SamplingParams, asyncio.Future, dict | None]] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._model_lock: asyncio.Lock | None = None
@@ -140,12 +154,13 @@ class HFRolloutServer:
             verl's ``TokenOutput`` (``token_ids``, ``log_probs``, ``stop_reason="completed"``,
             ``extra_fields={"global_steps": ...}``).
         """
-        if image_data is not None or video_data is not None or kwargs.get("audio_data") is not None:
-            raise ValueError("hf rollout: multi-modal inputs are not supported")
+        if video_data is not None or kwargs.get("audio_data") is not None:
+            raise ValueError("hf rollout: video and audio inputs are not supported (images are)")
         prompt = [int(t) for t in prompt_ids]
+        vision = self._vision_inputs(image_data, prompt) if image_data else None
         params = SamplingParams.from_request(dict(sampling_params), self._max_tokens(len(prompt), sampling_params))
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((prompt, params, future))
+        self._pending.append((prompt, params, future, vision))
         self._ensure_worker()
         self._wakeup.set()
         completion = await future
@@ -156,6 +171,29 @@ class HFRolloutServer:
             stop_reason="completed",
             extra_fields={"global_steps": self.global_steps},
         )
+
+    def _vision_inputs(self, images: list, prompt: list[int]) -> dict[str, torch.Tensor]:
+        """``pixel_values`` ``(N_patches, C·T·P²)`` and ``image_grid_thw`` ``(N_images, 3)`` of a request's images.
+
+        Raises:
+            ValueError: the model has no vision tower, or the prompt's image tokens do not match the images' patches.
+        """
+        if self.processor is None:
+            raise ValueError(
+                "hf rollout: the request carries images but actor_rollout_ref.model.path is a text-only model"
+            )
+        inputs = self.processor.image_processor(images=list(images), return_tensors="pt")
+        grid = inputs["image_grid_thw"]
+        merge = self.processor.image_processor.merge_size
+        expected = int((grid.prod(-1) // (merge * merge)).sum())
+        image_token = self.model.config.image_token_id
+        found = sum(1 for t in prompt if t == image_token)
+        if found != expected:
+            raise ValueError(
+                f"hf rollout: the prompt holds {found} image tokens, its {len(images)} image(s) need {expected}; "
+                "the agent loop and the rollout must use the same processor (actor_rollout_ref.model.path)"
+            )
+        return {"pixel_values": inputs["pixel_values"], "image_grid_thw": grid}
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
@@ -174,6 +212,10 @@ class HFRolloutServer:
                 batch = [r for r in self._pending if r[1] == params][: self.max_batch_size]
                 for r in batch:
                     self._pending.remove(r)
+                vision = [r[3] for r in batch if r[3] is not None]
+                model_inputs = (
+                    {k: torch.cat([v[k] for v in vision]) for k in vision[0]} if vision else None
+                )  # in batch order: the order of the image tokens across the batch
                 seed = self.seed + self.replica_rank * 1_000_003 + (self.global_steps or 0) * 10_007 + self._calls
                 self._calls += 1
                 try:
@@ -186,13 +228,14 @@ class HFRolloutServer:
                             eos_token_ids=self.eos_token_ids,
                             pad_token_id=self.pad_token_id,
                             generator_seed=seed,
+                            model_inputs=model_inputs,
                         )
                 except Exception as err:  # hand the error to every waiting request instead of hanging them
-                    for _, _, future in batch:
+                    for _, _, future, _ in batch:
                         if not future.done():
                             future.set_exception(err)
                     continue
-                for (_, _, future), completion in zip(batch, completions, strict=True):
+                for (_, _, future, _), completion in zip(batch, completions, strict=True):
                     if not future.done():
                         future.set_result(completion)
 

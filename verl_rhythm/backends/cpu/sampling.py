@@ -94,6 +94,7 @@ def generate_batch(
     eos_token_ids: list[int],
     pad_token_id: int,
     generator_seed: int | None = None,
+    model_inputs: dict | None = None,
 ) -> list[Completion]:
     """Sample one response per prompt in a single left-padded ``model.generate`` call.
 
@@ -108,6 +109,9 @@ def generate_batch(
         eos_token_ids: stop tokens (ignored when ``params.ignore_eos``).
         pad_token_id: the id used for left padding (never attended to).
         generator_seed: seeds torch's global generator for this call when given.
+        model_inputs: further inputs of ``generate`` for the whole batch, e.g. a vision-language model's
+            ``pixel_values`` (all patches of the batch's images, ``(N_patches, C·T·P²)``) and ``image_grid_thw``
+            (``(N_images, 3)``), in the order of the image tokens of ``prompts``.
 
     Returns:
         one :class:`Completion` per prompt, in order.
@@ -135,7 +139,8 @@ def generate_batch(
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else 0)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
+    extra = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in (model_inputs or {}).items()}
+    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **extra, **kwargs)
     new_tokens = out.sequences[:, width:].cpu()  # (B, T)
     logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, T, V), raw model logits
     scale = params.temperature if not params.greedy else 1.0
