@@ -16,6 +16,14 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# transformers' own Qwen2.5-VL / Qwen3-VL methods, read before any test builds a verl engine (which patches those
+# classes for the whole process): the VLM tests' dense reference runs on them (testing.vlm.transformers_own_classes).
+# A transformers without those models (none of the matrix's) leaves the VLM tests to fail on their own imports.
+try:
+    import verl_rhythm.testing.vlm  # noqa: F401
+except ImportError:
+    pass
+
 
 def pytest_configure(config):
     config.addinivalue_line(

@@ -9,6 +9,10 @@ gives 16 patches and 4 image placeholder tokens in the prompt). Token ids 0-99 a
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from collections.abc import Iterator
+
 import torch
 
 VLM_ARCHS = ("qwen2_5_vl", "qwen3_vl")
@@ -19,6 +23,58 @@ VISION_START_TOKEN_ID = 100
 VISION_END_TOKEN_ID = 103
 TEXT_VOCAB = 100
 """Ids below this are ordinary text tokens."""
+
+
+MODELING_MODULES = (
+    "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
+    "transformers.models.qwen3_vl.modeling_qwen3_vl",
+)
+"""The transformers modules whose classes verl's engine patches for the whole process
+(``verl/models/transformers/monkey_patch.py:apply_monkey_patch``: the models' and the attention's ``forward``)."""
+
+
+def _class_methods() -> dict[tuple[type, str], object]:
+    """Every function defined on a class of :data:`MODELING_MODULES`, by ``(class, name)``."""
+    found = {}
+    for name in MODELING_MODULES:
+        for cls in vars(importlib.import_module(name)).values():
+            if isinstance(cls, type) and cls.__module__ == name:
+                found.update({(cls, k): v for k, v in vars(cls).items() if callable(v)})
+    return found
+
+
+_TRANSFORMERS_METHODS = _class_methods()
+"""The methods as transformers defines them, read when this module is first imported (``tests/conftest.py`` imports
+it before any test builds a verl engine)."""
+
+
+@contextlib.contextmanager
+def transformers_own_classes() -> Iterator[None]:
+    """transformers' own methods on the Qwen2.5-VL / Qwen3-VL classes for the block, verl's patches (if any) back
+    afterwards: a dense reference computed after a verl engine was built in this process is still transformers' eager
+    model (verl's patched forwards return no attention maps).
+
+    Raises:
+        RuntimeError: this module was first imported after verl had patched the classes (no stock methods to restore).
+    """
+    patched = [f"{c.__name__}.{n}" for (c, n), f in _TRANSFORMERS_METHODS.items() if _from_verl(f)]
+    if patched:
+        raise RuntimeError(
+            f"verl_rhythm.testing.vlm was imported after verl patched {patched}: import it before building a verl "
+            "engine (tests/conftest.py does)"
+        )
+    current = _class_methods()
+    try:
+        for (cls, name), fn in _TRANSFORMERS_METHODS.items():
+            setattr(cls, name, fn)
+        yield
+    finally:
+        for (cls, name), fn in current.items():
+            setattr(cls, name, fn)
+
+
+def _from_verl(fn) -> bool:
+    return str(getattr(fn, "__module__", "") or "").startswith("verl.")
 
 
 def vlm_config(arch: str, num_layers: int = 6, attn_implementation: str = "eager"):
@@ -201,7 +257,7 @@ def vlm_dense_rhythm(model, sequences, triples, cfg) -> list:
     maps, masks, heads = [], [], None
     for s, (prompt, _, mask) in zip(sequences, triples, strict=True):
         n = len(s["input_ids"])
-        with torch.no_grad():
+        with torch.no_grad(), transformers_own_classes():
             attentions = model(input_ids=s["input_ids"][None], position_ids=s["position_ids"][:, None],
                                pixel_values=s["pixel_values"], image_grid_thw=s["image_grid_thw"],
                                output_attentions=True, use_cache=False).attentions  # fmt: skip
