@@ -53,6 +53,9 @@ def multiturn_run(tmp_path_factory):
             [
                 *SMALL,
                 "data.max_response_length=36",  # 5..7 + 6 + 6..4 = 17 generated tokens and two tool outputs of 8
+                # eight groups, so a group with varied rewards is all but certain (samples vary run to run)
+                "data.train_batch_size=8",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=8",
                 "actor_rollout_ref.rollout.agent.agent_loop_config_path=" + str(config),
                 f"actor_rollout_ref.rollout.agent.default_agent_loop={NAME}",
                 "trainer.total_training_steps=1",
@@ -86,7 +89,7 @@ def test_multiturn_responses_reach_the_update_with_their_tool_holes(multiturn_ru
     result, tool_ids = multiturn_run
     assert result.steps == [1] and len(result.dumps) == 1
     dump = result.dumps[0]
-    assert len(dump["responses"]) == 16
+    assert len(dump["responses"]) == 32  # eight prompts, four samples each
     for response, mask in zip(dump["responses"], dump["response_mask"], strict=True):
         mask = mask[: len(response)].bool()
         holes = (~mask).nonzero().flatten()
@@ -114,6 +117,10 @@ def test_the_update_is_grpo_times_the_per_segment_gamma(multiturn_run):
     before_hole[:, :-1] &= ~mask[:, 1:]  # the last token of each assistant turn
     assert int((before_hole & (segment_ids(mask) < 2)).sum()) == 2 * mask.shape[0]
     assert torch.all(credit.delta[before_hole] == 0) and not credit.preplan[before_hole].any()
+    if not torch.any(grpo.abs() > 1e-6):
+        # the CPU rollout's samples are not reproducible run to run (its agent-loop requests batch as they arrive); a
+        # run whose groups all scored alike has every GRPO advantage 0 and cannot tell γ from none: skipped, saying so
+        pytest.skip("the run sampled no GRPO group with varied rewards (every advantage 0): γ cannot be told apart")
     assert torch.any((gamma > 1) & (grpo.abs() > 1e-6)), "no amplified token with a GRPO advantage: γ went unchecked"
     # the same reference with the holes closed (each response's assistant tokens as one turn: Δ and the look-back
     # across tool output) gives another update on this batch, so the check above tells the two semantics apart

@@ -67,7 +67,18 @@ def test_rl_dataset_reads_the_images_parquet(tmp_path, processor):
         images.ImageDataset._process_multi_modal_info(video, 14, config)
 
 
-def test_the_hf_rollout_generates_with_the_images(vlm, processor):
+@pytest.fixture
+def stock_vlm_classes():
+    """transformers' own Qwen VL forwards for the test: the CPU backend's rollout server runs ``generate`` in a Ray
+    actor of its own, where verl never patches them; in this pytest process an earlier test's verl engine may have
+    (``verl/models/transformers/monkey_patch.py`` replaces the classes' ``forward`` for the whole process)."""
+    from verl_rhythm.testing.vlm import transformers_own_classes
+
+    with transformers_own_classes():
+        yield
+
+
+def test_the_hf_rollout_generates_with_the_images(vlm, processor, stock_vlm_classes):
     """Requests batched into one ``generate`` get the log-probs each gets alone (each prompt sees its own image, in
     batch order), and those depend on the image (pixel_values reached generate); a prompt whose image tokens do not
     match its images is refused."""
