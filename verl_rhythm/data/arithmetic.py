@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import random
 import re
-from pathlib import Path
 from typing import Any
 
-from verl_rhythm.data.parquet import write_parquet
+from verl_rhythm.data.parquet import write_train_test
 
 DATA_SOURCE = "arithmetic"
 INSTRUCTION = "Answer with the number only."
@@ -92,13 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-operand", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for split, count, seed in (("train", args.train_size, args.seed), ("test", args.test_size, args.seed + 1)):
-        try:
-            problems = make_problems(count, seed, args.max_operand)
-        except ValueError as err:
-            parser.error(f"--{split}-size/--max-operand: {err}")
-        path = write_parquet([to_row(p, split, i) for i, p in enumerate(problems)], Path(args.out) / f"{split}.parquet")
-        print(f"{split}: {count} problems -> {path}")
+    write_train_test(
+        parser,
+        args,
+        lambda count, seed: make_problems(count, seed, args.max_operand),
+        to_row,
+        knob="--max-operand",
+        noun="problems",
+    )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,12 @@ import argparse
 import io
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from verl_rhythm.data.arithmetic import compute_score as _last_integer_score
-from verl_rhythm.data.parquet import write_parquet
+from verl_rhythm.data.parquet import write_train_test
 
 DATA_SOURCE = "images"
 IMAGE_PX = 56
@@ -158,13 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-dots", type=int, default=MAX_DOTS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for split, count, seed in (("train", args.train_size, args.seed), ("test", args.test_size, args.seed + 1)):
-        try:
-            problems = make_problems(count, seed, args.max_dots)
-        except ValueError as err:
-            parser.error(f"--{split}-size/--max-dots: {err}")
-        path = write_parquet([to_row(p, split, i) for i, p in enumerate(problems)], Path(args.out) / f"{split}.parquet")
-        print(f"{split}: {count} images -> {path}")
+    write_train_test(
+        parser,
+        args,
+        lambda count, seed: make_problems(count, seed, args.max_dots),
+        to_row,
+        knob="--max-dots",
+        noun="images",
+    )
 
 
 if __name__ == "__main__":

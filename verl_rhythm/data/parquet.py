@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +31,29 @@ def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_train_test(
+    parser, args, make: Callable[[int, int], list], to_row: Callable[[Any, str, int], dict], *, knob: str, noun: str
+) -> None:
+    """The task CLIs' last step: ``train.parquet`` (``args.train_size`` items from seed ``args.seed``) and
+    ``test.parquet`` (``args.test_size`` from ``args.seed + 1``) under ``args.out``, one line printed per file.
+
+    Args:
+        parser: the CLI's parser; a ``ValueError`` of ``make`` ends the run through ``parser.error`` naming
+            ``--{split}-size`` and ``knob``.
+        args: the parsed ``--out``, ``--train-size``, ``--test-size`` and ``--seed``.
+        make: ``(count, seed) -> items``.
+        to_row: ``(item, split, index) -> row`` in verl's RL parquet format.
+        knob: the task's own size flag (e.g. ``--max-operand``), named in the error.
+        noun: what an item is, for the printed line.
+    """
+    for split, count, seed in (("train", args.train_size, args.seed), ("test", args.test_size, args.seed + 1)):
+        try:
+            items = make(count, seed)
+        except ValueError as err:
+            parser.error(f"--{split}-size/{knob}: {err}")
+        path = write_parquet(
+            [to_row(item, split, i) for i, item in enumerate(items)], Path(args.out) / f"{split}.parquet"
+        )
+        print(f"{split}: {count} {noun} -> {path}")
