@@ -17,7 +17,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_main_ppo_on_cpu import RHYTHM_KEYS, assert_grpo_times_gamma, pad
+from test_main_ppo_on_cpu import RHYTHM_KEYS, SMALL, assert_grpo_times_gamma, pad
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
 from verl_rhythm.data import images
@@ -28,14 +28,7 @@ from verl_rhythm.tiny_vlm import ARCHS, IMAGE_PAD, save_tiny_vlm, tiny_vlm_token
 pytestmark = pytest.mark.slow
 
 VLM = [
-    "data.max_prompt_length=128",
-    "data.max_response_length=12",
-    "data.train_batch_size=4",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    "actor_rollout_ref.rollout.n=4",
-    "algorithm.rhythm.waad_window=4",
-    "algorithm.rhythm.fai_horizon_lo=2",
-    "algorithm.rhythm.fai_horizon_hi=8",
+    *SMALL,
     f"data.custom_cls.path={images.CUSTOM_CLS[0]}",
     f"data.custom_cls.name={images.CUSTOM_CLS[1]}",
     "actor_rollout_ref.model.trust_remote_code=true",  # the folder's image-only processor (auto_map)
